@@ -1,0 +1,1 @@
+"""evolve: evolutionary population search over ML training scripts."""

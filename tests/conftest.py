@@ -1,0 +1,85 @@
+"""Shared fixtures: one Ray head for the whole session, reached through RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_head(address: str, head: subprocess.Popen, timeout: float = 60.0) -> None:
+    host, port = address.split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray head exited early with code {head.returncode}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                time.sleep(2.0)  # GCS listens before the raylet is up; give it a moment
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"ray head at {address} did not come up in {timeout:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory: pytest.TempPathFactory):
+    """Start one `ray start --head` for the session (4 logical CPUs, 2 fake GPUs) and attach.
+
+    Tests and CLI subprocesses reach it through RAY_ADDRESS, as they would a real cluster.
+    """
+    port = _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tmp_path_factory.mktemp("ray")
+    # --block keeps the head tied to this process group, so teardown stops only our head
+    # (never `ray stop`, which would stop every Ray on the machine).
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--num-gpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    _wait_for_head(address, head)
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield address
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_address: str):
+    """The test process attached to the session's Ray head."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    return ray
