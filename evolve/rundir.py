@@ -1,0 +1,134 @@
+"""The run directory: the whole truth about one run, laid out for humans and for `resume`."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from population.candidate import Candidate, Status
+
+TSV_COLUMNS = (
+    "commit", "val_bpb", "memory_gb", "status", "description",
+    "parent", "island", "seed", "cost_usd",
+)
+_FINISHED = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
+
+
+class RunDirError(Exception):
+    """A path that is not a usable run directory; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside `results/<name>-<timestamp>/` and the files written there as a run goes."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, results_dir: str | Path, name: str) -> RunDir:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+        base = Path(results_dir) / f"{safe}-{stamp}"
+        path, n = base, 1
+        while path.exists():  # two runs started in the same second
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True)
+        run_dir = cls(path)
+        run_dir.candidates_dir.mkdir()
+        run_dir.work_dir.mkdir()
+        run_dir.tsv_path.write_text("\t".join(TSV_COLUMNS) + "\n")
+        return run_dir
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run_dir = cls(Path(path))
+        if not run_dir.path.is_dir():
+            raise RunDirError(f"{path}: no such run directory")
+        for required in (run_dir.config_path, run_dir.store_path):
+            if not required.exists():
+                raise RunDirError(f"{path}: not a run directory ({required.name} is missing)")
+        run_dir.candidates_dir.mkdir(exist_ok=True)
+        run_dir.work_dir.mkdir(exist_ok=True)
+        return run_dir
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / "store.sqlite"
+
+    @property
+    def tsv_path(self) -> Path:
+        return self.path / "results.tsv"
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.path / "candidates"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.path / "work"
+
+    def candidate_dir(self, candidate_id: str) -> Path:
+        return self.candidates_dir / candidate_id
+
+    # -- writing, as the run goes (the RunRecorder protocol of the controller) --
+
+    def on_candidate(self, candidate: Candidate) -> None:
+        """Write the candidate's files and its diff, so a human can read any candidate."""
+        folder = self.candidate_dir(candidate.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, source in candidate.files.items():
+            _write_atomic(folder / name, source)
+        if candidate.diff:
+            _write_atomic(folder / "diff.patch", candidate.diff)
+        if candidate.reason and candidate.status in (Status.REJECTED, Status.CRASHED, Status.TIMED_OUT):
+            _write_atomic(folder / "reason.txt", candidate.reason + "\n")
+
+    def on_result(self, candidate: Candidate, kept: bool) -> None:
+        """Append one finished experiment to results.tsv (the one-agent loop's columns)."""
+        with open(self.tsv_path, "a", newline="") as handle:
+            handle.write(tsv_row(candidate, kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rewrite_tsv(self, rows: list[tuple[Candidate, bool]]) -> None:
+        """Rebuild results.tsv from the store (on resume), so a kill between the store's commit
+        and the append can neither lose nor duplicate a row."""
+        text = "\t".join(TSV_COLUMNS) + "\n" + "".join(tsv_row(c, kept) for c, kept in rows)
+        _write_atomic(self.tsv_path, text)
+
+
+def tsv_row(candidate: Candidate, kept: bool) -> str:
+    """One results.tsv line. Crashes carry val_bpb 0 and memory 0, as the one-agent log does."""
+    metrics = candidate.metrics
+    if candidate.status is Status.DONE:
+        status = "keep" if kept else "discard"
+        val_bpb = f"{float(metrics.get('val_bpb', 0.0)):.6f}"
+        memory_gb = f"{float(metrics.get('peak_vram_mb', 0.0)) / 1024:.1f}"
+    else:
+        status, val_bpb, memory_gb = "crash", "0.000000", "0.0"
+    fields = [
+        candidate.id, val_bpb, memory_gb, status,
+        _one_line(candidate.description or candidate.reason),
+        candidate.parent_id or "", str(candidate.island), str(candidate.seed),
+        f"{candidate.cost_usd:.4f}",
+    ]
+    return "\t".join(fields) + "\n"
+
+
+def _one_line(text: str) -> str:
+    """Tabs and newlines would break the TSV; collapse all whitespace."""
+    return " ".join(text.split())[:200]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
