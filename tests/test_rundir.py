@@ -1,0 +1,62 @@
+"""The run directory: layout, results.tsv rows, atomic rewrites."""
+
+from __future__ import annotations
+
+import pytest
+
+from evolve.rundir import TSV_COLUMNS, RunDir, RunDirError
+from population.candidate import Candidate, Status
+
+
+def _candidate(cid: str, status: Status, val_bpb: float | None = None, **extra) -> Candidate:
+    metrics = {} if val_bpb is None else {"val_bpb": val_bpb, "peak_vram_mb": 2048.0}
+    return Candidate(id=cid, parent_id="root0000", island=1, generation=1,
+                     files={"train.py": "X = 1\n"}, status=status, metrics=metrics, seed=3, **extra)
+
+
+def test_create_makes_layout_and_tsv_header(tmp_path):
+    run_dir = RunDir.create(tmp_path, "my demo!")
+    assert run_dir.path.name.startswith("my-demo-")
+    assert run_dir.candidates_dir.is_dir() and run_dir.work_dir.is_dir()
+    assert run_dir.tsv_path.read_text() == "\t".join(TSV_COLUMNS) + "\n"
+    second = RunDir.create(tmp_path, "my demo!")
+    assert second.path != run_dir.path
+
+
+def test_tsv_rows_keep_discard_crash(tmp_path):
+    run_dir = RunDir.create(tmp_path, "t")
+    run_dir.on_result(_candidate("a1", Status.DONE, 1.234567891, description="x\ty\nz",
+                                 cost_usd=0.5), kept=True)
+    run_dir.on_result(_candidate("a2", Status.DONE, 1.3), kept=False)
+    run_dir.on_result(_candidate("a3", Status.CRASHED, reason="boom"), kept=False)
+    lines = run_dir.tsv_path.read_text().splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == len(TSV_COLUMNS) for row in rows)
+    assert rows[0][:5] == ["a1", "1.234568", "2.0", "keep", "x y z"]
+    assert rows[0][5:] == ["root0000", "1", "3", "0.5000"]
+    assert rows[1][3] == "discard"
+    assert rows[2][1:5] == ["0.000000", "0.0", "crash", "boom"]
+
+
+def test_rewrite_replaces_rows(tmp_path):
+    run_dir = RunDir.create(tmp_path, "t")
+    run_dir.on_result(_candidate("a1", Status.DONE, 1.0), kept=True)
+    run_dir.on_result(_candidate("a1", Status.DONE, 1.0), kept=True)
+    run_dir.rewrite_tsv([(_candidate("a1", Status.DONE, 1.0), True)])
+    assert len(run_dir.tsv_path.read_text().splitlines()) == 2
+
+
+def test_candidate_files_and_diff_written(tmp_path):
+    run_dir = RunDir.create(tmp_path, "t")
+    run_dir.on_candidate(_candidate("c9", Status.REJECTED, diff="--- a\n+++ b\n", reason="no"))
+    folder = run_dir.candidate_dir("c9")
+    assert (folder / "train.py").read_text() == "X = 1\n"
+    assert (folder / "diff.patch").read_text().startswith("--- a")
+    assert (folder / "reason.txt").read_text() == "no\n"
+
+
+def test_open_refuses_non_run_dir(tmp_path):
+    with pytest.raises(RunDirError, match="config.yaml is missing"):
+        RunDir.open(tmp_path)
+    with pytest.raises(RunDirError, match="no such run directory"):
+        RunDir.open(tmp_path / "nope")
