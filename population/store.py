@@ -1,0 +1,549 @@
+"""The candidate store: SQLite in WAL mode, one writer, nothing ever deleted.
+
+Every write is its own committed transaction, so a kill -9 of the writer loses at most the
+write in progress. Ranking queries read light indexed columns and load full candidates
+(with their sources) only for the few rows they return.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from population.candidate import Candidate, Status
+
+_RANK = {
+    Status.PROPOSED: 0,
+    Status.RUNNING: 1,
+    Status.DONE: 2,
+    Status.CRASHED: 2,
+    Status.TIMED_OUT: 2,
+    Status.REJECTED: 2,
+}
+ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost")
+FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
+RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
+MIGRATION = "migration"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    parent_id TEXT,
+    island INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    source_hash TEXT NOT NULL,
+    files TEXT NOT NULL,
+    diff TEXT NOT NULL,
+    description TEXT NOT NULL,
+    rationale TEXT NOT NULL,
+    mutator TEXT NOT NULL,
+    model TEXT NOT NULL,
+    raw_answer TEXT NOT NULL,
+    applied_edit TEXT NOT NULL,
+    usage TEXT NOT NULL,
+    cost_usd REAL NOT NULL,
+    status TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    val_bpb REAL,
+    reason TEXT NOT NULL,
+    log_tail TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS candidates_rank
+    ON candidates (island, status, val_bpb, finished_at, seq);
+CREATE INDEX IF NOT EXISTS candidates_global_rank
+    ON candidates (status, val_bpb, finished_at, seq);
+CREATE INDEX IF NOT EXISTS candidates_finished ON candidates (status, finished_at, seq);
+CREATE INDEX IF NOT EXISTS candidates_island_finished ON candidates (island, finished_at);
+CREATE INDEX IF NOT EXISTS candidates_parent ON candidates (parent_id);
+CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (source_hash);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    candidate_id TEXT NOT NULL REFERENCES candidates (id),
+    worker TEXT NOT NULL,
+    node TEXT NOT NULL,
+    device TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts (candidate_id, outcome);
+"""
+
+_COLUMNS = (
+    "id, parent_id, island, generation, source_hash, files, diff, description, rationale, "
+    "mutator, model, raw_answer, applied_edit, usage, cost_usd, status, metrics, val_bpb, "
+    "reason, log_tail, seed, created_at, finished_at"
+)
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked: the message says why and what to do."""
+
+
+class StatusError(StoreError, ValueError):
+    """A status change that would move a candidate backwards."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at running a candidate on one worker; a lost attempt stays as history."""
+
+    id: int
+    candidate_id: str
+    worker: str
+    node: str
+    device: str
+    started_at: float
+    ended_at: float | None
+    outcome: str
+    reason: str
+
+
+def _finite_bpb(metrics: Mapping[str, Any]) -> float | None:
+    value = metrics.get("val_bpb")
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class Store:
+    """The population's memory: every candidate and every attempt of a run."""
+
+    SCHEMA_VERSION: int = 1
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool,
+                 lock_fd: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._lock_fd = lock_fd
+
+    # ---- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False) -> Store:
+        """Open (creating if needed) the store at `path`; `readonly` reads a live run safely."""
+        path = Path(path)
+        if readonly:
+            if not path.exists():
+                raise FileNotFoundError(f"no store at {path}: is this a run directory?")
+            conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            store = cls(conn, path, True, None)
+            try:
+                store._check_version(creating=False)
+            except BaseException:
+                store.close()
+                raise
+            return store
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = cls._take_writer_lock(path)
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        store = cls(conn, path, False, lock_fd)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL survives a killed process (each commit is in the WAL); only an OS
+            # crash could lose the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store._check_version(creating=True)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @staticmethod
+    def _take_writer_lock(path: Path) -> int:
+        lock_path = path.with_name(path.name + ".writer-lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"{path} is already open for writing by another process (one writer per "
+                "store); open it with readonly=True to read a live run"
+            ) from None
+        return fd
+
+    def _check_version(self, *, creating: bool) -> None:
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        found = None
+        if has_meta:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            found = None if row is None else int(row[0])
+        if found is not None and found > self.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {found}, newer than this evolve "
+                f"understands ({self.SCHEMA_VERSION}); upgrade evolve to read it"
+            )
+        if found is None:
+            if not creating:
+                raise StoreError(f"{self.path} is not an evolve store (no schema version)")
+            with self._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(self.SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        """Close the connection and release the writer lock (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def _write(self) -> _Transaction:
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only; only the run's controller writes")
+        return _Transaction(self._conn)
+
+    def add(self, candidate: Candidate) -> None:
+        """Store a new candidate (proposed, or rejected by pre-flight; done for copies)."""
+        if candidate.status not in (Status.PROPOSED, Status.REJECTED, Status.DONE):
+            raise StatusError(
+                f"candidate {candidate.id} must be added as proposed or rejected, "
+                f"not {candidate.status.value}")
+        bpb = _finite_bpb(candidate.metrics)
+        if candidate.status is Status.DONE and bpb is None:
+            raise ValueError(f"candidate {candidate.id} is done but has no finite val_bpb")
+        created = candidate.created_at or time.time()
+        finished = candidate.finished_at
+        if candidate.status.is_final and finished is None:
+            finished = created
+        with self._write():
+            try:
+                self._conn.execute(
+                    f"INSERT INTO candidates ({_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
+                     candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
+                     candidate.description, candidate.rationale, candidate.mutator,
+                     candidate.model, candidate.raw_answer, candidate.applied_edit,
+                     json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
+                     Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
+                     candidate.reason, candidate.log_tail, int(candidate.seed), created,
+                     finished))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
+
+    def set_status(self, candidate_id: str, status: Status, *, reason: str = "",
+                   now: float | None = None) -> Candidate:
+        """Move a candidate forward; a final status also stamps finished_at."""
+        status = Status(status)
+        with self._write():
+            self._check_move(candidate_id, status)
+            if status.is_final:
+                self._conn.execute(
+                    "UPDATE candidates SET status=?, reason=?, finished_at=? WHERE id=?",
+                    (status.value, reason, time.time() if now is None else now, candidate_id))
+            else:
+                self._conn.execute(
+                    "UPDATE candidates SET status=?, reason=? WHERE id=?",
+                    (status.value, reason, candidate_id))
+        return self.get(candidate_id)
+
+    def record_result(self, candidate_id: str, *, status: Status, metrics: Mapping,
+                      reason: str = "", log_tail: str = "",
+                      now: float | None = None) -> Candidate:
+        """The final word on a candidate: its status, metrics and finish time."""
+        status = Status(status)
+        if not status.is_final:
+            raise StatusError(f"record_result needs a final status, not {status.value}")
+        bpb = _finite_bpb(metrics)
+        if status is Status.DONE and bpb is None:
+            raise ValueError(
+                f"candidate {candidate_id} cannot be done without a finite val_bpb "
+                f"(metrics: {dict(metrics)!r:.200})")
+        with self._write():
+            self._check_move(candidate_id, status)
+            self._conn.execute(
+                "UPDATE candidates SET status=?, metrics=?, val_bpb=?, reason=?, log_tail=?, "
+                "finished_at=? WHERE id=?",
+                (status.value, json.dumps(dict(metrics)), bpb if status is Status.DONE else None,
+                 reason, log_tail, time.time() if now is None else now, candidate_id))
+        return self.get(candidate_id)
+
+    def _check_move(self, candidate_id: str, new: Status) -> None:
+        row = self._conn.execute(
+            "SELECT status FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no candidate {candidate_id!r} in the store")
+        old = Status(row[0])
+        if old.is_final or _RANK[new] < _RANK[old]:
+            raise StatusError(
+                f"candidate {candidate_id} is {old.value}; it cannot move to {new.value} "
+                "(status only moves forward: proposed -> running -> done|crashed|timed_out|rejected)")
+
+    def start_attempt(self, candidate_id: str, *, worker: str, node: str, device: str,
+                      now: float | None = None) -> int:
+        """Record that a worker started running the candidate; returns the attempt id."""
+        with self._write():
+            if self._conn.execute(
+                    "SELECT 1 FROM candidates WHERE id=?", (candidate_id,)).fetchone() is None:
+                raise KeyError(f"no candidate {candidate_id!r} in the store")
+            cursor = self._conn.execute(
+                "INSERT INTO attempts (candidate_id, worker, node, device, started_at, ended_at, "
+                "outcome, reason) VALUES (?, ?, ?, ?, ?, NULL, 'running', '')",
+                (candidate_id, worker, node, device, time.time() if now is None else now))
+            return int(cursor.lastrowid)
+
+    def finish_attempt(self, attempt_id: int, *, outcome: str, reason: str = "",
+                       now: float | None = None) -> None:
+        """Close an attempt with its outcome (done, crashed, timed_out, invalid, lost)."""
+        if outcome not in ATTEMPT_OUTCOMES or outcome == "running":
+            raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES[1:]}, "
+                             f"not {outcome!r}")
+        with self._write():
+            row = self._conn.execute(
+                "SELECT outcome FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no attempt {attempt_id} in the store")
+            if row[0] != "running":
+                raise StatusError(f"attempt {attempt_id} already finished as {row[0]}")
+            self._conn.execute(
+                "UPDATE attempts SET outcome=?, reason=?, ended_at=? WHERE id=?",
+                (outcome, reason, time.time() if now is None else now, attempt_id))
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Remember a run-level fact (seed, counters) across restarts."""
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, str(value)))
+
+    def add_copy(self, source_id: str, island: int, *, new_id: str | None = None,
+                 description: str = "", now: float | None = None) -> Candidate:
+        """Copy a done candidate into another island (migration, re-seeding): new id, same
+        files and metrics, status done, `mutator="migration"`, its source as parent."""
+        source = self.get(source_id)
+        if source.status is not Status.DONE:
+            raise StatusError(f"only done candidates migrate; {source_id} is {source.status.value}")
+        stamp = time.time() if now is None else now
+        copy = source.replace(
+            id=new_id or f"{source_id}@i{island}.{self._next_seq()}",
+            parent_id=source_id, island=island, generation=source.generation + 1,
+            description=description or f"copy of {source_id} from island {source.island}",
+            rationale="", mutator=MIGRATION, model="", raw_answer="", applied_edit="", diff="",
+            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp)
+        self.add(copy)
+        return self.get(copy.id)
+
+    def reset_island(self, island: int) -> None:
+        """Forget an island's population (for re-seeding): members so far stop counting as its
+        survivors. Nothing is deleted; candidates added afterwards form the new population."""
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (f"island_reset.{island}", str(self._next_seq() - 1)))
+
+    def _next_seq(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM candidates").fetchone()
+        return int(row[0]) + 1
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def get(self, candidate_id: str) -> Candidate:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no candidate {candidate_id!r} in the store")
+        return _candidate(row)
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def attempts(self, candidate_id: str) -> list[Attempt]:
+        rows = self._conn.execute(
+            "SELECT id, candidate_id, worker, node, device, started_at, ended_at, outcome, reason "
+            "FROM attempts WHERE candidate_id=? ORDER BY id", (candidate_id,)).fetchall()
+        return [Attempt(*row) for row in rows]
+
+    def lost_count(self, candidate_id: str) -> int:
+        """How many attempts at this candidate were lost with their worker."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM attempts WHERE candidate_id=? AND outcome='lost'",
+            (candidate_id,)).fetchone()
+        return int(row[0])
+
+    def lineage(self, candidate_id: str) -> list[Candidate]:
+        """The candidate and its ancestors, root first."""
+        chain = [self.get(candidate_id)]
+        seen = {candidate_id}
+        while chain[-1].parent_id is not None:
+            parent_id = chain[-1].parent_id
+            if parent_id in seen:
+                raise StoreError(f"lineage of {candidate_id} loops at {parent_id}")
+            seen.add(parent_id)
+            chain.append(self.get(parent_id))
+        return chain[::-1]
+
+    def _island_floor(self, island: int) -> int:
+        return int(self.get_meta(f"island_reset.{island}", "0") or 0)
+
+    def island_members(self, island: int) -> list[Candidate]:
+        """The island's done candidates (since its last reset), best first."""
+        return self.survivors(island, -1)
+
+    def survivors(self, island: int, size: int) -> list[Candidate]:
+        """The best `size` done candidates of the island; ties go to the earlier finisher."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE island=? AND status='done' AND seq>? "
+            "ORDER BY val_bpb, finished_at, seq LIMIT ?",
+            (island, self._island_floor(island), size))]
+        return self._load(seqs)
+
+    def best(self, island: int | None = None) -> Candidate | None:
+        """The best done candidate of an island, or of the whole run."""
+        if island is not None:
+            found = self.survivors(island, 1)
+            return found[0] if found else None
+        row = self._conn.execute(
+            "SELECT seq FROM candidates WHERE status='done' "
+            "ORDER BY val_bpb, finished_at, seq LIMIT 1").fetchone()
+        return None if row is None else self._load([row[0]])[0]
+
+    def recent_failures(self, limit: int) -> list[Candidate]:
+        """Crashed, timed-out and rejected candidates, newest first (for mutator prompts)."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE status IN ('crashed', 'timed_out', 'rejected') "
+            "ORDER BY finished_at DESC, seq DESC LIMIT ?", (limit,))]
+        return self._load(seqs)
+
+    def children_of(self, parent_id: str) -> list[Candidate]:
+        """Every candidate made from this parent (migration copies included), oldest first."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE parent_id=? ORDER BY seq", (parent_id,))]
+        return self._load(seqs)
+
+    def has_hash(self, source_hash: str) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM candidates WHERE source_hash=? LIMIT 1", (source_hash,)
+        ).fetchone() is not None
+
+    def hashes(self) -> set[str]:
+        """Every source hash stored (read from the index alone; no sources loaded)."""
+        return {row[0] for row in self._conn.execute(
+            "SELECT DISTINCT source_hash FROM candidates")}
+
+    def unfinished(self) -> list[Candidate]:
+        """Candidates proposed or running: what a resumed run must run (again)."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE status IN ('proposed', 'running') ORDER BY seq")]
+        return self._load(seqs)
+
+    def count(self, *statuses: Status, include_copies: bool = False) -> int:
+        """Candidates in any of `statuses` (all when none); migration copies are not
+        experiments and are left out unless asked for."""
+        sql = "SELECT COUNT(*) FROM candidates WHERE 1=1"
+        params: list[Any] = []
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            params += [Status(s).value for s in statuses]
+        if not include_copies:
+            sql += " AND mutator != ?"
+            params.append(MIGRATION)
+        return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def finished_in_order(self, *, include_rejected: bool = False,
+                          include_copies: bool = False) -> list[Candidate]:
+        """Experiments that ran to a final status, by finish time (results.tsv, reports)."""
+        statuses = [s.value for s in (*RAN, *((Status.REJECTED,) if include_rejected else ()))]
+        sql = (f"SELECT seq FROM candidates WHERE status IN ({', '.join('?' * len(statuses))})")
+        params: list[Any] = list(statuses)
+        if not include_copies:
+            sql += " AND mutator != ?"
+            params.append(MIGRATION)
+        seqs = [row[0] for row in self._conn.execute(sql + " ORDER BY finished_at, seq", params)]
+        return self._load(seqs)
+
+    def finished_since_best(self, island: int) -> int:
+        """Experiments that ran on the island since its best arrived (stagnation measure)."""
+        best = self.best(island)
+        since = best.finished_at if best is not None and best.finished_at is not None else -1.0
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM candidates WHERE island=? AND finished_at>? AND seq>? "
+            "AND status IN ('done', 'crashed', 'timed_out') AND mutator != ?",
+            (island, since, self._island_floor(island), MIGRATION)).fetchone()
+        return int(row[0])
+
+    def islands(self) -> list[int]:
+        """Island numbers that hold at least one candidate."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT DISTINCT island FROM candidates ORDER BY island")]
+
+    def _load(self, seqs: Iterable[int]) -> list[Candidate]:
+        seqs = list(seqs)
+        if not seqs:
+            return []
+        rows = self._conn.execute(
+            f"SELECT seq, {_COLUMNS} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
+            seqs).fetchall()
+        by_seq = {row[0]: _candidate(row[1:]) for row in rows}
+        return [by_seq[seq] for seq in seqs]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT around one logical write (autocommit connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _candidate(row: Any) -> Candidate:
+    (cid, parent_id, island, generation, _hash, files, diff, description, rationale, mutator,
+     model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason, log_tail,
+     seed, created_at, finished_at) = tuple(row)
+    return Candidate(
+        id=cid, parent_id=parent_id, island=island, generation=generation,
+        files=json.loads(files), description=description, rationale=rationale, mutator=mutator,
+        model=model, raw_answer=raw_answer, applied_edit=applied_edit, diff=diff,
+        usage=json.loads(usage), cost_usd=cost_usd, status=Status(status),
+        metrics=json.loads(metrics), reason=reason, log_tail=log_tail, seed=seed,
+        created_at=created_at, finished_at=finished_at)
