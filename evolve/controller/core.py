@@ -1,0 +1,478 @@
+"""The scheduler core: a pure, event-driven state machine that keeps every worker busy.
+
+Events come in (a result arrived, a proposal is ready, a worker joined or was lost, time
+passed), decisions come out (propose from a parent, run a candidate on a worker, stop).
+No I/O, no clock, no asyncio: the same code runs under the asyncio shell for real runs and
+under the discrete-event simulation at a thousand workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Outcomes of one attempt, as the workers report them.
+FINISHED_OUTCOMES = frozenset({"done", "crashed", "timed_out", "invalid"})
+LOST = "lost"
+TOKEN_WINDOW_S = 60.0
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerJoined:
+    worker_id: str
+    device: str = "cpu"
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerLost:
+    """The worker is gone (actor or node died); whatever ran on it is a lost attempt."""
+
+    worker_id: str
+    reason: str = "worker lost"
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultArrived:
+    """An attempt ended. `outcome` is done/crashed/timed_out/invalid, or lost (worker lives)."""
+
+    candidate_id: str
+    worker_id: str
+    outcome: str
+    val_bpb: float | None = None
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProposalReady:
+    """A proposal became a child that passed pre-flight and waits for a worker."""
+
+    ticket: int
+    candidate_id: str
+    cost_usd: float = 0.0
+    tokens: int = 0
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProposalFailed:
+    """A proposal made no runnable child (mutator error, timeout, pre-flight rejection)."""
+
+    ticket: int
+    reason: str
+    cost_usd: float = 0.0
+    tokens: int = 0
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopRequested:
+    """The user asked to stop (Ctrl-C, SIGTERM): no new work; running experiments finish."""
+
+    reason: str = "stopped by user"
+    now: float
+
+
+Event = WorkerJoined | WorkerLost | ResultArrived | ProposalReady | ProposalFailed | Tick | StopRequested
+
+
+# -------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Propose:
+    ticket: int
+    parent_id: str
+    island: int
+    operator: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Run:
+    candidate_id: str
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """An attempt was lost; the candidate goes back to the front of the queue."""
+
+    candidate_id: str
+    lost_count: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Lost more than `max_lost_attempts` times: record it as crashed with this reason."""
+
+    candidate_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    finished: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+class ParentSource(Protocol):
+    """The narrow read side of the population the core needs: whom to mutate next."""
+
+    def choose_parent(self, island: int, rng: random.Random) -> str: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    lookahead: int = 1                      # proposals ready-or-in-flight per worker; 0 = sequential
+    max_concurrent_proposals: int = 16
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    target_val_bpb: float | None = None
+    max_llm_usd: float | None = None
+    tokens_per_minute: int | None = None    # LLM rate budget; None = unlimited
+    tokens_per_proposal_guess: int = 10_000  # until real usage has been seen
+    max_lost_attempts: int = 2
+    max_consecutive_failed_proposals: int = 100
+    islands: int = 1
+    migration_interval: int = 0             # finished experiments between migrations; 0 = never
+    operators: Sequence[tuple[str, float]] = (("heuristic", 1.0),)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class History:
+    """What a resumed run already did, rebuilt from the store."""
+
+    finished: int = 0
+    proposals_made: int = 0
+    llm_usd: float = 0.0
+    best_val_bpb: float | None = None
+    root_done: bool = False
+    queued: Sequence[tuple[str, int]] = ()   # (candidate id, island), front first
+    lost_counts: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CoreStatus:
+    finished: int
+    running: int
+    ready: int
+    proposing: int
+    workers: int
+    best_val_bpb: float | None
+    llm_usd: float
+    elapsed_s: float
+    closing: str | None      # why no new work is started, if so
+    stopped: bool
+
+
+# ------------------------------------------------------------------------------ core
+
+
+class Scheduler:
+    """Decides what happens next. Call `handle(event)`; carry out the decisions it returns."""
+
+    def __init__(self, settings: Settings, parents: ParentSource, root_id: str, root_island: int = 0,
+                 history: History | None = None) -> None:
+        history = history or History()
+        self.settings = settings
+        self._parents = parents
+        self._rng = random.Random(settings.seed)
+        self._root_id = root_id
+        self._root_done = history.root_done
+        self._workers: dict[str, str | None] = {}     # worker -> running candidate
+        self._free: dict[str, None] = {}               # ordered set of idle workers
+        self._running: dict[str, tuple[str, int]] = {}  # candidate -> (worker, island)
+        self._ready: deque[tuple[str, int]] = deque(history.queued)
+        self._proposing: dict[int, int] = {}           # ticket -> island
+        self._island_load = [0] * max(1, settings.islands)
+        for _, island in self._ready:
+            self._island_load[island % len(self._island_load)] += 1
+        self._lost = dict(history.lost_counts)
+        self._attempts = dict(history.attempts)
+        self._finished = history.finished
+        self._next_ticket = history.proposals_made
+        self._llm_usd = history.llm_usd
+        self._best = history.best_val_bpb
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._tokens_in_window = 0
+        self._tokens_seen = 0
+        self._proposals_seen = 0
+        self._failed_in_row = 0
+        self._prior_elapsed = history.elapsed_s
+        self._started_at: float | None = None
+        self._now = 0.0
+        self._closing: str | None = None        # no new runs, no new proposals
+        self._no_proposals: str | None = None   # proposals closed (LLM budget), runs go on
+        self._stopped = False
+        if not self._root_done and all(cid != root_id for cid, _ in self._ready):
+            self._ready.appendleft((root_id, root_island))
+            self._island_load[root_island % len(self._island_load)] += 1
+        interval = settings.migration_interval
+        self._next_migration = (self._finished // interval + 1) * interval if interval > 0 else None
+
+    # ------------------------------------------------------------------ public
+
+    def handle(self, event: Event) -> list[Decision]:
+        """Apply one event and return the decisions it leads to, in order."""
+        if self._stopped:
+            return []
+        self._advance(event.now)
+        out: list[Decision] = []
+        match event:
+            case WorkerJoined():
+                if event.worker_id not in self._workers:
+                    self._workers[event.worker_id] = None
+                    self._free[event.worker_id] = None
+            case WorkerLost():
+                self._worker_lost(event, out)
+            case ResultArrived():
+                self._result(event, out)
+            case ProposalReady():
+                self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                island = self._proposing.pop(event.ticket, None)
+                if island is None:  # not ours (resume): still a runnable child
+                    island = 0
+                    self._island_load[0] += 1
+                self._ready.append((event.candidate_id, island))
+                self._failed_in_row = 0
+            case ProposalFailed():
+                self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                island = self._proposing.pop(event.ticket, None)
+                if island is not None:
+                    self._island_load[island] -= 1
+                self._failed_in_row += 1
+                if self._failed_in_row >= self.settings.max_consecutive_failed_proposals:
+                    self._close(f"{self._failed_in_row} proposals in a row made no runnable child "
+                                f"(last: {event.reason}); check the mutator configuration")
+            case StopRequested():
+                self._close(event.reason)
+            case Tick():
+                pass
+        self._fill(out)
+        return out
+
+    def status(self) -> CoreStatus:
+        return CoreStatus(
+            finished=self._finished, running=len(self._running), ready=len(self._ready),
+            proposing=len(self._proposing), workers=len(self._workers), best_val_bpb=self._best,
+            llm_usd=self._llm_usd, elapsed_s=self.elapsed(), closing=self._closing or self._no_proposals,
+            stopped=self._stopped,
+        )
+
+    def elapsed(self) -> float:
+        if self._started_at is None:
+            return self._prior_elapsed
+        return self._prior_elapsed + (self._now - self._started_at)
+
+    def next_wakeup(self) -> float | None:
+        """The earliest virtual time at which a Tick alone could change a decision."""
+        times = []
+        if self.settings.max_hours is not None and self._started_at is not None:
+            times.append(self._started_at + self.settings.max_hours * 3600.0 - self._prior_elapsed)
+        if self._tokens:
+            times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
+        return min(times) if times else None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def running(self) -> dict[str, str]:
+        """Candidate id -> worker id of every attempt in flight."""
+        return {cid: worker for cid, (worker, _) in self._running.items()}
+
+    # ----------------------------------------------------------------- events
+
+    def _advance(self, now: float) -> None:
+        if self._started_at is None:
+            self._started_at = now
+        self._now = max(self._now, now)
+        hours = self.settings.max_hours
+        if hours is not None and self.elapsed() >= hours * 3600.0:
+            self._close(f"max_hours reached ({hours:g} h)")
+        while self._tokens and self._tokens[0][0] <= self._now - TOKEN_WINDOW_S:
+            self._tokens_in_window -= self._tokens.popleft()[1]
+
+    def _worker_lost(self, event: WorkerLost, out: list[Decision]) -> None:
+        if event.worker_id not in self._workers:
+            return
+        candidate = self._workers.pop(event.worker_id)
+        self._free.pop(event.worker_id, None)
+        if candidate is not None:
+            self._attempt_lost(candidate, event.reason, out)
+
+    def _result(self, event: ResultArrived, out: list[Decision]) -> None:
+        running = self._running.get(event.candidate_id)
+        if running is None or running[0] != event.worker_id:
+            return  # stale: the attempt was already counted lost
+        if event.worker_id in self._workers:
+            self._workers[event.worker_id] = None
+            self._free[event.worker_id] = None
+        if event.outcome == LOST:
+            self._attempt_lost(event.candidate_id, "attempt lost", out)
+            return
+        _, island = self._running.pop(event.candidate_id)
+        self._island_load[island] -= 1
+        self._count_finished(out)
+        if event.candidate_id == self._root_id:
+            self._root_done = True
+            if event.outcome != "done":
+                self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
+                            "see its log — nothing can be compared against it")
+        if event.outcome == "done" and event.val_bpb is not None:
+            if self._best is None or event.val_bpb < self._best:
+                self._best = event.val_bpb
+            target = self.settings.target_val_bpb
+            if target is not None and event.val_bpb <= target:
+                self._close(f"target val_bpb {target:g} reached ({event.val_bpb:.6f})")
+
+    def _attempt_lost(self, candidate: str, reason: str, out: list[Decision]) -> None:
+        worker_island = self._running.pop(candidate, None)
+        island = worker_island[1] if worker_island else 0
+        lost = self._lost.get(candidate, 0) + 1
+        self._lost[candidate] = lost
+        if lost > self.settings.max_lost_attempts:
+            self._island_load[island] -= 1
+            out.append(GiveUp(candidate, f"lost {lost} times (last: {reason}); "
+                                         "it may be killing its worker (out of memory?)"))
+            self._count_finished(out)
+            if candidate == self._root_id:
+                self._root_done = True
+                self._close("the baseline (root) was lost on every attempt; check the workers")
+            return
+        self._ready.appendleft((candidate, island))
+        out.append(Requeue(candidate, lost))
+
+    def _count_finished(self, out: list[Decision]) -> None:
+        self._finished += 1
+        if self._next_migration is not None and self._finished >= self._next_migration:
+            self._next_migration += self.settings.migration_interval
+            if self.settings.islands > 1:
+                out.append(Migrate(self._finished))
+
+    def _proposal_done(self, ticket: int, cost: float, tokens: int, now: float) -> None:
+        self._llm_usd += cost
+        if tokens:
+            self._tokens.append((now, tokens))
+            self._tokens_in_window += tokens
+        self._tokens_seen += tokens
+        self._proposals_seen += 1
+        cap = self.settings.max_llm_usd
+        if cap is not None and self._llm_usd >= cap and self._no_proposals is None:
+            self._no_proposals = f"LLM budget spent (${self._llm_usd:.2f} of ${cap:g})"
+
+    def _close(self, reason: str) -> None:
+        if self._closing is None:
+            self._closing = reason
+
+    # ---------------------------------------------------------------- decisions
+
+    def _remaining(self) -> int | None:
+        """Experiments that may still be started without overshooting max_experiments."""
+        cap = self.settings.max_experiments
+        if cap is None:
+            return None
+        return cap - self._finished - len(self._running)
+
+    def _fill(self, out: list[Decision]) -> None:
+        if self._closing is None and self.settings.max_experiments is not None \
+                and self._finished >= self.settings.max_experiments:
+            self._close(f"max_experiments reached ({self.settings.max_experiments})")
+        if self._closing is None:
+            self._start_runs(out)
+            if self._no_proposals is None and self._root_done:
+                self._start_proposals(out)
+        self._maybe_stop(out)
+
+    def _start_runs(self, out: list[Decision]) -> None:
+        remaining = self._remaining()
+        while self._free and self._ready and (remaining is None or remaining > 0):
+            candidate, island = self._ready.popleft()
+            worker = next(iter(self._free))
+            del self._free[worker]
+            self._workers[worker] = candidate
+            self._running[candidate] = (worker, island)
+            attempt = self._attempts.get(candidate, 0) + 1
+            self._attempts[candidate] = attempt
+            out.append(Run(candidate, worker, attempt))
+            if remaining is not None:
+                remaining -= 1
+
+    def _wanted_pipeline(self) -> int:
+        if self.settings.lookahead <= 0:
+            pending = len(self._ready) + len(self._proposing)
+            want = 1 if self._free and pending == 0 else 0
+        else:
+            want = self.settings.lookahead * len(self._workers)
+        remaining = self._remaining()
+        return want if remaining is None else min(want, remaining)
+
+    def _token_room(self) -> bool:
+        tpm = self.settings.tokens_per_minute
+        if tpm is None:
+            return True
+        per = (self._tokens_seen / self._proposals_seen if self._proposals_seen
+               else self.settings.tokens_per_proposal_guess)
+        return self._tokens_in_window + (len(self._proposing) + 1) * per <= tpm
+
+    def _start_proposals(self, out: list[Decision]) -> None:
+        want = self._wanted_pipeline()
+        cap = self.settings.max_concurrent_proposals
+        while (len(self._ready) + len(self._proposing) < want and len(self._proposing) < cap
+               and (self._token_room() or (not self._proposing and not self._tokens_in_window))):
+            island = min(range(len(self._island_load)), key=self._island_load.__getitem__)
+            parent = self._parents.choose_parent(island, self._rng)
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._proposing[ticket] = island
+            self._island_load[island] += 1
+            seed = (self.settings.seed * 1_000_003 + ticket) % (2**31)
+            out.append(Propose(ticket, parent, island, self._pick_operator(), seed))
+
+    def _pick_operator(self) -> str:
+        operators = [(name, w) for name, w in self.settings.operators if w > 0]
+        if len(operators) == 1:
+            return operators[0][0]
+        names = [name for name, _ in operators]
+        weights = [w for _, w in operators]
+        return self._rng.choices(names, weights)[0]
+
+    def _maybe_stop(self, out: list[Decision]) -> None:
+        if self._running:
+            return
+        if self._closing is not None:
+            reason = self._closing
+        elif self._no_proposals is not None and not self._proposing and not self._ready:
+            reason = self._no_proposals
+        else:
+            return
+        self._stopped = True
+        out.append(Stop(reason))
