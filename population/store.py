@@ -240,7 +240,7 @@ class Store:
         """Store a new candidate (proposed, or rejected by pre-flight; done for copies)."""
         if candidate.status not in (Status.PROPOSED, Status.REJECTED, Status.DONE):
             raise StatusError(
-                f"candidate {candidate.id} must be added as proposed or rejected, "
+                f"candidate {candidate.id} must be added as proposed, rejected or done, "
                 f"not {candidate.status.value}")
         bpb = _finite_bpb(candidate.metrics)
         if candidate.status is Status.DONE and bpb is None:
@@ -250,20 +250,24 @@ class Store:
         if candidate.status.is_final and finished is None:
             finished = created
         with self._write():
-            try:
-                self._conn.execute(
-                    f"INSERT INTO candidates ({_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
-                     candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
-                     candidate.description, candidate.rationale, candidate.mutator,
-                     candidate.model, candidate.raw_answer, candidate.applied_edit,
-                     json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
-                     Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
-                     candidate.reason, candidate.log_tail, int(candidate.seed), created,
-                     finished))
-            except sqlite3.IntegrityError:
-                raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
+            self._insert(candidate, bpb, created, finished)
+
+    def _insert(self, candidate: Candidate, bpb: float | None, created: float,
+                finished: float | None) -> None:
+        try:
+            self._conn.execute(
+                f"INSERT INTO candidates ({_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
+                 candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
+                 candidate.description, candidate.rationale, candidate.mutator,
+                 candidate.model, candidate.raw_answer, candidate.applied_edit,
+                 json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
+                 Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
+                 candidate.reason, candidate.log_tail, int(candidate.seed), created,
+                 finished))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
 
     def set_status(self, candidate_id: str, status: Status, *, reason: str = "",
                    now: float | None = None) -> Candidate:
@@ -354,27 +358,36 @@ class Store:
                  description: str = "", now: float | None = None) -> Candidate:
         """Copy a done candidate into another island (migration, re-seeding): new id, same
         files and metrics, status done, `mutator="migration"`, its source as parent."""
+        with self._write():
+            return self._copy(source_id, island, new_id, description,
+                              time.time() if now is None else now)
+
+    def _copy(self, source_id: str, island: int, new_id: str | None, description: str,
+              stamp: float) -> Candidate:
         source = self.get(source_id)
         if source.status is not Status.DONE:
             raise StatusError(f"only done candidates migrate; {source_id} is {source.status.value}")
-        stamp = time.time() if now is None else now
         copy = source.replace(
             id=new_id or f"{source_id}@i{island}.{self._next_seq()}",
             parent_id=source_id, island=island, generation=source.generation + 1,
             description=description or f"copy of {source_id} from island {source.island}",
             rationale="", mutator=MIGRATION, model="", raw_answer="", applied_edit="", diff="",
             usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp)
-        self.add(copy)
+        self._insert(copy, source.val_bpb, stamp, stamp)
         return self.get(copy.id)
 
-    def reset_island(self, island: int) -> None:
-        """Forget an island's population (for re-seeding): members so far stop counting as its
-        survivors. Nothing is deleted; candidates added afterwards form the new population."""
+    def reseed(self, island: int, source_ids: Iterable[str], *,
+               now: float | None = None) -> list[Candidate]:
+        """Restart an island from copies of `source_ids`, in one transaction: its members so
+        far stop counting as its population (nothing is deleted)."""
+        stamp = time.time() if now is None else now
         with self._write():
             self._conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                (f"island_reset.{island}", str(self._next_seq() - 1)))
+                (f"island_reset.{island}", repr(stamp)))
+            return [self._copy(source_id, island, None, f"re-seed of island {island} from "
+                               f"{source_id}", stamp) for source_id in source_ids]
 
     def _next_seq(self) -> int:
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM candidates").fetchone()
@@ -418,8 +431,11 @@ class Store:
             chain.append(self.get(parent_id))
         return chain[::-1]
 
-    def _island_floor(self, island: int) -> int:
-        return int(self.get_meta(f"island_reset.{island}", "0") or 0)
+    def _island_floor(self, island: int) -> float:
+        """When the island was last re-seeded: only results since then are its population
+        (children of the old population that finish later still count)."""
+        value = self.get_meta(f"island_reset.{island}")
+        return -math.inf if value is None else float(value)
 
     def island_members(self, island: int) -> list[Candidate]:
         """The island's done candidates (since its last reset), best first."""
@@ -428,7 +444,7 @@ class Store:
     def survivors(self, island: int, size: int) -> list[Candidate]:
         """The best `size` done candidates of the island; ties go to the earlier finisher."""
         seqs = [row[0] for row in self._conn.execute(
-            "SELECT seq FROM candidates WHERE island=? AND status='done' AND seq>? "
+            "SELECT seq FROM candidates WHERE island=? AND status='done' AND finished_at>=? "
             "ORDER BY val_bpb, finished_at, seq LIMIT ?",
             (island, self._island_floor(island), size))]
         return self._load(seqs)
@@ -502,7 +518,7 @@ class Store:
         best = self.best(island)
         since = best.finished_at if best is not None and best.finished_at is not None else -1.0
         row = self._conn.execute(
-            "SELECT COUNT(*) FROM candidates WHERE island=? AND finished_at>? AND seq>? "
+            "SELECT COUNT(*) FROM candidates WHERE island=? AND finished_at>? AND finished_at>=? "
             "AND status IN ('done', 'crashed', 'timed_out') AND mutator != ?",
             (island, since, self._island_floor(island), MIGRATION)).fetchone()
         return int(row[0])

@@ -114,11 +114,22 @@ def test_survivors_best_and_ties(store: Store) -> None:
 def test_reset_island_starts_a_new_population(store: Store) -> None:
     done(store, "old", 2.0, now=1.0, island=1)
     done(store, "best", 1.0, now=2.0, island=0)
-    store.reset_island(1)
-    assert store.survivors(1, 4) == []
-    copy = store.add_copy("best", 1, now=3.0)
-    assert [c.id for c in store.survivors(1, 4)] == [copy.id]
+    store.add(make("in-flight", "old", island=1))  # a child of the old population
+    store.set_status("in-flight", Status.RUNNING)
+    done(store, "stale", 3.0, now=2.5, parent="old", island=1)
+    assert store.finished_since_best(1) == 1
+    copies = store.reseed(1, ["best"], now=3.0)
+    assert [c.id for c in store.survivors(1, 4)] == [copies[0].id]
+    assert store.finished_since_best(1) == 0
+    assert copies[0].mutator == "migration" and copies[0].parent_id == "best"
     assert store.get("old").island == 1  # nothing deleted
+    late = store.record_result("in-flight", status=Status.DONE, metrics={"val_bpb": 0.5}, now=4.0)
+    assert [c.id for c in store.survivors(1, 4)] == [late.id, copies[0].id]
+    store.add(make("queued", island=1))
+    with pytest.raises(StatusError, match="only done"):
+        store.reseed(0, ["old", "queued"])  # all or nothing
+    assert store.get_meta("island_reset.0") is None
+    assert [c.id for c in store.survivors(0, 4)] == ["best"]
 
 
 def test_failures_unfinished_counts_and_order(store: Store) -> None:
@@ -202,7 +213,7 @@ def test_ranking_queries_use_indexes(tmp_path) -> None:
     Store.open(path).close()
     with sqlite3.connect(path) as conn:
         queries = [
-            "SELECT seq FROM candidates WHERE island=1 AND status='done' AND seq>0 "
+            "SELECT seq FROM candidates WHERE island=1 AND status='done' AND finished_at>=0 "
             "ORDER BY val_bpb, finished_at, seq LIMIT 4",
             "SELECT seq FROM candidates WHERE status='done' ORDER BY val_bpb, finished_at, seq LIMIT 1",
             "SELECT seq FROM candidates WHERE parent_id='x' ORDER BY seq",
