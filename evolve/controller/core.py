@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from population.selection import proposal_rng
+from population.survival import lost_reason, lost_too_often
+
 # Outcomes of one attempt, as the workers report them.
 FINISHED_OUTCOMES = frozenset({"done", "crashed", "timed_out", "invalid"})
 LOST = "lost"
@@ -203,7 +206,6 @@ class Scheduler:
         history = history or History()
         self.settings = settings
         self._parents = parents
-        self._rng = random.Random(settings.seed)
         self._root_id = root_id
         self._root_done = history.root_done
         self._workers: dict[str, str | None] = {}     # worker -> running candidate
@@ -359,10 +361,9 @@ class Scheduler:
         island = worker_island[1] if worker_island else 0
         lost = self._lost.get(candidate, 0) + 1
         self._lost[candidate] = lost
-        if lost > self.settings.max_lost_attempts:
+        if lost_too_often(lost, self.settings.max_lost_attempts):
             self._island_load[island] -= 1
-            out.append(GiveUp(candidate, f"lost {lost} times (last: {reason}); "
-                                         "it may be killing its worker (out of memory?)"))
+            out.append(GiveUp(candidate, f"{lost_reason(lost)}; last: {reason}"))
             self._count_finished(out)
             if candidate == self._root_id:
                 self._root_done = True
@@ -449,21 +450,23 @@ class Scheduler:
         while (len(self._ready) + len(self._proposing) < want and len(self._proposing) < cap
                and (self._token_room() or (not self._proposing and not self._tokens_in_window))):
             island = min(range(len(self._island_load)), key=self._island_load.__getitem__)
-            parent = self._parents.choose_parent(island, self._rng)
             ticket = self._next_ticket
+            rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
+            operator = self._pick_operator(rng)
+            parent = self._parents.choose_parent(island, rng)
             self._next_ticket += 1
             self._proposing[ticket] = island
             self._island_load[island] += 1
             seed = (self.settings.seed * 1_000_003 + ticket) % (2**31)
-            out.append(Propose(ticket, parent, island, self._pick_operator(), seed))
+            out.append(Propose(ticket, parent, island, operator, seed))
 
-    def _pick_operator(self) -> str:
+    def _pick_operator(self, rng: random.Random) -> str:
         operators = [(name, w) for name, w in self.settings.operators if w > 0]
         if len(operators) == 1:
             return operators[0][0]
         names = [name for name, _ in operators]
         weights = [w for _, w in operators]
-        return self._rng.choices(names, weights)[0]
+        return rng.choices(names, weights)[0]
 
     def _maybe_stop(self, out: list[Decision]) -> None:
         if self._running:
