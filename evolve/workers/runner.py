@@ -1,0 +1,265 @@
+"""Run one candidate: lay out its directory, run the harness under a hard timeout, read the score.
+
+No Ray here: the runner also works alone (on a GPU box without Ray, in tests). A bad
+candidate never raises; it comes back as a `RunResult` with outcome crashed, invalid or
+timed_out. Only a broken template (the engine's fault, not the candidate's) raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from evolve.workers.device import detect_device
+from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
+
+# Template files that are not harness: the seed scripts and the research brief.
+NOT_HARNESS = frozenset({"train.py", "train_cpu.py", "program.md"})
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".ruff_cache")
+
+HARNESS_ENTRY = "prepare.py"
+RESULT_FILE = "result.json"
+LOG_FILE = "run.log"
+TAIL_LINES = 50
+TAIL_MAX_CHARS = 8000
+
+OUTCOMES = ("done", "crashed", "timed_out", "invalid")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything needed to run one attempt of one candidate (docs/contracts.md section 3)."""
+
+    candidate_id: str
+    files: Mapping[str, str]
+    template_dir: str
+    profile: str
+    data: str
+    seed: int
+    timeout_s: float
+    work_root: str
+    splits: tuple[str, ...] = ("val",)
+    budget_fraction: float = 1.0
+    cache_dir: str | None = None
+    torch_threads: int = 1
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one attempt came to; `metrics` holds the harness's result keys when done."""
+
+    candidate_id: str
+    outcome: str
+    metrics: Mapping[str, float | int | str]
+    reason: str
+    log_tail: str
+    log_path: str
+    exit_code: int | None
+    started_at: float
+    ended_at: float
+    device: str
+
+    @property
+    def val_bpb(self) -> float | None:
+        """The score, when the run is done."""
+        value = self.metrics.get("val_bpb")
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+class TemplateError(RuntimeError):
+    """The template directory cannot be used: a configuration problem, not the candidate's."""
+
+
+def experiment_dir(request: RunRequest) -> Path:
+    """Where this attempt runs: `<work_root>/<candidate_id>-a<attempt>`."""
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", request.candidate_id) or "candidate"
+    return Path(request.work_root) / f"{safe_id}-a{request.attempt}"
+
+
+def harness_command(request: RunRequest) -> list[str]:
+    """The harness command line of docs/contracts.md section 1."""
+    argv = [
+        sys.executable, HARNESS_ENTRY, "run", "--profile", request.profile, "--data", request.data,
+        "--seed", str(request.seed), "--result", RESULT_FILE,
+    ]
+    if tuple(request.splits) != ("val",):
+        argv += ["--splits", ",".join(request.splits)]
+    if request.budget_fraction != 1.0:
+        argv += ["--budget-fraction", repr(float(request.budget_fraction))]
+    if request.cache_dir:
+        argv += ["--cache-dir", str(request.cache_dir)]
+    return argv
+
+
+def run_candidate(request: RunRequest) -> RunResult:
+    """Run the harness on the candidate in a fresh directory and return what happened."""
+    started = time.time()
+    directory = experiment_dir(request)
+    log_path = directory / LOG_FILE
+    problem = materialise(request, directory)
+    if problem:
+        log_path.write_text(f"error: {problem}\n")
+        return _result(request, "invalid", {}, problem, log_path, None, started)
+
+    env = scrubbed_env(os.environ, threads=request.torch_threads, seed=request.seed)
+    timed_out = False
+    with open(log_path, "wb") as log:
+        try:
+            process = start_in_group(harness_command(request), cwd=directory, env=env, log=log)
+        except OSError as exc:
+            return _result(request, "crashed", {}, f"could not start the harness: {exc}",
+                           log_path, None, started)
+        try:
+            process.wait(timeout=max(0.0, request.timeout_s))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(process)
+        finally:
+            # Whatever happened (done, timeout, or the runner itself interrupted), nothing of the
+            # experiment outlives this call: background children the candidate forked included.
+            reap_group(process)
+    exit_code = process.returncode
+    if timed_out:
+        reason = f"timed out after {request.timeout_s:g} s (wall-clock limit); process group killed"
+        return _result(request, "timed_out", {}, reason, log_path, exit_code, started)
+    return _judge(request, directory, log_path, exit_code, started)
+
+
+def materialise(request: RunRequest, directory: Path) -> str:
+    """Lay out a fresh experiment directory: the pristine harness plus the candidate's files.
+
+    Returns a one-line problem with the candidate's files ("" when fine); raises
+    TemplateError when the template itself is unusable.
+    """
+    template = Path(request.template_dir)
+    if not (template / HARNESS_ENTRY).is_file():
+        raise TemplateError(f"template {template} has no {HARNESS_ENTRY}: it is not a harness")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    harness: set[str] = set()
+    for entry in sorted(template.iterdir()):
+        if entry.name in NOT_HARNESS or _IGNORED(str(template), [entry.name]):
+            continue
+        harness.add(entry.name)
+        if entry.is_dir():
+            shutil.copytree(entry, directory / entry.name, ignore=_IGNORED)
+        else:
+            shutil.copy2(entry, directory / entry.name)
+    for name, source in request.files.items():
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name:
+            return f"candidate file name {name!r} is not a plain relative path"
+        if path.parts[0] in harness:
+            return f"candidate file {name!r} would overwrite the harness; only mutable files may change"
+        target = directory.joinpath(*path.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source)
+    return ""
+
+
+def _judge(request: RunRequest, directory: Path, log_path: Path, exit_code: int | None,
+           started: float) -> RunResult:
+    """Turn the exit code and the result file (never the printed log) into an outcome."""
+    result, problem = _read_result(directory / RESULT_FILE)
+    status = result.get("status") if result else None
+    harness_reason = str(result.get("reason", "")).strip() if result else ""
+    if status == "invalid":
+        reason = harness_reason or _reason_from_log(log_path) or "the harness judged the run invalid"
+        return _result(request, "invalid", {}, reason, log_path, exit_code, started)
+    if status == "ok" and exit_code == 0:
+        val_bpb = result.get("val_bpb")
+        if isinstance(val_bpb, (int, float)) and not isinstance(val_bpb, bool) and math.isfinite(val_bpb):
+            return _result(request, "done", result, "", log_path, exit_code, started)
+        problem = f"result file has no finite val_bpb (got {val_bpb!r})"
+    if status == "crash" and harness_reason:
+        reason = harness_reason
+    elif exit_code != 0:
+        reason = _reason_from_log(log_path) or _exit_reason(exit_code)
+    else:
+        reason = problem or _reason_from_log(log_path) or f"the harness reported status {status!r}"
+    return _result(request, "crashed", {}, reason, log_path, exit_code, started)
+
+
+def _read_result(path: Path) -> tuple[dict | None, str]:
+    """The harness's result JSON, or None and why not."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, "the harness wrote no result file"
+    except OSError as exc:
+        return None, f"cannot read the result file: {exc}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"result file is not JSON: {exc}"
+    if not isinstance(data, dict):
+        return None, "result file is not a JSON object"
+    return data, ""
+
+
+def _exit_reason(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "the harness did not finish"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the harness was killed by {name}{hint}"
+    return f"the harness exited with code {exit_code}"
+
+
+def _reason_from_log(log_path: Path) -> str:
+    """The last `error:` line of the log, else the last exception line of a traceback."""
+    lines = [line.rstrip() for line in _tail_lines(log_path, 400)]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line[:500]
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("Traceback (most recent call last)"):
+            after = [line for line in lines[index + 1:] if line and not line[0].isspace()]
+            if after:
+                return after[0][:500]
+    return ""
+
+
+def _tail_lines(path: Path, count: int) -> list[str]:
+    """The last `count` lines of a (possibly huge) log, read from its end."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            data = handle.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-count:]
+
+
+def _log_tail(log_path: Path) -> str:
+    tail = "\n".join(_tail_lines(log_path, TAIL_LINES))
+    return tail[-TAIL_MAX_CHARS:]
+
+
+def _result(request: RunRequest, outcome: str, metrics: Mapping, reason: str, log_path: Path,
+            exit_code: int | None, started: float) -> RunResult:
+    device = metrics.get("device") if isinstance(metrics.get("device"), str) else detect_device()
+    return RunResult(
+        candidate_id=request.candidate_id, outcome=outcome, metrics=dict(metrics),
+        reason=" ".join(reason.split())[:500], log_tail=_log_tail(log_path),
+        log_path=str(log_path), exit_code=exit_code, started_at=started, ended_at=time.time(),
+        device=device,
+    )
