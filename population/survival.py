@@ -1,0 +1,67 @@
+"""Survival: who stays in an island's population, and whether a new result was kept.
+
+Lower val_bpb is better; ties go to the earlier finisher, so a child must be strictly better
+than the candidate it would displace (the greedy keep/revert rule). `Store.survivors`
+ranks the same way in SQL; these pure functions state the rule and serve the tests, the
+results.tsv keep|discard column and the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from population.candidate import Candidate, Status
+
+Verdict = Literal["keep", "discard", "crash"]
+
+
+def rank_key(candidate: Candidate) -> tuple[float, float, str]:
+    """Sort key, best first: val_bpb, then who finished first."""
+    bpb = candidate.val_bpb
+    finished = candidate.finished_at
+    return (math.inf if bpb is None else bpb,
+            math.inf if finished is None else finished, candidate.id)
+
+
+def is_ranked(candidate: Candidate) -> bool:
+    """Only done candidates with a finite score take part in survival."""
+    bpb = candidate.val_bpb
+    return candidate.status is Status.DONE and bpb is not None and math.isfinite(bpb)
+
+
+def survivors(candidates: Iterable[Candidate], size: int) -> list[Candidate]:
+    """The best `size` done candidates, best first."""
+    if size < 1:
+        raise ValueError(f"population size must be at least 1, not {size}")
+    return sorted(filter(is_ranked, candidates), key=rank_key)[:size]
+
+
+def population_size(strategy: str, size: int) -> int:
+    """Greedy keeps only the champion, whatever `population.size` says."""
+    return 1 if strategy == "greedy" else size
+
+
+def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) -> Verdict:
+    """Was the child kept? Judged against the island's survivors *when its result arrived*
+    (not when it was proposed): kept if there was room or it beats the worst survivor
+    strictly. With size 1 that is: strictly better than the current champion."""
+    if not is_ranked(child):
+        return "crash"
+    ranked = [s for s in survivors_before if is_ranked(s) and s.id != child.id]
+    if len(ranked) < size:
+        return "keep"
+    worst = max(ranked, key=rank_key)
+    return "keep" if child.val_bpb < worst.val_bpb else "discard"  # type: ignore[operator]
+
+
+def lost_too_often(lost_count: int, max_lost: int) -> bool:
+    """A candidate lost more than `max_lost` times probably kills its worker (OOM): stop."""
+    return lost_count > max_lost
+
+
+def lost_reason(lost_count: int) -> str:
+    """The crash reason recorded for a candidate given up after repeated losses."""
+    return (f"lost its worker {lost_count} times (the node or worker died mid-run); "
+            "given up so it cannot take workers down forever")
