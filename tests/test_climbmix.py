@@ -123,7 +123,7 @@ def test_prepare_downloads_tokenizes_and_is_idempotent(server: Server, tmp_path:
     assert len(server.requests) == served  # cached: no network on the second call
 
     corpus = climbmix.load_corpus(tmp_path, config, log=lambda _: None)
-    assert corpus.vocab_size == 400 and corpus.token_bytes.shape == (400,)
+    assert corpus.name == "climbmix" and corpus.vocab_size == 400 and corpus.token_bytes.shape == (400,)
     bos = manifest["bos_id"]
     assert corpus.token_bytes[bos] == 0
     for split, texts in (("val", _docs(3, 120)), ("train", _docs(0, 300) + _docs(1, 300))):
@@ -133,6 +133,17 @@ def test_prepare_downloads_tokenizes_and_is_idempotent(server: Server, tmp_path:
         # val_bpb's denominator: token byte lengths add up to the documents' UTF-8 bytes exactly
         total_bytes = int(corpus.token_bytes[np.asarray(data.tokens, dtype=np.int64)].sum())
         assert total_bytes == sum(len(t.encode("utf-8")) for t in texts)
+
+
+def test_harness_entry_point_reads_env(server: Server, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("EVOLVE_CLIMBMIX_URL", server.url)
+    monkeypatch.setenv("EVOLVE_CLIMBMIX_TRAIN_SHARDS", "1")
+    monkeypatch.setenv("EVOLVE_CLIMBMIX_VOCAB_SIZE", "300")
+    corpus = climbmix.load_climbmix(tmp_path, 64)
+    assert corpus.vocab_size == 300
+    assert climbmix.read_manifest(tmp_path)["train_shards"] == [0]
+    assert {name for name, _ in server.requests} == {shard_name(0), shard_name(climbmix.VAL_SHARD),
+                                                    shard_name(climbmix.TEST_SHARD)}
 
 
 def test_tokenizer_round_trip_and_hash_stable_across_processes(server: Server, tmp_path: Path) -> None:

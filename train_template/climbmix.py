@@ -6,6 +6,10 @@ a configurable number of train shards), trains a byte-level BPE tokenizer (vocab
 the train shards, tokenizes every shard to a flat uint16 file, and writes a manifest whose
 `content_hash` names data + tokenizer, so every node of a cluster can check it has the same.
 pyarrow, tokenizers and filelock are imported only when climbmix is actually used.
+
+Knobs (environment): EVOLVE_CLIMBMIX_URL (base URL of the shards, e.g. a mirror),
+EVOLVE_CLIMBMIX_TRAIN_SHARDS (default 10), EVOLVE_CLIMBMIX_RETRIES (default 5),
+EVOLVE_CLIMBMIX_VOCAB_SIZE (default 8192).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class ClimbmixConfig:
             base_url=env.get("EVOLVE_CLIMBMIX_URL", DEFAULT_BASE_URL).rstrip("/"),
             num_train_shards=int(env.get("EVOLVE_CLIMBMIX_TRAIN_SHARDS", "10")),
             retries=int(env.get("EVOLVE_CLIMBMIX_RETRIES", "5")),
+            vocab_size=int(env.get("EVOLVE_CLIMBMIX_VOCAB_SIZE", str(VOCAB_SIZE))),
         )
 
     @property
@@ -419,3 +424,9 @@ def _manifest_matches(root: Path, manifest: dict, config: ClimbmixConfig) -> boo
         and manifest.get("requested_vocab_size") == config.vocab_size
         and all((root / manifest["tokens_dir"] / f"{s}.bin").exists() for s in ("train", "val", "test"))
     )
+
+
+def load_climbmix(cache_dir: Path, seq_len: int) -> Corpus:
+    """The harness's entry point (prepare.py DATA_SOURCES): config from EVOLVE_CLIMBMIX_* env."""
+    del seq_len  # every split is a flat document stream; the harness cuts its own rows
+    return load_corpus(cache_dir, ClimbmixConfig.from_env(), log=lambda msg: print(msg, flush=True))
