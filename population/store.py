@@ -66,7 +66,9 @@ CREATE INDEX IF NOT EXISTS candidates_rank
 CREATE INDEX IF NOT EXISTS candidates_global_rank
     ON candidates (status, val_bpb, finished_at, seq);
 CREATE INDEX IF NOT EXISTS candidates_finished ON candidates (status, finished_at, seq);
-CREATE INDEX IF NOT EXISTS candidates_island_finished ON candidates (island, finished_at);
+CREATE INDEX IF NOT EXISTS candidates_kind ON candidates (status, mutator);
+CREATE INDEX IF NOT EXISTS candidates_island_finished
+    ON candidates (island, finished_at, status, mutator);
 CREATE INDEX IF NOT EXISTS candidates_parent ON candidates (parent_id);
 CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (source_hash);
 CREATE TABLE IF NOT EXISTS attempts (

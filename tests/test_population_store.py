@@ -207,18 +207,36 @@ def test_one_writer_and_live_readers(tmp_path) -> None:
     Store.open(path).close()  # the lock went with the writer
 
 
-def test_ranking_queries_use_indexes(tmp_path) -> None:
-    """Survivors and best are read from the index in order: no sort of all rows."""
-    path = tmp_path / "store.sqlite"
-    Store.open(path).close()
-    with sqlite3.connect(path) as conn:
-        queries = [
-            "SELECT seq FROM candidates WHERE island=1 AND status='done' AND finished_at>=0 "
-            "ORDER BY val_bpb, finished_at, seq LIMIT 4",
-            "SELECT seq FROM candidates WHERE status='done' ORDER BY val_bpb, finished_at, seq LIMIT 1",
-            "SELECT seq FROM candidates WHERE parent_id='x' ORDER BY seq",
-            "SELECT 1 FROM candidates WHERE source_hash='h' LIMIT 1",
-        ]
-        for sql in queries:
-            plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
-            assert "INDEX" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+def test_per_experiment_queries_read_only_indexes(store: Store) -> None:
+    """The queries the controller runs per experiment search covering indexes; full rows
+    (with their sources) are read by primary key for the few candidates returned only."""
+    done(store, "root", 3.0, now=1.0)
+    for i in range(20):
+        done(store, f"c{i}", 2.0 + i / 100, now=2.0 + i, parent="root", island=i % 2)
+    store.reseed(1, ["root"], now=30.0)
+    traced: list[str] = []
+    store._conn.set_trace_callback(traced.append)
+    store.survivors(1, 4)
+    store.best()
+    store.best(0)
+    store.has_hash("0" * 64)
+    store.children_of("root")
+    store.count(Status.DONE)
+    store.count()
+    store.recent_failures(3)
+    store.finished_since_best(0)
+    store.lost_count("c1")
+    store.hashes()
+    store._conn.set_trace_callback(None)
+    selects = [sql for sql in traced if sql.startswith("SELECT") and "candidates" in sql]
+    assert len(selects) >= 11
+    for sql in selects:
+        sql = sql.replace("-Inf", "-1e999")  # the trace prints an unbound -inf this way
+        plan = [row[-1] for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        touching = [step for step in plan if "candidates" in step]
+        full_load = sql.startswith("SELECT seq, id, parent_id")
+        for step in touching:
+            if full_load:
+                assert "PRIMARY KEY" in step, (sql, plan)
+            else:
+                assert "COVERING INDEX" in step, (sql, plan)
