@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-
 from corpus import Split
 from profiles import Profile
 

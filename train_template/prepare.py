@@ -16,7 +16,7 @@ served by a module climbmix.py beside this file, which must define
     load_climbmix(cache_dir: pathlib.Path, seq_len: int) -> corpus.Corpus
 
 idempotent and safe when several workers call it at once (it takes its own file lock, e.g.
-with datasets._build_locked), returning splits whose `starts` are the BOS positions.
+with sources._build_locked), returning splits whose `starts` are the BOS positions.
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from context import TrainContext  # noqa: E402
 from corpus import Corpus, DataError, atomic_write_bytes, eval_rows  # noqa: E402
-from datasets import load_synthetic, load_text  # noqa: E402
 from profiles import PROFILES, Profile, get_profile  # noqa: E402
 from scoring import InvalidModel, causality_probe, evaluate_bpb  # noqa: E402
+from sources import load_synthetic, load_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "B200": 2250e12, "A100": 312e12}

@@ -13,8 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
-
 from corpus import (
     Corpus,
     DataError,
@@ -24,6 +22,7 @@ from corpus import (
     eval_rows,
     write_manifest,
 )
+from filelock import FileLock
 from synthlang import END, Language, LanguageSpec
 
 FORMAT = 1
