@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
 
 from population.candidate import source_hash
 
@@ -45,7 +46,8 @@ INTROSPECTION_CALLS = frozenset(
         "gc.get_referents",
     }
 )
-DATA_CACHE_MARKERS = ("EVOLVE_CACHE_DIR", ".cache/evolve")
+DATA_CACHE_MARKERS = ("EVOLVE_CACHE_DIR", ".cache/evolve", "token_bytes.npy")
+DATA_FILE = re.compile(r"(^|[/\\])(train|val|test)\.(bin|idx)$")
 SUMMARY_LINE = re.compile(r"^\s*(val_bpb|test_bpb)\s*:", re.MULTILINE)
 # What a training script may legitimately set on a module: torch's switches and compiler
 # configs. Anything else (torch.nn.functional.cross_entropy, math.log...) the harness uses too.
@@ -70,6 +72,15 @@ def preflight(
         or check_differs(parent_files, child_files)
         or check_not_duplicate(child_files, has_hash)
     )
+
+
+def harness_modules(template_dir: str | Path, mutable_files: Sequence[str]) -> frozenset[str]:
+    """The importable names of the template's fixed files (everything not mutable)."""
+    mutable = {Path(name).stem for name in mutable_files}
+    stems = {p.stem for p in Path(template_dir).glob("*.py")} | {
+        p.name for p in Path(template_dir).iterdir() if (p / "__init__.py").is_file()
+    }
+    return frozenset((stems - mutable) | set(HARNESS_MODULES))
 
 
 def check_only_mutable(child_files: Mapping[str, str], mutable_files: Sequence[str]) -> str | None:
@@ -248,23 +259,16 @@ def _assignment_violation(
 
 
 def _string_violations(lineno: int, text: str) -> Iterator[tuple[int, str]]:
-    for marker in DATA_CACHE_MARKERS:
-        if marker in text:
-            yield (
-                lineno,
-                (
-                    f"refers to the data cache ({marker!r}); train.py gets data only from ctx.batches()"
-                ),
-            )
+    markers = [m for m in DATA_CACHE_MARKERS if m in text]
+    if DATA_FILE.search(text):
+        markers.append(text)
+    for marker in markers:
+        why = f"refers to the data cache ({marker!r}); train.py gets data only from ctx.batches()"
+        yield lineno, why
     match = SUMMARY_LINE.search(text)
     if match:
-        yield (
-            lineno,
-            (
-                f"has a line shaped like the summary block ({match.group(1)}:); only the harness "
-                "reports the score"
-            ),
-        )
+        why = f"has a line shaped like the summary block ({match.group(1)}:); only the harness reports the score"
+        yield lineno, why
 
 
 def _import_aliases(tree: ast.Module) -> dict[str, str]:
