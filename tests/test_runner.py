@@ -245,3 +245,10 @@ def test_a_candidate_file_may_not_replace_the_harness(tmp_path):
     assert result.outcome == "invalid" and "prepare.py" in result.reason
     escape = run_candidate(request(tmp_path, files={"../evil.py": "x = 1\n"}, attempt=2))
     assert escape.outcome == "invalid" and not (tmp_path / "evil.py").exists()
+
+
+def test_the_runner_imports_neither_ray_nor_torch():
+    code = ("import sys, evolve.workers, evolve.workers.runner; "
+            "bad = sorted(m for m in ('ray', 'torch') if m in sys.modules); print(bad); sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
