@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from population.candidate import Candidate, Status
+from population.schema import COLUMNS, SCHEMA, candidate_from_row
 
 _RANK = {
     Status.PROPOSED: 0,
@@ -32,64 +33,6 @@ ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost"
 FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS candidates (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    parent_id TEXT,
-    island INTEGER NOT NULL,
-    generation INTEGER NOT NULL,
-    source_hash TEXT NOT NULL,
-    files TEXT NOT NULL,
-    diff TEXT NOT NULL,
-    description TEXT NOT NULL,
-    rationale TEXT NOT NULL,
-    mutator TEXT NOT NULL,
-    model TEXT NOT NULL,
-    raw_answer TEXT NOT NULL,
-    applied_edit TEXT NOT NULL,
-    usage TEXT NOT NULL,
-    cost_usd REAL NOT NULL,
-    status TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    val_bpb REAL,
-    reason TEXT NOT NULL,
-    log_tail TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS candidates_rank
-    ON candidates (island, status, val_bpb, finished_at, seq);
-CREATE INDEX IF NOT EXISTS candidates_global_rank
-    ON candidates (status, val_bpb, finished_at, seq);
-CREATE INDEX IF NOT EXISTS candidates_finished ON candidates (status, finished_at, seq);
-CREATE INDEX IF NOT EXISTS candidates_kind ON candidates (status, mutator);
-CREATE INDEX IF NOT EXISTS candidates_island_finished
-    ON candidates (island, finished_at, status, mutator);
-CREATE INDEX IF NOT EXISTS candidates_parent ON candidates (parent_id);
-CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (source_hash);
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    candidate_id TEXT NOT NULL REFERENCES candidates (id),
-    worker TEXT NOT NULL,
-    node TEXT NOT NULL,
-    device TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    outcome TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts (candidate_id, outcome);
-"""
-
-_COLUMNS = (
-    "id, parent_id, island, generation, source_hash, files, diff, description, rationale, "
-    "mutator, model, raw_answer, applied_edit, usage, cost_usd, status, metrics, val_bpb, "
-    "reason, log_tail, seed, created_at, finished_at"
-)
 
 
 class StoreError(Exception):
@@ -209,7 +152,7 @@ class Store:
             if not creating:
                 raise StoreError(f"{self.path} is not an evolve store (no schema version)")
             with self._write():
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)
                 self._conn.execute(
@@ -258,7 +201,7 @@ class Store:
                 finished: float | None) -> None:
         try:
             self._conn.execute(
-                f"INSERT INTO candidates ({_COLUMNS}) VALUES "
+                f"INSERT INTO candidates ({COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
                  candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
@@ -399,10 +342,10 @@ class Store:
 
     def get(self, candidate_id: str) -> Candidate:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+            f"SELECT {COLUMNS} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
         if row is None:
             raise KeyError(f"no candidate {candidate_id!r} in the store")
-        return _candidate(row)
+        return candidate_from_row(row)
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -535,9 +478,9 @@ class Store:
         if not seqs:
             return []
         rows = self._conn.execute(
-            f"SELECT seq, {_COLUMNS} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
+            f"SELECT seq, {COLUMNS} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
             seqs).fetchall()
-        by_seq = {row[0]: _candidate(row[1:]) for row in rows}
+        by_seq = {row[0]: candidate_from_row(row[1:]) for row in rows}
         return [by_seq[seq] for seq in seqs]
 
 
@@ -552,16 +495,3 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _candidate(row: Any) -> Candidate:
-    (cid, parent_id, island, generation, _hash, files, diff, description, rationale, mutator,
-     model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason, log_tail,
-     seed, created_at, finished_at) = tuple(row)
-    return Candidate(
-        id=cid, parent_id=parent_id, island=island, generation=generation,
-        files=json.loads(files), description=description, rationale=rationale, mutator=mutator,
-        model=model, raw_answer=raw_answer, applied_edit=applied_edit, diff=diff,
-        usage=json.loads(usage), cost_usd=cost_usd, status=Status(status),
-        metrics=json.loads(metrics), reason=reason, log_tail=log_tail, seed=seed,
-        created_at=created_at, finished_at=finished_at)
