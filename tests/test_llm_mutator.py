@@ -1,0 +1,343 @@
+"""The LLM mutator through the real anthropic client over a mocked HTTP transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import anthropic
+import httpx2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evolve.mutate.base import MutationContext
+from evolve.mutate.cost import PriceTable, SpendLedger
+from evolve.mutate.crossover import CrossoverMutator
+from evolve.mutate.llm import LLMMutator
+from evolve.mutate.ratelimit import RateLimiter
+from population.candidate import Candidate, Status
+
+SOURCE = """\
+import torch
+
+DEPTH = 2
+MATRIX_LR = 0.04
+WARMUP_FRAC = 0.0
+
+
+def train(ctx):
+    model = torch.nn.Linear(4, 4)
+    return model
+"""
+GOOD = """DESCRIPTION: raise the matrix learning rate to 0.06
+RATIONALE: loss is still falling steeply at the end of the budget.
+
+train.py
+<<<<<<< SEARCH
+MATRIX_LR = 0.04
+=======
+MATRIX_LR = 0.06
+>>>>>>> REPLACE
+"""
+USAGE = {"input_tokens": 1200, "output_tokens": 340, "cache_read_input_tokens": 5000,
+         "cache_creation_input_tokens": 800}
+
+
+def message(*texts: str, stop_reason: str = "end_turn", usage: dict | None = None,
+            thinking: bool = True) -> dict:
+    content: list[dict] = []
+    if thinking:
+        content.append({"type": "thinking", "thinking": "Let me look at the LR.",
+                        "signature": "EqQBCkYIARgCKkD"})
+    content.extend({"type": "text", "text": t, "citations": None} for t in texts)
+    return {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-5-5", "content": content, "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {**(usage or USAGE), "service_tier": "standard",
+                      "cache_creation": {"ephemeral_5m_input_tokens": 800,
+                                         "ephemeral_1h_input_tokens": 0}}}
+
+
+def error(status: int, kind: str, retry_ms: str = "1") -> httpx2.Response:
+    return httpx2.Response(status, headers={"retry-after-ms": retry_ms},
+                           json={"type": "error", "error": {"type": kind, "message": kind}})
+
+
+class FakeAPI:
+    """A Messages API endpoint answering from a script of responses (or a function)."""
+
+    def __init__(self, *responses) -> None:
+        self.responses = list(responses)
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        reply = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        if callable(reply):
+            reply = await reply(body)
+        if isinstance(reply, httpx2.Response):
+            return reply
+        return httpx2.Response(200, json=reply)
+
+    def client(self, **options) -> anthropic.AsyncAnthropic:
+        transport = httpx2.MockTransport(self)
+        return anthropic.AsyncAnthropic(
+            api_key="test", max_retries=options.pop("max_retries", 2),
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=transport))
+
+
+def context(notebook: str = "## Best results so far\n- val_bpb 1.2000 lower LR",
+            seed: int = 3) -> MutationContext:
+    root = Candidate(id="c0", parent_id=None, island=0, generation=0, files={"train.py": SOURCE},
+                     status=Status.DONE, metrics={"val_bpb": 1.30}, description="seed")
+    parent = Candidate(id="c7", parent_id="c0", island=0, generation=1,
+                       files={"train.py": SOURCE}, status=Status.DONE,
+                       metrics={"val_bpb": 1.25, "num_steps": 40}, description="deeper model")
+    other = Candidate(id="c9", parent_id="c0", island=1, generation=1,
+                      files={"train.py": SOURCE.replace("WARMUP_FRAC = 0.0", "WARMUP_FRAC = 0.1")},
+                      status=Status.DONE, metrics={"val_bpb": 1.22}, description="add warmup")
+    return MutationContext(parent=parent, lineage=[root, parent], inspirations=[other],
+                           tried_on_parent=["halve the batch size -> val_bpb 1.2600 (Δ +0.0100)"],
+                           notebook=notebook, program_md="# Goal\nLower val_bpb.",
+                           mutable_files=["train.py"], seed=seed)
+
+
+def mutator(api: FakeAPI, **options) -> LLMMutator:
+    options.setdefault("backoff_s", 0.001)
+    client = api.client(max_retries=options.pop("sdk_max_retries", 2))
+    return LLMMutator(client=client, model="claude-sonnet-5-5", **options)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_realistic_answer_becomes_a_child_with_exact_usage_and_cost():
+    api = FakeAPI(message("DESCRIPTION: raise the matrix learning rate to 0.06\n",
+                          GOOD.split("\n", 1)[1]))
+    proposal = run(mutator(api).propose(context()))
+    assert proposal.error == ""
+    assert "MATRIX_LR = 0.06\n" in proposal.files["train.py"]
+    assert proposal.files["train.py"] == SOURCE.replace("0.04", "0.06")
+    assert proposal.description == "raise the matrix learning rate to 0.06"
+    assert proposal.rationale.startswith("loss is still falling")
+    assert proposal.mutator == "llm" and proposal.model == "claude-sonnet-5-5"
+    assert "Let me look" not in proposal.raw_answer  # thinking is not the answer
+    assert dict(proposal.usage) == USAGE
+    # sonnet: $3 in, $15 out, $3.75 cache write, $0.30 cache read per million tokens
+    expected = (1200 * 3.0 + 340 * 15.0 + 800 * 3.75 + 5000 * 0.30) / 1e6
+    assert proposal.cost_usd == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_prompt_is_cached_bounded_and_carries_the_context():
+    api = FakeAPI(message(GOOD))
+    run(mutator(api, temperature=0.7, max_tokens=4000).propose(context()))
+    body = api.requests[0]
+    assert body["model"] == "claude-sonnet-5-5" and body["temperature"] == 0.7
+    assert body["max_tokens"] == 4000
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "# Goal\nLower val_bpb." in body["system"][0]["text"]
+    assert "<<<<<<< SEARCH" in body["system"][0]["text"]
+    head, tail = body["messages"][0]["content"]
+    assert head["cache_control"] == {"type": "ephemeral"} and "cache_control" not in tail
+    assert "MATRIX_LR = 0.04" in head["text"] and "deeper model" in head["text"]
+    assert "Δ -0.0500" in head["text"]  # lineage with its change in val_bpb
+    assert "Lab notebook" in tail["text"] and "lower LR" in tail["text"]
+    assert "halve the batch size" in tail["text"]
+    assert "+WARMUP_FRAC = 0.1" in tail["text"]  # the inspiration, as a diff
+    huge = run(mutator(FakeAPI(message(GOOD))).propose(context(notebook="x" * 500_000)))
+    assert huge.error == ""
+    assert api.headers[0]["authorization"] == "Bearer test"
+
+
+def test_rate_limit_and_overload_are_retried_by_the_sdk_then_succeed():
+    api = FakeAPI(error(429, "rate_limit_error"), error(529, "overloaded_error"), message(GOOD))
+    m = mutator(api, sdk_max_retries=2)
+    proposal = run(m.propose(context()))
+    assert proposal.error == "" and len(api.requests) == 3
+    assert m.consecutive_failures == 0
+
+
+def test_our_own_retries_bound_a_longer_outage_and_detect_it():
+    api = FakeAPI(error(529, "overloaded_error"))
+    m = mutator(api, sdk_max_retries=1, call_attempts=2, down_after=3)
+    for k in range(3):
+        proposal = run(m.propose(context()))
+        assert "OverloadedError" in proposal.error and proposal.files == {}
+        assert m.consecutive_failures == k + 1
+    assert len(api.requests) == 3 * 2 * 2  # proposals x our attempts x (1 + sdk retries)
+    assert m.is_down and "3 LLM calls in a row failed" in m.down_reason
+    api.responses = [message(GOOD)]
+    assert run(m.propose(context())).error == ""
+    assert not m.is_down
+
+
+def test_bad_key_is_fatal_at_once():
+    api = FakeAPI(error(401, "authentication_error"))
+    m = mutator(api)
+    proposal = run(m.propose(context()))
+    assert "AuthenticationError" in proposal.error and m.is_down
+    assert len(api.requests) == 1
+
+
+def test_a_hung_call_times_out_while_other_proposals_go_on():
+    async def hang(body):
+        await asyncio.sleep(3600)
+
+    async def answer(body):
+        if "HANG" in json.dumps(body):
+            return await hang(body)
+        await asyncio.sleep(0.05)
+        return message(GOOD)
+
+    api = FakeAPI(answer)
+    m = mutator(api, timeout_s=0.5, call_attempts=1, sdk_max_retries=0)
+
+    async def three():
+        return await asyncio.gather(m.propose(context("HANG")), m.propose(context()),
+                                    m.propose(context()))
+
+    hung, first, second = run(three())
+    assert "TimeoutError" in hung.error
+    assert first.error == "" and second.error == ""
+
+
+def test_proposal_timeout_keeps_the_usage_already_spent():
+    async def slow_second(body):
+        if len(body["messages"]) > 1:
+            await asyncio.sleep(3600)
+        return message(GOOD.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.05"))
+
+    m = mutator(FakeAPI(slow_second), proposal_timeout_s=0.5, timeout_s=60)
+    proposal = run(m.propose(context()))
+    assert "longer than 0.5s" in proposal.error
+    assert dict(proposal.usage) == USAGE and proposal.cost_usd > 0
+
+
+def test_failed_apply_goes_back_to_the_model_and_the_fix_is_used():
+    wrong = GOOD.replace("SEARCH\nMATRIX_LR = 0.04", "SEARCH\nMATRIX_LR = 0.05")
+    api = FakeAPI(message(wrong), message(GOOD))
+    proposal = run(mutator(api).propose(context()))
+    assert proposal.error == "" and "MATRIX_LR = 0.06" in proposal.files["train.py"]
+    second = api.requests[1]["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[1]["content"].startswith("DESCRIPTION: raise")
+    assert "block 1" in second[2]["content"] and "not found" in second[2]["content"]
+    assert "4| MATRIX_LR = 0.04" in second[2]["content"]  # the nearest lines, numbered
+    assert dict(proposal.usage) == {k: 2 * v for k, v in USAGE.items()}
+    assert "----- answer 2 -----" in proposal.raw_answer
+
+
+def test_ambiguous_search_that_is_never_fixed_becomes_an_error():
+    # "torch" occurs twice in the parent; neither answer quotes enough to pick one
+    first = "DESCRIPTION: x\n\ntrain.py\n<<<<<<< SEARCH\ntorch\n=======\nnp\n>>>>>>> REPLACE\n"
+    second = first.replace("DESCRIPTION: x", "DESCRIPTION: y")
+    api = FakeAPI(message(first), message(second))
+    proposal = run(mutator(api, max_apply_retries=1).propose(context()))
+    assert proposal.files == {} and "did not apply after 2 answer(s)" in proposal.error
+    assert "ambiguous" in api.requests[1]["messages"][2]["content"]
+    assert "ambiguous" in proposal.error and proposal.description == "y"
+
+
+def test_edits_to_prepare_py_are_refused_and_the_model_told():
+    harness = GOOD.replace("train.py\n<<<", "prepare.py\n<<<")
+    api = FakeAPI(message(harness), message(harness), message(harness))
+    proposal = run(mutator(api, max_apply_retries=2).propose(context()))
+    assert "prepare.py, which may not change" in proposal.error
+    assert len(api.requests) == 3
+
+
+def test_cut_off_answer_and_broken_syntax_get_feedback():
+    cut = "DESCRIPTION: x\n\ntrain.py\n<<<<<<< SEARCH\nMATRIX_LR = 0.04\n=======\nMATRIX_L"
+    broken = GOOD.replace("MATRIX_LR = 0.06", "MATRIX_LR = (0.06")
+    fix = GOOD.replace("MATRIX_LR = 0.04\n=======\nMATRIX_LR = 0.06",
+                       "MATRIX_LR = (0.06\n=======\nMATRIX_LR = 0.06")
+    api = FakeAPI(message(cut, stop_reason="max_tokens"), message(broken), message(fix))
+    proposal = run(mutator(api).propose(context()))
+    assert "cut off" in api.requests[1]["messages"][2]["content"]
+    assert "no longer parses" in api.requests[2]["messages"][4]["content"]
+    assert proposal.error == "" and proposal.files["train.py"] == SOURCE.replace("0.04", "0.06")
+
+
+def test_dollar_cap_stops_new_calls():
+    api = FakeAPI(message(GOOD))
+    ledger = SpendLedger(max_usd=0.01)
+    m = mutator(api, ledger=ledger)
+    assert run(m.propose(context())).error == ""
+    assert ledger.exhausted and ledger.spent_usd == pytest.approx(
+        PriceTable().cost("claude-sonnet-5-5", USAGE))
+    stopped = run(m.propose(context()))
+    assert "budget is spent" in stopped.error and len(api.requests) == 1
+    assert not m.is_down  # a spent budget is not an outage
+
+
+def test_calls_in_flight_are_capped():
+    active = {"now": 0, "max": 0}
+
+    async def slow(body):
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.05)
+        active["now"] -= 1
+        return message(GOOD)
+
+    m = mutator(FakeAPI(slow), limiter=RateLimiter(max_in_flight=2, tokens_per_minute=10**9))
+
+    async def many():
+        return await asyncio.gather(*(m.propose(context(seed=k)) for k in range(6)))
+
+    assert all(p.error == "" for p in run(many()))
+    assert active["max"] == 2
+
+
+def test_key_comes_from_the_environment_and_never_leaks(monkeypatch):
+    secret = "sk-ant-secret-123"
+    monkeypatch.setenv("MY_KEY", secret)
+    api = FakeAPI(httpx2.Response(400, json={"type": "error", "error": {
+        "type": "invalid_request_error", "message": f"bad key {secret}"}}))
+    m = LLMMutator(api_key_env="MY_KEY", http_client=anthropic.DefaultAsyncHttpxClient(
+        transport=httpx2.MockTransport(api)), base_url="http://llm.invalid")
+    proposal = run(m.propose(context()))
+    assert api.headers[0]["authorization"] == f"Bearer {secret}"
+    assert secret not in proposal.error and "***" in proposal.error
+    assert secret not in repr({k: v for k, v in vars(m).items() if k != "client"})
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ValueError, match="MY_KEY"):
+        LLMMutator(api_key_env="MY_KEY")
+
+
+def test_crossover_shows_both_parents_and_applies_to_the_first():
+    api = FakeAPI(message(GOOD))
+    proposal = run(CrossoverMutator(mutator(api)).propose(context()))
+    assert proposal.error == "" and proposal.mutator == "crossover"
+    text = json.dumps(api.requests[0])
+    assert "second parent" in text and "c9" in text and "+WARMUP_FRAC = 0.1" in text
+    lonely = context()
+    lonely = MutationContext(**{**vars(lonely), "inspirations": []})
+    assert "second parent" in run(CrossoverMutator(mutator(api)).propose(lonely)).error
+
+
+_ANSWERS = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.sampled_from(["DESCRIPTION: x", "RATIONALE:", "train.py", "prepare.py",
+                              "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE", "```python",
+                              "```", "MATRIX_LR = 0.04", "MATRIX_LR = 0.06", "FILE: train.py",
+                              "def train(ctx):", "    return 1", "", "\t", "DEPTH = 2"]),
+             max_size=30).map("\n".join),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.lists(_ANSWERS, min_size=1, max_size=3),
+       stop=st.sampled_from(["end_turn", "max_tokens"]))
+def test_garbage_answers_never_raise(answers, stop):
+    api = FakeAPI(*[message(a, stop_reason=stop, thinking=False) for a in answers])
+    proposal = run(mutator(api, max_apply_retries=2).propose(context()))
+    assert (proposal.error == "") != (proposal.files == {})
+    if not proposal.error:
+        compile(proposal.files["train.py"], "train.py", "exec")
+        assert proposal.files["train.py"] != SOURCE
