@@ -89,7 +89,7 @@ def _collect(names: Sequence[str], make: Callable[[str], list[Edit]]) -> list[Ed
         except NotApplicable as exc:
             reasons.append(str(exc))
     if not edits:
-        raise NotApplicable("; ".join(reasons) or "nothing to change")
+        raise NotApplicable(", ".join(reasons) or "nothing to change")
     return edits
 
 
