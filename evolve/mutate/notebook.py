@@ -98,7 +98,13 @@ def build_notebook(store: Store, *, best: int = 6, path_steps: int = 8, failures
     return text
 
 
-def tried_on_parent(store: Store, parent_id: str, limit: int = 20) -> list[str]:
+def tried_on_parent(store: Store, parent_id: str, limit: int = 50) -> list[str]:
+    """Descriptions of the children already made from the parent (MutationContext field)."""
+    return [c.description for c in store.children_of(parent_id)
+            if c.mutator != MIGRATION and c.description][-limit:]
+
+
+def tried_with_outcomes(store: Store, parent_id: str, limit: int = 20) -> list[str]:
     """One line per child already made from the parent, with what happened to it."""
     lines = []
     parent_bpb = None
@@ -130,10 +136,17 @@ class LabNotebook:
         self._key: tuple[int, int] | None = None
         self._text = ""
 
-    def text(self) -> str:
+    def text(self, parent_id: str | None = None) -> str:
+        """The shared notebook, plus what became of the children of `parent_id` if given."""
         key = (self.store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT),
                self.store.count(Status.REJECTED))
         if key != self._key:
             self._text = build_notebook(self.store, **self.options)
             self._key = key
-        return self._text
+        if parent_id is None:
+            return self._text
+        tried = tried_with_outcomes(self.store, parent_id)
+        if not tried:
+            return self._text
+        section = "## Already tried on this parent\n" + "\n".join(f"- {t}" for t in tried)
+        return f"{self._text}\n\n{section}" if self._text else section

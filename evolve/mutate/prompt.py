@@ -159,7 +159,7 @@ def build_prompt(context: MutationContext, limits: PromptLimits = PromptLimits()
         + _source_section({n: parent.files.get(n, "") for n in context.mutable_files}),
     ])
     tail = [_notebook_section(context.notebook, limits),
-            _tried_section(context.tried_on_parent, limits),
+            _tried_section(context.tried_on_parent, limits, context.notebook),
             _inspiration_section(parent, context.inspirations, context.mutable_files, limits)]
     ask = "# Your task\nPropose one new experiment: a child of this parent likely to lower val_bpb."
     if focus:
@@ -179,7 +179,8 @@ def _notebook_section(notebook: str, limits: PromptLimits) -> str:
         notebook.strip(), limits.notebook_chars)
 
 
-def _tried_section(tried: Sequence[str], limits: PromptLimits) -> str:
+def _tried_section(tried: Sequence[str], limits: PromptLimits, notebook: str = "") -> str:
+    tried = [t for t in tried if t not in notebook]  # the notebook may already list them
     if not tried:
         return ""
     items = list(tried)[-limits.tried_items:]
@@ -225,7 +226,7 @@ def build_crossover_prompt(context: MutationContext, other: Candidate,
     ])
     head = base.messages[0]["content"][0]
     tail = [_notebook_section(context.notebook, limits),
-            _tried_section(context.tried_on_parent, limits)]
+            _tried_section(context.tried_on_parent, limits, context.notebook)]
     body = "\n\n".join([t for t in tail if t] + [ask])
     return Prompt(base.system, [{"role": "user",
                                  "content": [head, {"type": "text", "text": body}]}])

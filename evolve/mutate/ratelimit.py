@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 
@@ -51,11 +51,13 @@ class RateLimiter:
     """`async with limiter.slot(estimate) as slot: ...; slot.actual = n` around every call."""
 
     def __init__(self, max_in_flight: int = 8, tokens_per_minute: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight = max_in_flight
         self._clock = clock
+        self._sleep = sleep  # a virtual clock's sleep in simulations and tests
         self._bucket = TokenBucket(tokens_per_minute, clock()) if tokens_per_minute else None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._bucket_lock = asyncio.Lock()  # first come, first served on the token budget
@@ -69,7 +71,7 @@ class RateLimiter:
                 async with self._bucket_lock:
                     while (wait := self._bucket.delay(estimated_tokens, self._clock())) > 0:
                         self.waited_s += wait
-                        await asyncio.sleep(wait)
+                        await self._sleep(wait)
                     self._bucket.take(estimated_tokens, self._clock())
             slot = _Slot(estimated_tokens)
             self.in_flight += 1
