@@ -112,9 +112,9 @@ def check_differs(parent_files: Mapping[str, str], child_files: Mapping[str, str
     """Comment- and blank-only edits are not a new experiment."""
     if source_hash(parent_files) == source_hash(child_files):
         changed = (
-            "identical"
+            "is identical to the parent"
             if dict(parent_files) == dict(child_files)
-            else "differs only in comments or blank lines"
+            else "differs from the parent only in comments or blank lines"
         )
         return f"{', '.join(sorted(child_files))}: {changed}"
     return None
