@@ -410,11 +410,11 @@ def _explain(
     root: yaml.Node | None,
     overridden: Mapping[tuple[Any, ...], str],
 ) -> str:
-    lines = []
+    lines: list[tuple[float, str]] = []  # (line in the file, message): reported in file order
     for error in exc.errors():
         keys = _data_path(data, error["loc"])
         dotted = _dotted(keys) or "(top level)"
-        where = source
+        where, line = source, None
         origin = next(
             (item for path, item in overridden.items() if tuple(keys[: len(path)]) == path), None
         )
@@ -424,8 +424,11 @@ def _explain(
             line = _line_of(root, keys)
             if line is not None:
                 where = f"{source}:{line}"
-        lines.append(f"{where}: {dotted}: {_problem(error)}")
-    return "\n".join(dict.fromkeys(lines))
+        lines.append(
+            (line if line is not None else float("inf"), f"{where}: {dotted}: {_problem(error)}")
+        )
+    ordered = [message for _, message in sorted(lines, key=lambda pair: pair[0])]
+    return "\n".join(dict.fromkeys(ordered))
 
 
 def _problem(error: Mapping[str, Any]) -> str:

@@ -292,9 +292,10 @@ def test_missing_template_key(tmp_path: Path) -> None:
 
 
 def test_several_errors_are_all_reported(tmp_path: Path, template: Path) -> None:
-    path = write(tmp_path, "template: tpl\nseed: -1\npopulation: {size: 0}\n")
-    message = error_of(path)
-    assert "seed:" in message and "population.size:" in message
+    path = write(tmp_path, "template: tpl\npopulation: {size: 0}\nprofile: gpu\nseed: -1\n")
+    lines = error_of(path).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+    assert "population.size" in lines[0] and "profile" in lines[1] and "seed" in lines[2]
 
 
 def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.constants import find_constants, replace_constant
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.mutate.moves import CHOICES, LEARNING_RATES, MOVES
+from evolve.mutate.moves import CHOICES, LEARNING_RATES, MOVES, NotApplicable
 from evolve.preflight import preflight
 from population.candidate import Candidate
 
@@ -213,11 +213,29 @@ def test_values_stay_in_their_valid_ranges_over_a_long_walk() -> None:
         assert 0 <= c["WARMUP_FRAC"] and 0 <= c["WARMDOWN_FRAC"]
         assert c["WARMUP_FRAC"] + c["WARMDOWN_FRAC"] <= 1 and 0 <= c["FINAL_LR_FRAC"] <= 1
         assert c["WEIGHT_DECAY"] >= 0 and c["GRAD_CLIP"] >= 0 and c["LOGIT_SOFTCAP"] >= 0
-        assert c["ROPE_BASE"] > 0 and isinstance(c["ROPE_BASE"], int)
+        assert c["ROPE_BASE"] > 0
         assert isinstance(c["DEPTH"], int) and isinstance(c["MATRIX_LR"], float)
         for name, allowed in CHOICES.items():
             assert c[name] in allowed
         assert isinstance(c["TIE_EMBEDDINGS"], bool) and isinstance(c["QK_NORM"], bool)
+
+
+def test_integer_written_values_scale_without_collapsing_to_zero() -> None:
+    source = "EMBED_LR = 1\nGRAD_CLIP = 1\nROPE_BASE = 10000\nLOGIT_SOFTCAP = 15\nBATCH_SIZE = 3\n"
+    constants = find_constants(source)
+    descriptions = {e.description for m in MOVES for e in _edits_or_none(m, constants)}
+    assert "EMBED_LR 1 -> 0.5 (x0.5)" in descriptions
+    assert "GRAD_CLIP 1 -> 0.5 (x0.5)" in descriptions
+    assert "ROPE_BASE 10000 -> 5000" in descriptions
+    assert "LOGIT_SOFTCAP 15 -> 7.5 (x0.5)" in descriptions
+    assert "BATCH_SIZE 3 -> 1" in descriptions and "BATCH_SIZE 3 -> 6" in descriptions
+
+
+def _edits_or_none(move, constants):
+    try:
+        return move.edits(constants)
+    except NotApplicable:
+        return []
 
 
 def test_missing_and_odd_constants_are_skipped_with_a_reason() -> None:

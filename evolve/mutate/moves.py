@@ -71,8 +71,10 @@ def _number(c: Constants, name: str, *, low: float = 0.0) -> int | float:
 
 
 def _like(old: int | float, new: float) -> int | float:
-    """`new` in the type of `old`: integers stay integers, floats print cleanly."""
-    return int(round(new)) if isinstance(old, int) else round_sig(float(new))
+    """`new` rounded for printing; an int stays an int while the new value is whole
+    (ROPE_BASE 10000 -> 5000), so `GRAD_CLIP = 1` x0.5 is 0.5, never 0."""
+    value = round_sig(float(new))
+    return int(value) if isinstance(old, int) and value.is_integer() else value
 
 
 def _show(value: LiteralValue) -> str:
