@@ -126,7 +126,7 @@ def build_run(base: Path, *, keep_writer: bool = False) -> tuple[BuiltRun, Store
                 status=Status.DONE, val_bpb=1.90, kept=True, mutator="llm",
                 model="claude-test", cost=0.0123)
     worse = w.child(root1, {"train.py": set_constant(SEED, "MATRIX_LR", "0.2")}, island=1,
-                    description="Raise the matrix LR tenfold", status=Status.DONE, val_bpb=2.40)
+                    description="Raise the matrix LR <x10> & see", status=Status.DONE, val_bpb=2.40)
     crashed = w.child(a, {"train.py": set_constant(s1, "HEAD_DIM", "13")}, island=0,
                       description="Odd head size", status=Status.CRASHED,
                       reason="RuntimeError: shape mismatch in attention")
