@@ -1,0 +1,285 @@
+"""The shape of a run config: frozen pydantic models, one per YAML section.
+
+Validation rules live beside the fields they check; `evolve.config.loading` turns their
+failures into messages that name the file, the key and the line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Each profile names the seed script the template must hold for it (docs/contracts.md §1).
+PROFILE_SEED_SCRIPTS: Mapping[str, str] = {
+    "cpu-micro": "train_cpu.py",
+    "cpu-tiny": "train_cpu.py",
+    "gpu-5min": "train.py",
+}
+HARNESS_FILE = "prepare.py"
+
+Profile = Literal["cpu-micro", "cpu-tiny", "gpu-5min"]
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is written for the user."""
+
+
+class _Section(BaseModel):
+    # strict: `size: "4"` or `size: true` is a mistake worth reporting, not coercing.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class PopulationConfig(_Section):
+    size: PositiveInt = 4
+    islands: PositiveInt = 1
+    migration_interval: NonNegativeInt = 10  # finished experiments between migrations; 0 = off
+    stagnation_reseed_after: NonNegativeInt = 0  # finished experiments without gain; 0 = off
+
+
+class SelectionConfig(_Section):
+    strategy: Literal["greedy", "tournament", "rank"] = "tournament"
+    tournament_size: PositiveInt = 3
+    rank_power: Positive = 1.0
+
+
+class _Operator(_Section):
+    weight: NonNegative = 1.0
+
+
+class HeuristicOperator(_Operator):
+    kind: Literal["heuristic"]
+    max_tries: PositiveInt = 32  # moves tried before the proposal gives up
+
+
+class LLMOperator(_Operator):
+    kind: Literal["llm"]
+    model: str = "claude-sonnet-5-5"
+    base_url: str | None = None  # any server that speaks the Messages API
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    temperature: Annotated[float, Field(ge=0, le=1)] = 1.0
+    max_tokens: PositiveInt = 16000
+    timeout_s: Positive = 300.0
+    max_apply_retries: NonNegativeInt = 2
+    tokens_per_minute: PositiveInt | None = None  # account rate budget; None = unlimited
+    input_usd_per_mtok: NonNegative | None = None  # None = the mutator's price table
+    output_usd_per_mtok: NonNegative | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model, e.g. claude-sonnet-5-5")
+        return value
+
+
+class CrossoverOperator(_Operator):
+    kind: Literal["crossover"]
+
+
+class CommandOperator(_Operator):
+    kind: Literal["command"]
+    argv: Annotated[list[str], Field(min_length=1)]
+    timeout_s: Positive = 600.0
+
+
+Operator = Annotated[
+    HeuristicOperator | LLMOperator | CrossoverOperator | CommandOperator,
+    Field(discriminator="kind"),
+]
+
+
+class MutationConfig(_Section):
+    operators: Annotated[list[Operator], Field(min_length=1)] = Field(
+        default_factory=lambda: [HeuristicOperator(kind="heuristic")]
+    )
+    lookahead: NonNegativeInt = 1  # proposals kept ready per worker; 0 = strictly sequential
+    proposal_timeout_s: Positive = 600.0
+    max_concurrent_proposals: PositiveInt = 8
+
+    @field_validator("operators")
+    @classmethod
+    def _some_weight(cls, value: list[Any]) -> list[Any]:
+        if not any(op.weight > 0 for op in value):
+            raise ValueError("every operator has weight 0; give at least one a weight > 0")
+        return value
+
+
+class WorkersConfig(_Section):
+    count: int | Literal["auto"] = "auto"
+    gpus_per_worker: NonNegative = 0.0
+    cpus_per_worker: Positive = 1.0
+    timeout_grace_s: NonNegative = 120.0
+    max_lost_attempts: PositiveInt = 3
+    torch_threads: PositiveInt = 1
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}")
+
+    def resolve(self, *, gpus: float, cpus: float) -> int:
+        """The number of workers to start on a cluster offering `gpus` and `cpus`."""
+        if self.count != "auto":
+            return int(self.count)
+        if self.gpus_per_worker > 0:
+            count = int(gpus // self.gpus_per_worker)
+            if count < 1:
+                raise ConfigError(
+                    f"workers.count is auto with gpus_per_worker {self.gpus_per_worker:g}, "
+                    f"but the cluster has {gpus:g} GPUs; set workers.gpus_per_worker: 0 "
+                    "to run on CPUs"
+                )
+            return count
+        return max(1, int(cpus // self.cpus_per_worker))
+
+
+class BudgetConfig(_Section):
+    max_experiments: PositiveInt | None = None
+    max_hours: Positive | None = None
+    target_val_bpb: Positive | None = None
+    max_llm_usd: Positive | None = None
+
+
+class OutputConfig(_Section):
+    results_dir: str = "results"  # relative to the directory `evolve run` starts in
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray
+
+
+class Config(_Section):
+    """A whole run. Field order matters: later validators read earlier fields."""
+
+    name: str
+    profile: Profile = "cpu-tiny"
+    mutable_files: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["train.py"]
+    )
+    template: str
+    data: str = "synthetic"
+    seed: NonNegativeInt = 0
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    mutation: MutationConfig = Field(default_factory=MutationConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _greedy_means_one(cls, data: Any) -> Any:
+        # greedy keeps one champion per island: fill in size 1 unless the user said otherwise
+        if isinstance(data, dict):
+            selection, population = data.get("selection"), data.get("population", {})
+            if (
+                isinstance(selection, Mapping)
+                and selection.get("strategy") == "greedy"
+                and isinstance(population, Mapping)
+                and "size" not in population
+            ):
+                data = {**data, "population": {**population, "size": 1}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                f"{value!r} is not usable as a directory name; use letters, digits, '.', '_', '-'"
+            )
+        return value
+
+    @field_validator("mutable_files")
+    @classmethod
+    def _mutable_files(cls, value: list[str]) -> list[str]:
+        for name in value:
+            path = Path(name)
+            if path.is_absolute() or ".." in path.parts or not name.endswith(".py"):
+                raise ValueError(f"{name!r} must be a .py path inside the template")
+            if name == HARNESS_FILE:
+                raise ValueError(f"{HARNESS_FILE} is the fixed harness and cannot be mutable")
+        if "train.py" not in value:
+            raise ValueError("must include train.py (the harness imports it)")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a file twice")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str, info: Any) -> str:
+        path = _resolve(value, info.context)
+        if not path.is_dir():
+            raise ValueError(f"{value!r} is not a directory (looked in {_where(info.context)})")
+        seed_script = PROFILE_SEED_SCRIPTS.get(info.data.get("profile", ""), "train.py")
+        needed = [HARNESS_FILE, seed_script]
+        needed += [f for f in info.data.get("mutable_files", []) if f != "train.py"]
+        missing = [f for f in needed if not (path / f).is_file()]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(missing)}")
+        return str(path)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: str, info: Any) -> str:
+        if value in ("synthetic", "climbmix"):
+            return value
+        if value.startswith("text:") and value[5:]:
+            path = _resolve(value[5:], info.context)
+            if not path.exists():
+                raise ValueError(f"{value[5:]!r} does not exist (looked in {_where(info.context)})")
+            return f"text:{path}"
+        raise ValueError(f"{value!r} is not one of synthetic, climbmix, text:<path>")
+
+    @field_validator("selection")
+    @classmethod
+    def _greedy_size(cls, value: SelectionConfig, info: Any) -> SelectionConfig:
+        population = info.data.get("population")
+        if value.strategy == "greedy" and population is not None and population.size != 1:
+            raise ValueError(
+                "strategy greedy keeps one champion per island, so population.size must be 1 "
+                f"(it is {population.size}); use tournament or rank for larger populations"
+            )
+        return value
+
+    @property
+    def seed_script(self) -> str:
+        """The template file that is the root candidate's train.py under this profile."""
+        return PROFILE_SEED_SCRIPTS[self.profile]
+
+    @property
+    def template_dir(self) -> Path:
+        return Path(self.template)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML; `load_config` reads it back to an equal Config."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _resolve(value: str, context: Mapping[str, Any] | None) -> Path:
+    """A relative path against the config file's directory first, then the CWD."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    base = (context or {}).get("base_dir")
+    if base is not None and (Path(base) / path).exists():
+        return (Path(base) / path).resolve()
+    return (Path.cwd() / path).resolve()
+
+
+def _where(context: Mapping[str, Any] | None) -> str:
+    base = (context or {}).get("base_dir")
+    cwd = Path.cwd().resolve()
+    return f"{base} and {cwd}" if base is not None and Path(base) != cwd else str(cwd)
