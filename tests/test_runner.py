@@ -166,9 +166,11 @@ run_candidate(RunRequest(**json.loads(sys.argv[1])))
 
 
 def test_killing_the_runner_process_kills_the_experiment(tmp_path, leftovers):
+    # The harness and a background process the candidate forked must both die.
     source = SEED.replace("    steps = 0\n", (
-        "    import os, time\n"
-        "    open('pid.tmp', 'w').write(str(os.getpid()))\n"
+        "    import os, subprocess, time\n"
+        "    child = subprocess.Popen(['sleep', '300'])\n"
+        "    open('pid.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n"
         "    os.replace('pid.tmp', 'pid')\n"
         "    time.sleep(300)\n"
         "    steps = 0\n"))
@@ -179,12 +181,13 @@ def test_killing_the_runner_process_kills_the_experiment(tmp_path, leftovers):
     pid_file = experiment_dir(req) / "pid"
     try:
         wait_for(pid_file.exists, 30, "the experiment started")
-        pid = int(pid_file.read_text())
-        leftovers.append(pid)
-        assert alive(pid)
+        pids = [int(pid) for pid in pid_file.read_text().split()]
+        leftovers.extend(pids)
+        assert all(alive(pid) for pid in pids)
         driver.kill()  # SIGKILL: no cleanup code of the runner gets to run
         driver.wait()
-        wait_for(lambda: not alive(pid), 10, f"experiment {pid} died with its parent")
+        wait_for(lambda: not any(alive(pid) for pid in pids), 10,
+                 f"experiment processes {pids} died with their runner")
     finally:
         if driver.poll() is None:
             driver.kill()

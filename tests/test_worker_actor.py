@@ -120,8 +120,9 @@ def test_killing_the_actor_mid_run_is_lost_and_kills_the_child(workers, tmp_path
     import ray
 
     source = SEED.replace("    steps = 0\n", (
-        "    import os, time\n"
-        "    open('pid.tmp', 'w').write(str(os.getpid()))\n"
+        "    import os, subprocess, time\n"
+        "    child = subprocess.Popen(['sleep', '300'])\n"
+        "    open('pid.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n"
         "    os.replace('pid.tmp', 'pid')\n"
         "    time.sleep(300)\n"
         "    steps = 0\n"))
@@ -129,16 +130,18 @@ def test_killing_the_actor_mid_run_is_lost_and_kills_the_child(workers, tmp_path
     req = request(tmp_path, source)
     ref = workers[0].run.remote(req)
     pid_file = experiment_dir(req) / "pid"
-    pid = None
+    pids: list[int] = []
     try:
         wait_for(pid_file.exists, 60, "the experiment started on the worker")
-        pid = int(pid_file.read_text())
-        assert alive(pid)
+        pids = [int(pid) for pid in pid_file.read_text().split()]
+        assert all(alive(pid) for pid in pids)
         ray.kill(workers[0])
         with pytest.raises(rex.RayError) as caught:
             ray.get(ref, timeout=60)
         assert is_worker_lost(caught.value), repr(caught.value)
-        wait_for(lambda: not alive(pid), 15, f"experiment {pid} died with its worker")
+        wait_for(lambda: not any(alive(pid) for pid in pids), 15,
+                 f"experiment processes {pids} died with their worker")
     finally:
-        if pid is not None and alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

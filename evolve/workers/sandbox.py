@@ -30,6 +30,7 @@ THREAD_VARIABLES: tuple[str, ...] = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
 )
 
+LEADER = Path(__file__).with_name("leader.py")
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out group
 
 _PR_SET_PDEATHSIG = 1
@@ -52,8 +53,8 @@ def scrubbed_env(base: Mapping[str, str], *, threads: int, seed: int) -> dict[st
     return env
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGKILL when its parent dies (Linux only).
+def _parent_death_hook(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn that sends the child `sig` when its parent dies (Linux only).
 
     libc and prctl are looked up here, before fork, so the hook itself only makes calls.
     """
@@ -65,10 +66,9 @@ def _parent_death_hook() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
-    kill_signal = int(signal.SIGKILL)
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, kill_signal, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -78,11 +78,16 @@ def _parent_death_hook() -> Callable[[], None] | None:
 def start_in_group(
     argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str], log: IO[bytes]
 ) -> subprocess.Popen:
-    """Start `argv` as the leader of a new session/process group that dies with us."""
+    """Start `argv` in a new session/process group that is SIGKILLed whole if we die.
+
+    The group's leader is `leader.py`: it dies with us (parent-death SIGKILL), and its
+    sentinel then kills the group, so even processes the experiment forked die with the worker.
+    """
+    command = [sys.executable, "-I", str(LEADER), str(os.getpid()), *argv]
     return subprocess.Popen(
-        list(argv), cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_parent_death_hook(),
-        close_fds=True,
+        command, cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_parent_death_hook(signal.SIGKILL), close_fds=True,
     )
 
 
