@@ -26,6 +26,7 @@ import time
 HARNESS_START = time.time()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -157,7 +158,7 @@ def floor_tolerance(floor: float) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     """Train, score, check; returns the result dict. Raises UsageError/DataError/JudgedFailure."""
-    profile = get_profile(args.profile)  # captured now: train.py cannot change what is scored
+    profile = dataclasses.replace(get_profile(args.profile))  # a private copy: train.py cannot edit it
     device = pick_device(profile)
     corpus = load_corpus(args.data, profile, args.cache_dir)
     train_split = corpus.load_split("train")

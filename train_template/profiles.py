@@ -38,7 +38,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             name="cpu-tiny", seed_script="train_cpu.py", device="cpu", budget_kind="tokens",
-            budget=786_432, seq_len=128, val_tokens=65_536, default_data="synthetic",
+            budget=262_144, seq_len=128, val_tokens=65_536, default_data="synthetic",
             synthetic_train_tokens=4_000_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0,
             description="the embedded demo: a real result in ~20-30 s on one core",

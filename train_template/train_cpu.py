@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---- hyperparameters and structural choices (a research move is often one line here) ----
-DEPTH = 4                 # transformer blocks
-MODEL_DIM = 128           # residual width (a multiple of HEAD_DIM)
+DEPTH = 3                 # transformer blocks
+MODEL_DIM = 96            # residual width (a multiple of HEAD_DIM)
 HEAD_DIM = 32             # attention head size
 MLP_RATIO = 4             # MLP hidden width = MLP_RATIO * MODEL_DIM
 BATCH_SIZE = 16           # sequences per step
