@@ -255,3 +255,18 @@ def test_the_runner_imports_neither_ray_nor_torch():
             "bad = sorted(m for m in ('ray', 'torch') if m in sys.modules); print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_real_harness_speaks_the_runner_command_line(tmp_path):
+    # The seam with train_template/prepare.py (contracts section 1): every optional flag used.
+    template = REPO / "train_template"
+    source = (template / "train_cpu.py").read_text()
+    result = run_candidate(request(
+        tmp_path, source, template_dir=str(template), timeout_s=300.0, seed=1,
+        splits=("val", "test"), budget_fraction=0.5, cache_dir=str(tmp_path / "cache")))
+    assert result.outcome == "done", result.reason + "\n" + result.log_tail
+    metrics = result.metrics
+    assert metrics["entropy_floor_bpb"] < metrics["val_bpb"] < 8.0
+    assert "test_bpb" in metrics and metrics["budget_fraction"] == 0.5 and metrics["seed"] == 1
+    assert result.device == metrics["device"] == "cpu"
