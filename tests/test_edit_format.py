@@ -10,6 +10,7 @@ from evolve.mutate.edit_format import (
     EditError,
     apply_answer,
     apply_edit,
+    describe_change,
     parse_answer,
     resolve_file,
 )
@@ -157,3 +158,12 @@ def test_garbage_never_raises_anything_but_edit_error(text):
         apply_edit(text, {"train.py": "A = 1\nB = 2\n"}, MUTABLE)
     except EditError:
         pass
+
+
+def test_answer_without_prose_gets_a_description_from_its_change():
+    parsed = parse_answer(block("A = 1", "A = 2"))
+    assert parsed.description == "" and parsed.rationale == ""
+    assert describe_change({"train.py": "A = 1\nB = 2\n"}, {"train.py": "A = 2\nB = 2\n"}) == \
+        "train.py: A = 1 -> A = 2"
+    assert describe_change({"train.py": "A = 1\n"}, {"train.py": "A = 1\nC = 3\n"}) == \
+        "train.py: add C = 3"

@@ -341,3 +341,10 @@ def test_garbage_answers_never_raise(answers, stop):
     if not proposal.error:
         compile(proposal.files["train.py"], "train.py", "exec")
         assert proposal.files["train.py"] != SOURCE
+
+
+def test_answer_with_only_blocks_is_described_by_its_change():
+    api = FakeAPI(message(GOOD.split("\n\n", 1)[1], thinking=False))
+    proposal = run(mutator(api).propose(context()))
+    assert proposal.error == ""
+    assert proposal.description == "train.py: MATRIX_LR = 0.04 -> MATRIX_LR = 0.06"

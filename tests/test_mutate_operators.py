@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from pathlib import Path
 
 import anthropic
 import httpx2
@@ -149,3 +150,34 @@ def test_rate_limiter_holds_calls_to_the_budget():
     assert starts[:2] == [0.0, 0.0]  # a minute's budget of 600 covers two calls of 300
     assert starts[2] == pytest.approx(30.0) and starts[3] == pytest.approx(60.0)
     assert limiter.waited_s == pytest.approx(60.0)
+
+
+def test_build_mutators_from_the_config(monkeypatch):
+    from evolve.config import config_from_dict
+    from evolve.controller.resume import operator_names
+    from evolve.mutate.crossover import CrossoverMutator
+    from evolve.mutate.operators import build_mutators
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key-for-build")
+    template = Path(__file__).resolve().parent.parent / "train_template"
+    config = config_from_dict({"name": "b", "template": str(template), "mutation": {"operators": [
+        {"kind": "heuristic", "weight": 1.0},
+        {"kind": "llm", "model": "claude-opus-5", "tokens_per_minute": 90000,
+         "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0},
+        {"kind": "llm", "model": "local-qwen", "base_url": "http://127.0.0.1:1",
+         "api_key_env": "NO_SUCH_KEY_VAR", "input_usd_per_mtok": 0.0, "temperature": 0.3},
+        {"kind": "crossover", "weight": 0.5},
+        {"kind": "command", "argv": ["my-agent", "{prompt_file}"], "weight": 0.2}]}})
+    ledger = SpendLedger(3.0)
+    built = build_mutators(config.mutation.operators, operator_names(config),
+                           template_dir=config.template_dir, ledger=ledger)
+    assert list(built) == ["heuristic", "llm0", "llm1", "crossover", "command"]
+    opus, local = built["llm0"], built["llm1"]
+    assert isinstance(opus, LLMMutator) and opus.model == "claude-opus-5"
+    assert opus.ledger is ledger and opus.temperature is None
+    assert opus.prices.cost("claude-opus-5", {"input_tokens": 10**6,
+                                              "output_tokens": 10**6}) == 3.0
+    assert local.prices.cost("local-qwen", {"input_tokens": 10**6}) == 0.0
+    assert local.temperature == 0.3
+    assert isinstance(built["crossover"], CrossoverMutator) and built["crossover"].llm is opus
+    assert built["command"].argv == ["my-agent", "{prompt_file}"]

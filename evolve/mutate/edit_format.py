@@ -197,7 +197,7 @@ def parse_answer(text: str, mutable_files: Sequence[str] = ("train.py",)) -> Par
         prose.pop()  # the file name (and fence) that open the first edit are not prose
     if not blocks and not rewrites and len(unnamed_fences) == 1 and len(mutable_files) == 1:
         rewrites[mutable_files[0]] = unnamed_fences[0]
-    description, rationale = _parse_fields("\n".join(prose) if prose else text)
+    description, rationale = _parse_fields("\n".join(prose)) if prose else ("", "")
     return ParsedAnswer(description, rationale, tuple(blocks), rewrites, tuple(problems))
 
 
@@ -445,3 +445,23 @@ def feedback(result: Applied) -> str:
         parts.append(f"{len(result.applied)} edit(s) applied; do not send those again.")
     parts.append("These parts failed:\n" + "\n\n".join(f"- {f}" for f in result.failed))
     return "\n".join(parts)
+
+
+def describe_change(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    """A one-line description of an edit for answers that gave none: its first changed line."""
+    for name in new:
+        before, after = old.get(name, "").splitlines(), new[name].splitlines()
+        if before == after:
+            continue
+        matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                continue
+            removed = next((ln.strip() for ln in before[i1:i2] if ln.strip()), "")
+            added = next((ln.strip() for ln in after[j1:j2] if ln.strip()), "")
+            if removed and added:
+                text = f"{name}: {removed} -> {added}"
+            else:
+                text = f"{name}: {'remove ' + removed if removed else 'add ' + added}"
+            return " ".join(text.split())[:MAX_DESCRIPTION]
+    return ""

@@ -19,7 +19,12 @@ import anthropic
 
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.cost import PriceTable, SpendLedger, add_usage, usage_from_response
-from evolve.mutate.edit_format import apply_answer, parse_answer, syntax_problems
+from evolve.mutate.edit_format import (
+    apply_answer,
+    describe_change,
+    parse_answer,
+    syntax_problems,
+)
 from evolve.mutate.prompt import Prompt, PromptLimits, build_prompt
 from evolve.mutate.ratelimit import RateLimiter
 
@@ -178,6 +183,7 @@ class LLMMutator:
                     problems.extend(_with_context(p, files) for p in syntax_problems(
                         {n: s for n, s in files.items() if s != original[n]}))
             if not problems:
+                description = description or describe_change(original, files)
                 return self._proposal(conversation, mutator, files, description, rationale,
                                       "\n\n".join(applied), "")
             messages = messages + [
