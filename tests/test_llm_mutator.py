@@ -348,3 +348,16 @@ def test_answer_with_only_blocks_is_described_by_its_change():
     proposal = run(mutator(api).propose(context()))
     assert proposal.error == ""
     assert proposal.description == "train.py: MATRIX_LR = 0.04 -> MATRIX_LR = 0.06"
+
+
+def test_connection_refused_is_retried_then_reported():
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    m = LLMMutator(base_url=f"http://127.0.0.1:{port}", api_key_env="NO_SUCH_KEY_VAR",
+                   sdk_max_retries=0, call_attempts=2, backoff_s=0.001, down_after=1)
+    proposal = run(m.propose(context()))
+    assert "failed 2 times: APIConnectionError" in proposal.error
+    assert m.is_down and m.consecutive_failures == 1

@@ -107,3 +107,27 @@ def test_secrets_are_scrubbed_unless_kept():
            "DB_PASSWORD": "p"}
     assert scrubbed_environment(env) == {"PATH": "/bin", "HOME": "/h"}
     assert "ANTHROPIC_API_KEY" in scrubbed_environment(env, keep=["ANTHROPIC_API_KEY"])
+
+
+def test_cancelled_proposal_kills_the_command(tmp_path, template):
+    pid_file = tmp_path / "agent.pid"
+    argv = ["/bin/sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]
+    mutator = CommandMutator(argv, template_dir=template, timeout_s=600, kill_grace_s=2)
+
+    async def cancel_soon():
+        task = asyncio.ensure_future(mutator.propose(context()))
+        while not pid_file.exists():
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_soon())
+    sleeper = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(sleeper, 0)
+        except ProcessLookupError:
+            return
+        asyncio.run(asyncio.sleep(0.1))
+    pytest.fail("the cancelled command's child is still running")
