@@ -12,6 +12,7 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.transforms import blended_transform_factory
 
 from evolve.report_data import TOP_IN_TREE, RunSnapshot
@@ -44,6 +45,11 @@ def _short(text: str, width: int = 30, lines: int = 2) -> str:
         wrapped = wrapped[:lines]
         wrapped[-1] = wrapped[-1][: width - 1] + "…"
     return "\n".join(wrapped)
+
+
+def format_delta(delta: float) -> str:
+    """Three decimals, or two significant digits for a gain too small to show in three."""
+    return f"{delta:+.3f}" if delta == 0 or abs(delta) >= 0.0005 else f"{delta:+.1e}"
 
 
 def _empty(figure: Figure, title: str, message: str) -> Figure:
@@ -140,10 +146,15 @@ def _annotate(figure: Figure, axes, improvements: list[tuple[int, Candidate, flo
     renderer = figure.canvas.get_renderer()
     frame = axes.get_window_extent(renderer)
     points_per_pixel = 72.0 / figure.dpi
+    margin = 4.0 / points_per_pixel  # the label's box and a little air
+
+    def extent(note):
+        return Text.get_window_extent(note, renderer).expanded(1.0, 1.0).padded(margin)
+
     placed = []
     for note in notes:
-        for _ in range(20):
-            box = note.get_bbox_patch().get_window_extent(renderer)
+        for _ in range(30):
+            box = extent(note)
             if box.x0 < frame.x0 and note.get_ha() == "right":  # no room on the left
                 note.set_ha("left")
                 note.xyann = (5, note.xyann[1])
@@ -153,8 +164,7 @@ def _annotate(figure: Figure, axes, improvements: list[tuple[int, Candidate, flo
                 break
             drop = (box.y1 - min(p.y0 for p in hit)) * points_per_pixel + 2
             note.xyann = (note.xyann[0], note.xyann[1] - drop)
-            figure.draw_without_rendering()
-        placed.append(note.get_bbox_patch().get_window_extent(renderer))
+        placed.append(extent(note))
 
 
 def island_chart(run: RunSnapshot) -> Figure:
@@ -252,7 +262,7 @@ def lineage_chart(run: RunSnapshot) -> Figure:
             child, parent = nodes[cid], nodes[pid]
             if child.val_bpb is not None and parent.val_bpb is not None:
                 delta = child.val_bpb - parent.val_bpb
-                axes.text(x1 - 0.05, y0 + 0.72, f"{delta:+.3f}", ha="right", va="center",
+                axes.text(x1 - 0.05, y0 + 0.72, format_delta(delta), ha="right", va="center",
                           fontsize=8, color="#1a7f37" if delta < 0 else CRASHED,
                           fontweight="bold" if cid in on_best else "normal")
         islands = sorted({n.island for n in nodes.values()})
