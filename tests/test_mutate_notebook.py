@@ -100,3 +100,15 @@ def test_prompt_bounded_with_long_lineage_and_many_tried(store):
     assert "attempt 10\n" not in text
     assert "CUDA out of memory" in text and "# brief" in text
     assert len(text) < 20_000
+
+
+def test_prompt_does_not_repeat_what_the_notebook_lists(store):
+    notebook = LabNotebook(store).text(parent_id="a")
+    context = MutationContext(parent=store.get("a"), lineage=store.lineage("a"), inspirations=[],
+                              tried_on_parent=tried_on_parent(store, "a") + ["x"],
+                              notebook=notebook, program_md="", mutable_files=["train.py"],
+                              seed=0)
+    text = build_prompt(context).text()
+    # best results, the path to the best, tried-with-outcome; not a fourth time
+    assert text.count("add warmup") == 3
+    assert "# Already tried on this parent (do not repeat)\n- x" in text

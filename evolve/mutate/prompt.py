@@ -180,7 +180,8 @@ def _notebook_section(notebook: str, limits: PromptLimits) -> str:
 
 
 def _tried_section(tried: Sequence[str], limits: PromptLimits, notebook: str = "") -> str:
-    tried = [t for t in tried if t not in notebook]  # the notebook may already list them
+    # the notebook may already list them, with their outcomes
+    tried = [t for t in tried if f"- {t[:160]} -> " not in notebook]
     if not tried:
         return ""
     items = list(tried)[-limits.tried_items:]
