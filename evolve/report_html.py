@@ -145,7 +145,7 @@ def _lineage_steps(run: RunSnapshot) -> str:
             bits.append(f"test_bpb {test:.4f}")
         seconds = _metric(c, "training_seconds")
         if seconds is not None:
-            bits.append(f"trained {seconds:.0f} s")
+            bits.append(f"trained {seconds:.0f} s" if seconds >= 10 else f"trained {seconds:.1f} s")
         bits.append(f"island {c.island}")
         bits.append(_e(f"{c.mutator or 'seed'}" + (f" ({c.model})" if c.model else "")))
         if c.cost_usd:
