@@ -91,18 +91,6 @@ def start_in_group(
     )
 
 
-def pid_alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie (a zombie runs nothing and holds no GPU)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    state = _proc_stat(pid)
-    return state is None or state[0] != "Z"
-
-
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, process group) of `pid` from /proc, or None where /proc can't tell."""
     try:
