@@ -16,7 +16,7 @@ import tempfile
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from evolve.runview import (
     RunViewError,
@@ -162,7 +162,10 @@ def _write_files(root: Path, before: Mapping[str, str], after: Mapping[str, str]
         if name not in after and (root / name).exists():
             (root / name).unlink()
     for name, source in after.items():
-        path = root / name
+        parts = PurePosixPath(name).parts
+        if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
+            raise ExportError(f"candidate file name {name!r} is not a plain relative path")
+        path = root.joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(source.encode("utf-8"))
 
@@ -170,9 +173,9 @@ def _write_files(root: Path, before: Mapping[str, str], after: Mapping[str, str]
 # ---- git -----------------------------------------------------------------------------------
 
 
-def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
-    full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", **(env or {})}
-    done = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=repo, env=full_env,
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
+    done = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=repo, env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise ExportError(f"git {' '.join(args[:2])} failed in {repo}: "
