@@ -167,3 +167,25 @@ def test_answer_without_prose_gets_a_description_from_its_change():
         "train.py: A = 1 -> A = 2"
     assert describe_change({"train.py": "A = 1\n"}, {"train.py": "A = 1\nC = 3\n"}) == \
         "train.py: add C = 3"
+
+
+_LINE = st.text(alphabet=st.sampled_from(list("abcXYZ=01 ()#:")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=12), data=st.data(),
+       final_newline=st.booleans())
+def test_exact_search_replace_is_an_exact_splice(lines, data, final_newline):
+    """Replacing any unique run of whole lines splices exactly: no newline lost or added."""
+    lines = [f"L{k} {line}" for k, line in enumerate(lines)]  # every line unique
+    source = "\n".join(lines) + ("\n" if final_newline else "")
+    start = data.draw(st.integers(0, len(lines) - 1))
+    end = data.draw(st.integers(start + 1, len(lines)))
+    new = data.draw(st.lists(_LINE.map(lambda s: "N " + s), max_size=4))
+    answer = block("\n".join(lines[start:end]), "\n".join(new))
+    result = apply_answer(parse_answer(answer), {"train.py": source}, MUTABLE)
+    assert result.failed == ()
+    expected = lines[:start] + new + lines[end:]
+    # the file still ends as it did: with a newline or without one
+    text = "\n".join(expected) + ("\n" if expected and final_newline else "")
+    assert result.files["train.py"] == text
