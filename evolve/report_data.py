@@ -77,7 +77,7 @@ def read_run(run_path: Path) -> RunSnapshot:
                    if c.status in (Status.DONE, Status.CRASHED, Status.TIMED_OUT) and not is_copy(c)]
     done_all = [c for c in everything if c.status is Status.DONE and c.val_bpb is not None]
     size = int(config_get(config, "population.size", 1) or 1)
-    kept = kept_flags(run_dir, experiments, size)
+    kept = kept_flags(run_dir, done_all, size)
     if best is not None and is_copy(best):  # a copy ties with its original; show the original
         while is_copy(best) and best.parent_id in by_id:
             best = by_id[best.parent_id]

@@ -128,10 +128,11 @@ def find_candidate(store: Store, wanted: str) -> Candidate:
                        "lists the candidates, or use --candidate best")
 
 
-def kept_flags(run_dir: RunDir, finished: list[Candidate], population_size: int) -> dict[str, bool]:
-    """Whether each finished experiment was kept, as the controller logged it in results.tsv;
+def kept_flags(run_dir: RunDir, done_in_order: list[Candidate],
+               population_size: int) -> dict[str, bool]:
+    """Whether each done experiment was kept, as the controller logged it in results.tsv;
     a row missing there (a live run between two writes) is judged as the controller would:
-    kept when it ranked within its island's population when it arrived."""
+    kept when it ranked within its island's population (migrants included) when it arrived."""
     logged: dict[str, bool] = {}
     if run_dir.tsv_path.exists():
         with open(run_dir.tsv_path, newline="") as handle:
@@ -140,13 +141,14 @@ def kept_flags(run_dir: RunDir, finished: list[Candidate], population_size: int)
                     logged[row["commit"]] = row["status"] == "keep"
     seen: dict[int, list[float]] = {}
     flags: dict[str, bool] = {}
-    for candidate in finished:
+    for candidate in done_in_order:
         if candidate.status is not Status.DONE or candidate.val_bpb is None:
             continue
         island = seen.setdefault(candidate.island, [])
         rank = sum(1 for value in island if value <= candidate.val_bpb)
         island.append(candidate.val_bpb)
-        flags[candidate.id] = logged.get(candidate.id, rank < max(population_size, 1))
+        if not is_copy(candidate):
+            flags[candidate.id] = logged.get(candidate.id, rank < max(population_size, 1))
     return flags
 
 

@@ -139,3 +139,21 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     assert _has_color(image, "#ff7f0e") > 100     # island 1 curve
     assert _has_color(image, "#e6ffec", 2) > 2000  # added lines' background
     assert _has_color(image, "#ffebe9", 2) > 2000  # removed lines' background
+
+
+def test_kept_flags_come_from_results_tsv_or_are_judged_by_rank(tmp_path):
+    built, _ = build_run(tmp_path)
+    logged = read_run(built.path).kept
+    tsv = built.path / "results.tsv"
+    lines = tsv.read_text().splitlines(keepends=True)
+    # a live run between the store's commit and the tsv append: the last rows are missing
+    tsv.write_text("".join(line for line in lines if built.ids["after"] not in line
+                           and built.ids["worse"] not in line))
+    judged = read_run(built.path).kept
+    assert logged[built.ids["after"]] is False  # as the test run logged it
+    # by rank with population 2: island 0 then held 1.72 and 1.90, so 1.75 made the cut;
+    # island 1 held only the seed's copy, so even 2.40 had a free place
+    assert judged[built.ids["after"]] is True and judged[built.ids["worse"]] is True
+    missing = (built.ids["after"], built.ids["worse"])
+    assert {k: v for k, v in judged.items() if k not in missing} == \
+        {k: v for k, v in logged.items() if k not in missing}
