@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import random
 import socket
 import subprocess
@@ -92,7 +93,7 @@ SHARDS = {
     shard_name(0): _parquet_bytes(_docs(0, 300)),
     shard_name(1): _parquet_bytes(_docs(1, 300)),
     shard_name(climbmix.TEST_SHARD): _parquet_bytes(_docs(2, 120)),
-    shard_name(climbmix.VAL_SHARD): _parquet_bytes(_docs(3, 120)),
+    shard_name(climbmix.VAL_SHARD): _parquet_bytes(_docs(3, 400)),
 }
 
 
@@ -126,7 +127,7 @@ def test_prepare_downloads_tokenizes_and_is_idempotent(server: Server, tmp_path:
     assert corpus.name == "climbmix" and corpus.vocab_size == 400 and corpus.token_bytes.shape == (400,)
     bos = manifest["bos_id"]
     assert corpus.token_bytes[bos] == 0
-    for split, texts in (("val", _docs(3, 120)), ("train", _docs(0, 300) + _docs(1, 300))):
+    for split, texts in (("val", _docs(3, 400)), ("train", _docs(0, 300) + _docs(1, 300))):
         data = corpus.load_split(split)
         assert len(data.starts) == len(texts)
         assert np.all(np.asarray(data.tokens)[data.starts] == bos)  # every document starts with BOS
@@ -156,7 +157,7 @@ def test_tokenizer_round_trip_and_hash_stable_across_processes(server: Server, t
     corpus = climbmix.load_corpus(tmp_path / "a", config, log=lambda _: None)
     val = corpus.load_split("val")
     first_doc = np.asarray(val.tokens[val.starts[0] + 1 : val.starts[1]]).tolist()
-    assert tokenizer.decode(first_doc) == _docs(3, 120)[0]
+    assert tokenizer.decode(first_doc) == _docs(3, 400)[0]
 
     # another process, another cache dir, same shards -> the same data + tokenizer hash
     code = (
@@ -211,3 +212,21 @@ def test_network_absent_is_a_clear_error(tmp_path: Path) -> None:
         climbmix.prepare(tmp_path, config, log=lambda _: None)
     assert climbmix.read_manifest(tmp_path) is None
     assert not list((tmp_path / "climbmix" / "shards").iterdir())
+
+
+def test_harness_runs_cpu_micro_on_climbmix(server: Server, tmp_path: Path) -> None:
+    """prepare.py, as a worker runs it, trains and scores on climbmix fetched from the server."""
+    env = {**os.environ, "EVOLVE_CLIMBMIX_URL": server.url,
+           "EVOLVE_CLIMBMIX_TRAIN_SHARDS": "2", "EVOLVE_CLIMBMIX_VOCAB_SIZE": "300",
+           "OMP_NUM_THREADS": "1"}
+    result = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "prepare.py", "run", "--profile", "cpu-micro", "--data", "climbmix",
+         "--cache-dir", str(tmp_path / "cache"), "--result", str(result), "--train", "train_cpu.py"],
+        cwd=TEMPLATE, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(result.read_text())
+    assert metrics["status"] == "ok" and metrics["data"] == "climbmix"
+    assert 0 < metrics["val_bpb"] < 20 and "entropy_floor_bpb" not in metrics
+    assert climbmix.read_manifest(tmp_path / "cache")["content_hash"]
