@@ -23,6 +23,19 @@ class DataError(Exception):
     """Bad or missing data: the message names the file or source and what to do."""
 
 
+class UsageError(Exception):
+    """Bad command-line input: unknown profile, bad flag value, missing file."""
+
+
+class JudgedFailure(Exception):
+    """The harness judged the candidate: status "crash" or "invalid", with a reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Split:
     tokens: np.ndarray   # 1-D integer token ids (a memmap is fine)

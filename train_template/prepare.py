@@ -26,42 +26,19 @@ import time
 HARNESS_START = time.time()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import importlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
-import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from context import TrainContext  # noqa: E402
-from corpus import Corpus, DataError, atomic_write_bytes, eval_rows  # noqa: E402
+from corpus import Corpus, DataError, JudgedFailure, UsageError, atomic_write_bytes  # noqa: E402
 from profiles import PROFILES, Profile, get_profile  # noqa: E402
-from scoring import InvalidModel, causality_probe, evaluate_bpb  # noqa: E402
 from sources import load_synthetic, load_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "B200": 2250e12, "A100": 312e12}
-
-
-class UsageError(Exception):
-    """Bad command-line input: unknown profile, bad flag value, missing file."""
-
-
-class JudgedFailure(Exception):
-    """The harness judged the candidate: status "crash" or "invalid", with a reason."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 # ---- data sources ----------------------------------------------------------------------
@@ -99,118 +76,6 @@ def load_corpus(data: str, profile: Profile, cache_dir: Path) -> Corpus:
     if name not in DATA_SOURCES:
         raise UsageError(f"unknown data source {data!r} (known: synthetic, text:<path>, climbmix)")
     return DATA_SOURCES[name](cache_dir, profile, arg)
-
-
-# ---- one run ---------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(profile: Profile) -> torch.device:
-    if profile.device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def import_train(path: Path):
-    """Import the candidate's train script as module `train`; it must define train(ctx)."""
-    if not path.is_file():
-        raise UsageError(f"train script {path} not found")
-    spec = importlib.util.spec_from_file_location("train", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"{path.name} failed to import: {type(exc).__name__}: {exc}") from exc
-    if not callable(getattr(module, "train", None)):
-        raise JudgedFailure("crash", f"{path.name} defines no train(ctx) function")
-    return module
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory on CUDA; on CPU the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def mfu_percent(params: int, tokens: int, seconds: float, device: torch.device) -> float:
-    if device.type != "cuda" or seconds <= 0:
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
-    return 100.0 * 6 * params * tokens / seconds / peak if peak else 0.0
-
-
-def floor_tolerance(floor: float) -> float:
-    """How far below the floor a score may fall by rounding before it is impossible."""
-    return max(1e-3, 1e-3 * floor)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Train, score, check; returns the result dict. Raises UsageError/DataError/JudgedFailure."""
-    profile = dataclasses.replace(get_profile(args.profile))  # a private copy: train.py cannot edit it
-    device = pick_device(profile)
-    corpus = load_corpus(args.data, profile, args.cache_dir)
-    train_split = corpus.load_split("train")
-    module = import_train(args.train)
-    seed_everything(args.seed)
-    ctx = TrainContext(profile, device, train_split, corpus.vocab_size, args.seed,
-                       args.budget_fraction)
-    t0 = time.perf_counter()
-    try:
-        model = module.train(ctx)
-    except Exception as exc:
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"train.py crashed: {type(exc).__name__}: {exc}") from exc
-    wall = time.perf_counter() - t0
-    if not isinstance(model, torch.nn.Module):
-        raise JudgedFailure("invalid", f"train(ctx) returned {type(model).__name__}, not a torch.nn.Module")
-    model.eval()
-    result: dict = {"status": "ok"}
-    try:
-        for split in args.splits:  # loaded only now, after training returned
-            rows, first = eval_rows(corpus.load_split(split), profile.seq_len, profile.val_tokens)
-            if split == "val":
-                causality_probe(model, rows, corpus.vocab_size, device, args.seed, ctx.autocast)
-            result[f"{split}_bpb"] = evaluate_bpb(model, rows, first, corpus.token_bytes, device,
-                                                  profile.eval_batch_rows, ctx.autocast)
-            if split == "val" and corpus.floor_bpb is not None:
-                result["entropy_floor_bpb"] = corpus.floor_bpb(rows, first)
-    except InvalidModel as exc:
-        raise JudgedFailure("invalid", str(exc)) from exc
-    except Exception as exc:
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"the model failed during evaluation: {type(exc).__name__}: {exc}") from exc
-    floor = result.get("entropy_floor_bpb")
-    if floor is not None and result["val_bpb"] < floor - floor_tolerance(floor):
-        raise JudgedFailure("invalid", f"val_bpb {result['val_bpb']:.6f} is below the entropy floor "
-                            f"{floor:.6f}: impossible, so a bug or a leak")
-    training_seconds = ctx.counted_seconds if profile.budget_kind == "time" else wall
-    params = sum(p.numel() for p in model.parameters())
-    depth = getattr(module, "DEPTH", 0)
-    result.update({
-        "training_seconds": training_seconds,
-        "total_seconds": time.time() - HARNESS_START,
-        "peak_vram_mb": peak_memory_mb(device),
-        "mfu_percent": mfu_percent(params, ctx.tokens_used, training_seconds, device),
-        "total_tokens_M": ctx.tokens_used / 1e6,
-        "num_steps": ctx.steps,
-        "num_params_M": params / 1e6,
-        "depth": depth if isinstance(depth, int) else 0,
-        "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "budget_kind": profile.budget_kind,
-    })
-    return result
 
 
 SUMMARY_KEYS = ["val_bpb", "test_bpb", "entropy_floor_bpb", "training_seconds", "total_seconds",
@@ -280,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad flags (already reported in one line) or --help
+        return int(exc.code or 0)
     meta: dict = {}
     try:
         profile = get_profile(args.profile)
@@ -295,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         args.train = args.train.resolve()
         meta = {"profile": profile.name, "data": args.data, "seed": args.seed,
                 "budget_fraction": args.budget_fraction}
-        result = run(args)
+        from harness import run  # torch is imported only by `run`, not by `prepare`
+
+        result = run(args, lambda: load_corpus(args.data, profile, args.cache_dir),
+                     start=HARNESS_START)
     except (UsageError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
