@@ -125,8 +125,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        nn.init.normal_(self.embed.weight, std=1.0)
-        if not TIE_EMBEDDINGS:
+        if TIE_EMBEDDINGS:  # one matrix serves both ends: small, so the first logits are too
+            nn.init.normal_(self.embed.weight, std=0.02)
+        else:
+            nn.init.normal_(self.embed.weight, std=1.0)
             nn.init.normal_(self.head.weight, std=0.001)
         for block in self.blocks:
             for lin in (block.attn.qkv, block.mlp.up, block.attn.proj, block.mlp.proj):
