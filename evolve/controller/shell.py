@@ -1,0 +1,463 @@
+"""The asyncio shell for real runs: carries out the core's decisions and feeds it events.
+
+It is the store's one writer. Mutators run as concurrent tasks (a slow or broken one never
+stalls a worker), children pass pre-flight before a worker is booked, runs go to an
+`Executor`, and every step is reported to a `RunRecorder` (the run directory, the display).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from evolve.controller.core import (
+    GiveUp,
+    Migrate,
+    ProposalFailed,
+    ProposalReady,
+    Propose,
+    Requeue,
+    ResultArrived,
+    Run,
+    Scheduler,
+    Stop,
+    StopRequested,
+    Tick,
+    WorkerJoined,
+    WorkerLost,
+)
+from evolve.controller.executor import Executor, Finished, Joined, Left
+from evolve.controller.resume import StoreParents, recover, settings_from_config
+from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.notebook import LabNotebook, tried_on_parent
+from evolve.preflight import preflight
+from evolve.workers.runner import RunRequest, RunResult
+from population.candidate import Candidate, Status
+from population.islands import plan_migration, plan_reseeds, plan_seeding
+from population.store import Store
+from population.survival import population_size, verdict
+
+ROOT_ID = "root"
+EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
+TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
+OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
+                  "invalid": Status.CRASHED}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the live display shows, after every event."""
+
+    finished: int
+    budget: int | None
+    running: int
+    ready: int
+    proposing: int
+    workers: int
+    best_id: str | None
+    best_val_bpb: float | None
+    best_description: str
+    crashes: int
+    rejected: int
+    elapsed_s: float
+    llm_usd: float
+    stopping: str | None
+
+
+class RunRecorder(Protocol):
+    """Told about every change, after the store has it (the lead's run directory + display)."""
+
+    def on_candidate(self, c: Candidate) -> None: ...
+    def on_result(self, c: Candidate, kept: bool) -> None: ...
+    def on_progress(self, snapshot: Progress) -> None: ...
+
+
+@dataclass
+class _Running:
+    candidate_id: str
+    attempt_id: int
+    started: float
+
+
+@dataclass(frozen=True)
+class _ProposalDone:
+    ticket: int
+    parent: Candidate
+    island: int
+    seed: int
+    proposal: Proposal
+
+
+def experiment_timeout_s(profile: str, grace_s: float) -> float:
+    """Hard wall clock of one run: the training budget (time profiles) + the grace period."""
+    from train_template.profiles import get_profile
+
+    spec = get_profile(profile)
+    budget = spec.budget if spec.budget_kind == "time" else TOKENS_BUDGET_TIMEOUT_S
+    return budget + grace_s
+
+
+class Controller:
+    """One run: `await Controller(...).run(stop, abandon)` returns why it stopped."""
+
+    def __init__(self, config: Any, store: Store, executor: Executor,
+                 mutators: Mapping[str, Mutator], recorder: RunRecorder, *, work_root: str | Path,
+                 cache_dir: str | None = None, tick_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.executor = executor
+        self.mutators = dict(mutators)
+        self.recorder = recorder
+        self.work_root = str(work_root)
+        self.cache_dir = cache_dir
+        self.tick_s = tick_s
+        self.clock = clock
+        self.size = population_size(config.selection.strategy, config.population.size)
+        self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
+        template = Path(config.template_dir)
+        self.template = template
+        program = template / "program.md"
+        self.program_md = program.read_text() if program.exists() else ""
+        self.notebook = LabNotebook(store)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._workers: dict[str, Joined] = {}
+        self._running: dict[str, _Running] = {}      # worker -> run in flight
+        self._proposals: set[asyncio.Task[None]] = set()
+        self._core: Scheduler | None = None
+        self._best: Candidate | None = None
+        self._crashes = 0
+        self._rejected = 0
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, stop: asyncio.Event | None = None,
+                  abandon: asyncio.Event | None = None) -> str:
+        """Run until a budget is spent or `stop` is set (then running experiments finish;
+        setting `abandon` too leaves them `running` in the store for resume)."""
+        self._ensure_root()
+        history = recover(self.store, ROOT_ID, now=self.clock(),
+                          max_lost_attempts=self.config.workers.max_lost_attempts)
+        settings = settings_from_config(self.config)
+        self._best = self.store.best()
+        self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
+        self._rejected = self.store.count(Status.REJECTED)
+        self._core = Scheduler(settings, StoreParents(self.store, self.config), ROOT_ID,
+                               root_island=0, history=history)
+        self.store.set_meta("status", "running")
+        watchers = [asyncio.create_task(self._ticker())]
+        if stop is not None:
+            watchers.append(asyncio.create_task(self._on_set(stop, "stop")))
+        if abandon is not None:
+            watchers.append(asyncio.create_task(self._on_set(abandon, "abandon")))
+        reason = "stopped"
+        try:
+            await self.executor.start(self._queue.put_nowait)
+            reason = await self._loop()
+        finally:
+            for task in watchers + list(self._proposals):
+                task.cancel()
+            for task in watchers + list(self._proposals):
+                with contextlib.suppress(BaseException):
+                    await task
+            await self.executor.close(abandon=bool(self._running))
+            self._save_clock()
+            self.store.set_meta("status", "stopped")
+            self.store.set_meta("stop_reason", reason)
+            self._progress()
+        return reason
+
+    async def _loop(self) -> str:
+        core = self._core
+        assert core is not None
+        while True:
+            item = await self._queue.get()
+            if item == "abandon":
+                return "abandoned: experiments still running were left for resume"
+            event = self._translate(item)
+            if event is None:
+                continue
+            for decision in core.handle(event):
+                if isinstance(decision, Stop):
+                    return decision.reason
+                self._carry_out(decision)
+            self._progress()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._queue.put_nowait("tick")
+
+    async def _on_set(self, flag: asyncio.Event, what: str) -> None:
+        await flag.wait()
+        self._queue.put_nowait(what)
+
+    # ---------------------------------------------------------------- events
+
+    def _translate(self, item: Any) -> Any:
+        now = self.clock()
+        if item == "tick":
+            self._save_clock()
+            return Tick(now=now)
+        if item == "stop":
+            return StopRequested(now=now)
+        if isinstance(item, Joined):
+            self._workers[item.worker_id] = item
+            return WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)
+        if isinstance(item, Left):
+            self._workers.pop(item.worker_id, None)
+            run = self._running.pop(item.worker_id, None)
+            if run is not None:
+                self.store.finish_attempt(run.attempt_id, outcome="lost", reason=item.reason, now=now)
+                self._add_worker_seconds(now - run.started, wasted=False)
+            return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
+        if isinstance(item, Finished):
+            return self._finished(item.worker_id, item.result, now)
+        if isinstance(item, _ProposalDone):
+            return self._proposal_done(item, now)
+        raise TypeError(f"unexpected event {item!r}")
+
+    def _finished(self, worker_id: str, result: RunResult, now: float) -> ResultArrived | None:
+        run = self._running.get(worker_id)
+        if run is None or run.candidate_id != result.candidate_id:
+            return None  # a run already counted lost
+        del self._running[worker_id]
+        outcome = result.outcome
+        status = OUTCOME_STATUS.get(outcome, Status.CRASHED)
+        metrics = dict(result.metrics)
+        bpb = metrics.get("val_bpb")
+        reason = result.reason
+        if status is Status.DONE and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+            status, outcome, reason = Status.CRASHED, "crashed", f"no finite val_bpb in the result ({bpb!r})"
+        if outcome == "invalid":
+            reason = f"invalid: {reason}"
+        self.store.finish_attempt(run.attempt_id, outcome=result.outcome, reason=reason, now=now)
+        seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
+        self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
+        candidate = self.store.get(result.candidate_id)
+        before = self.store.survivors(candidate.island, self.size)
+        if status is Status.DONE:
+            metrics.setdefault("device", result.device)
+        candidate = self.store.record_result(result.candidate_id, status=status, metrics=metrics,
+                                             reason=reason, log_tail=result.log_tail, now=now)
+        kept = verdict(candidate, before, self.size) == "keep"
+        self._note(candidate)
+        self.recorder.on_candidate(candidate)
+        self.recorder.on_result(candidate, kept)
+        if candidate.id == ROOT_ID and status is Status.DONE:
+            self._seed_islands(candidate, now)
+        if status is Status.DONE:
+            self._reseed_stagnant(now)
+        return ResultArrived(candidate_id=candidate.id, worker_id=worker_id, outcome=outcome,
+                             val_bpb=float(bpb) if status is Status.DONE else None, now=now)
+
+    def _proposal_done(self, done: _ProposalDone, now: float) -> ProposalReady | ProposalFailed:
+        proposal, parent = done.proposal, done.parent
+        reason = proposal.error
+        if not reason:
+            reason = preflight(parent.files, proposal.files, mutable_files=self.config.mutable_files,
+                               has_hash=self.store.has_hash) or ""
+        files = proposal.files if proposal.files else parent.files
+        tokens = sum(int(v) for v in proposal.usage.values())
+        child = Candidate(
+            id=candidate_id(done.ticket), parent_id=parent.id, island=done.island,
+            generation=parent.generation + 1, files=dict(files),
+            description=proposal.description, rationale=proposal.rationale,
+            mutator=proposal.mutator, model=proposal.model, raw_answer=proposal.raw_answer,
+            applied_edit=proposal.applied_edit, diff=unified_diff(parent.files, files),
+            usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
+            status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
+            seed=self.config.seed, created_at=now, finished_at=now if reason else None,
+        )
+        self.store.add(child)
+        self._note(child)
+        if proposal.cost_usd:
+            spent = float(self.store.get_meta("llm_usd", "0") or 0) + proposal.cost_usd
+            self.store.set_meta("llm_usd", repr(spent))
+        self.recorder.on_candidate(child)
+        if reason:
+            return ProposalFailed(ticket=done.ticket, reason=reason, cost_usd=proposal.cost_usd,
+                                  tokens=tokens, now=now)
+        return ProposalReady(ticket=done.ticket, candidate_id=child.id, cost_usd=proposal.cost_usd,
+                             tokens=tokens, now=now)
+
+    # ------------------------------------------------------------- decisions
+
+    def _carry_out(self, decision: Any) -> None:
+        match decision:
+            case Propose():
+                self._propose(decision)
+            case Run():
+                self._run(decision)
+            case Requeue():
+                pass  # the lost attempt is already closed in the store; the core re-runs it
+            case GiveUp():
+                now = self.clock()
+                candidate = self.store.record_result(decision.candidate_id, status=Status.CRASHED,
+                                                     metrics={}, reason=decision.reason, now=now)
+                self._note(candidate)
+                self.recorder.on_candidate(candidate)
+                self.recorder.on_result(candidate, False)
+            case Migrate():
+                self._migrate()
+
+    def _propose(self, decision: Propose) -> None:
+        self.store.set_meta("next_ticket", str(decision.ticket + 1))
+        parent = self.store.get(decision.parent_id)
+        mutator = self.mutators.get(decision.operator)
+        context = MutationContext(
+            parent=parent, lineage=self.store.lineage(parent.id),
+            inspirations=self._inspirations(decision.island),
+            tried_on_parent=tried_on_parent(self.store, parent.id),
+            notebook=self.notebook.text(), program_md=self.program_md,
+            mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._mutate(decision, parent, mutator, context))
+        self._proposals.add(task)
+        task.add_done_callback(self._proposals.discard)
+
+    async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
+                      context: MutationContext) -> None:
+        timeout = self.config.mutation.proposal_timeout_s
+        if mutator is None:
+            proposal = _error(decision.operator, f"no mutator named {decision.operator!r} is set up")
+        else:
+            try:
+                proposal = await asyncio.wait_for(mutator.propose(context), timeout)
+            except asyncio.TimeoutError:
+                proposal = _error(mutator.name, f"{mutator.name} mutator timed out after {timeout:g} s "
+                                                "(mutation.proposal_timeout_s)")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken mutator costs one proposal, never the run
+                proposal = _error(mutator.name, f"{mutator.name} mutator failed: "
+                                                f"{type(exc).__name__}: {exc}")
+        self._queue.put_nowait(_ProposalDone(decision.ticket, parent, decision.island, decision.seed,
+                                             proposal))
+
+    def _inspirations(self, island: int) -> list[Candidate]:
+        found = []
+        for other in range(self.config.population.islands):
+            if other != island:
+                best = self.store.best(other)
+                if best is not None:
+                    found.append(best)
+        return found[:3]
+
+    def _run(self, decision: Run) -> None:
+        now = self.clock()
+        slot = self._workers[decision.worker_id]
+        candidate = self.store.get(decision.candidate_id)
+        if candidate.status is Status.PROPOSED:
+            candidate = self.store.set_status(candidate.id, Status.RUNNING)
+            self.recorder.on_candidate(candidate)
+        attempt_id = self.store.start_attempt(candidate.id, worker=slot.worker_id, node=slot.node,
+                                              device=slot.device, now=now)
+        self._running[decision.worker_id] = _Running(candidate.id, attempt_id, now)
+        cfg = self.config
+        request = RunRequest(
+            candidate_id=candidate.id, files=dict(candidate.files), template_dir=str(self.template),
+            profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
+            work_root=self.work_root, cache_dir=self.cache_dir,
+            torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
+        )
+        self.executor.submit(decision.worker_id, request)
+
+    def _seed_islands(self, root: Candidate, now: float) -> None:
+        for copy in plan_seeding(root, self.config.population.islands):
+            made = self.store.add_copy(copy.source_id, copy.to_island, now=now)
+            self.recorder.on_candidate(made)
+
+    def _migrate(self) -> None:
+        islands = range(self.config.population.islands)
+        survivors = [self.store.survivors(i, self.size) for i in islands]
+        for copy in plan_migration(survivors, self.size):
+            made = self.store.add_copy(copy.source_id, copy.to_island, now=self.clock())
+            self.recorder.on_candidate(made)
+
+    def _reseed_stagnant(self, now: float) -> None:
+        patience = self.config.population.stagnation_reseed_after
+        islands = range(self.config.population.islands)
+        if patience <= 0 or len(islands) < 2:
+            return
+        stagnation = [self.store.finished_since_best(i) for i in islands]
+        if max(stagnation) < patience:
+            return
+        survivors = [self.store.survivors(i, self.size) for i in islands]
+        for plan in plan_reseeds(stagnation, survivors, patience):
+            for made in self.store.reseed(plan.island, plan.source_ids, now=now):
+                self.recorder.on_candidate(made)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _ensure_root(self) -> None:
+        try:
+            self.store.get(ROOT_ID)
+            return
+        except KeyError:
+            pass
+        files = {}
+        for name in self.config.mutable_files:
+            source = self.template / (self.config.seed_script if name == "train.py" else name)
+            files[name] = source.read_text()
+        root = Candidate(id=ROOT_ID, parent_id=None, island=0, generation=0, files=files,
+                         description="baseline: the unmodified template", mutator="template",
+                         seed=self.config.seed, created_at=self.clock())
+        self.store.add(root)
+        self.store.set_meta("seed", str(self.config.seed))
+        self.recorder.on_candidate(self.store.get(ROOT_ID))
+
+    def _add_worker_seconds(self, seconds: float, *, wasted: bool) -> None:
+        total = float(self.store.get_meta("worker_seconds", "0") or 0) + seconds
+        self.store.set_meta("worker_seconds", repr(total))
+        if wasted:
+            early = float(self.store.get_meta("early_failure_seconds", "0") or 0) + seconds
+            self.store.set_meta("early_failure_seconds", repr(early))
+        early = float(self.store.get_meta("early_failure_seconds", "0") or 0)
+        self.store.set_meta("early_failure_share", repr(early / total if total else 0.0))
+
+    def _note(self, c: Candidate) -> None:
+        """Keep the display's counters and best without querying the store per event."""
+        if c.status in (Status.CRASHED, Status.TIMED_OUT):
+            self._crashes += 1
+        elif c.status is Status.REJECTED:
+            self._rejected += 1
+        elif c.status is Status.DONE and c.val_bpb is not None and (
+                self._best is None or c.val_bpb < (self._best.val_bpb or math.inf)):
+            self._best = c
+
+    def _save_clock(self) -> None:
+        if self._core is not None:
+            self.store.set_meta("elapsed_s", repr(self._core.elapsed()))
+
+    def _progress(self) -> None:
+        core = self._core
+        if core is None:
+            return
+        status = core.status()
+        best = self._best
+        self.recorder.on_progress(Progress(
+            finished=status.finished, budget=self.config.budget.max_experiments,
+            running=status.running, ready=status.ready, proposing=status.proposing,
+            workers=status.workers, best_id=best.id if best else None,
+            best_val_bpb=best.val_bpb if best else None,
+            best_description=best.description if best else "",
+            crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
+            llm_usd=status.llm_usd, stopping=status.closing,
+        ))
+
+
+def candidate_id(ticket: int) -> str:
+    return f"c{ticket:05d}"
+
+
+def _error(mutator: str, reason: str) -> Proposal:
+    return Proposal(files={}, description="", rationale="", mutator=mutator, error=reason)
+
