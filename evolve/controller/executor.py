@@ -227,6 +227,10 @@ class RayExecutor:
         assert self._emit is not None
         self._emit(Left(worker_id, reason))
 
+    def actor(self, worker_id: str) -> Any:
+        """The live actor handle of a worker (operations, tests), or KeyError."""
+        return self._actors[worker_id]
+
     def submit(self, worker_id: str, request: RunRequest) -> None:
         actor = self._actors.get(worker_id)
         if actor is None:
