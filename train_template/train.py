@@ -149,11 +149,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        nn.init.normal_(self.embed.weight, std=1.0)
+        if TIE_EMBEDDINGS:  # one matrix serves both ends: small, so the first logits are too
+            nn.init.normal_(self.embed.weight, std=0.02)
+        else:
+            nn.init.normal_(self.embed.weight, std=1.0)
+            nn.init.normal_(self.head.weight, std=0.001)
         for ve in self.value_embeds.values():
             nn.init.normal_(ve.weight, std=1.0)
-        if not TIE_EMBEDDINGS:
-            nn.init.normal_(self.head.weight, std=0.001)
         for block in self.blocks:
             for lin in (block.attn.qkv, block.mlp.up, block.attn.proj, block.mlp.proj):
                 bound = math.sqrt(3.0 / lin.in_features)
