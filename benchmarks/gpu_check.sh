@@ -35,13 +35,13 @@ fi
 if [ "$DRY" = 1 ]; then PROFILE=cpu-micro; else PROFILE=gpu-5min; fi
 cd "$REPO/train_template" || exit 1
 start=$(date +%s)
-python3 prepare.py run --profile "$PROFILE" --data synthetic --seed 0 --train train.py \
+timeout "${GPU_CHECK_HARNESS_TIMEOUT:-270}" python3 prepare.py run --profile "$PROFILE" --data synthetic --seed 0 --train train.py \
     --budget-fraction "$FRACTION" --cache-dir "$CACHE" --result "$OUT_DIR/result.json" \
     2>&1 | tee "$OUT_DIR/run.log"
 harness_rc=${PIPESTATUS[0]}
 echo "harness exit $harness_rc after $(( $(date +%s) - start )) s" | tee -a "$OUT_DIR/run.log"
 
-GPU_CHECK_DRY=$DRY OUT_DIR=$OUT_DIR python3 - <<'EOF' 2>&1 | tee "$OUT_DIR/shape.log"
+GPU_CHECK_DRY=$DRY OUT_DIR=$OUT_DIR timeout "${GPU_CHECK_SHAPE_TIMEOUT:-120}" python3 - <<'EOF' 2>&1 | tee "$OUT_DIR/shape.log"
 """Honest MFU for the harness run, then the real gpu-5min shape (vocab 8192) for 20 s."""
 import dataclasses, importlib.util, json, os, sys, time
 import numpy as np, torch
