@@ -158,8 +158,12 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
             controller = run(config, store, LocalExecutor(2), recorder, tmp_path, stop=stop,
                              abandon=drop)
             task = asyncio.create_task(controller.run(stop, drop))
-            while len(recorder.results) < n and not task.done():
-                await asyncio.sleep(0.05)
+            def ready() -> bool:
+                running = any(c.status is Status.RUNNING for c in store.unfinished())
+                return len(recorder.results) >= n and (running or not abandon)
+
+            while not ready() and not task.done():
+                await asyncio.sleep(0.02)
             stop.set()
             if abandon:
                 drop.set()

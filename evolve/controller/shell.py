@@ -36,7 +36,13 @@ from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.resume import StoreParents, recover, settings_from_config
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.notebook import LabNotebook, tried_on_parent
-from evolve.preflight import preflight
+from evolve.preflight import (
+    check_differs,
+    check_harness,
+    check_not_duplicate,
+    check_only_mutable,
+    check_parses,
+)
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
 from population.islands import plan_migration, plan_reseeds, plan_seeding
@@ -46,6 +52,7 @@ from population.survival import population_size, verdict
 ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
+TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
 
@@ -92,15 +99,13 @@ class _ProposalDone:
     island: int
     seed: int
     proposal: Proposal
+    rejection: str  # from the static pre-flight checks, "" if they passed
 
 
 def experiment_timeout_s(profile: str, grace_s: float) -> float:
-    """Hard wall clock of one run: the training budget (time profiles) + the grace period."""
-    from train_template.profiles import get_profile
-
-    spec = get_profile(profile)
-    budget = spec.budget if spec.budget_kind == "time" else TOKENS_BUDGET_TIMEOUT_S
-    return budget + grace_s
+    """Hard wall clock of one run: the training budget (time profiles; a fixed allowance for
+    token-budgeted CPU profiles) + the grace period for start-up, compilation and scoring."""
+    return TIME_BUDGET_S.get(profile, TOKENS_BUDGET_TIMEOUT_S) + grace_s
 
 
 class Controller:
@@ -259,10 +264,9 @@ class Controller:
 
     def _proposal_done(self, done: _ProposalDone, now: float) -> ProposalReady | ProposalFailed:
         proposal, parent = done.proposal, done.parent
-        reason = proposal.error
-        if not reason:
-            reason = preflight(parent.files, proposal.files, mutable_files=self.config.mutable_files,
-                               has_hash=self.store.has_hash) or ""
+        reason = proposal.error or done.rejection
+        if not reason:  # duplicates: against the store, here, so two proposals cannot both pass
+            reason = check_not_duplicate(proposal.files, self.store.has_hash) or ""
         files = proposal.files if proposal.files else parent.files
         tokens = sum(int(v) for v in proposal.usage.values())
         child = Candidate(
@@ -339,8 +343,17 @@ class Controller:
             except Exception as exc:  # a broken mutator costs one proposal, never the run
                 proposal = _error(mutator.name, f"{mutator.name} mutator failed: "
                                                 f"{type(exc).__name__}: {exc}")
+        rejection = ""
+        if not proposal.error:
+            # Parsing and walking 25 KB of source takes tens of ms: off the event loop.
+            rejection = await asyncio.to_thread(self._static_checks, parent.files, proposal.files)
         self._queue.put_nowait(_ProposalDone(decision.ticket, parent, decision.island, decision.seed,
-                                             proposal))
+                                             proposal, rejection))
+
+    def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
+        """`evolve.preflight.preflight` less the duplicate check, in the same order."""
+        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
+                or check_harness(files) or check_differs(parent_files, files) or "")
 
     def _inspirations(self, island: int) -> list[Candidate]:
         found = []
