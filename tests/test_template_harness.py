@@ -45,17 +45,24 @@ CONTRACT_KEYS = {"status", "val_bpb", "entropy_floor_bpb", "training_seconds", "
                  "depth", "device", "profile", "data", "seed", "budget_kind", "budget_fraction"}
 
 
-def test_micro_trains_scores_and_is_deterministic(tmp_path: Path, cache_dir: Path) -> None:
-    work = experiment(tmp_path)
-    first = harness(work, cache_dir, "--splits", "val,test")
-    assert first.returncode == 0, first.stderr
-    r1 = result(work)
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[dict, str]:
+    """The seed on cpu-micro, scored on val and test: (result, stdout)."""
+    work = experiment(tmp_path_factory.mktemp("honest"))
+    proc = harness(work, cache_dir, "--splits", "val,test")
+    assert proc.returncode == 0, proc.stderr
+    return result(work), proc.stdout
+
+
+def test_micro_trains_scores_and_is_deterministic(tmp_path: Path, cache_dir: Path, honest) -> None:
+    r1, stdout = honest
     assert CONTRACT_KEYS | {"test_bpb"} <= set(r1)
     assert r1["status"] == "ok" and r1["budget_kind"] == "tokens" and r1["device"] == "cpu"
     assert r1["entropy_floor_bpb"] < r1["val_bpb"] < 8
     assert 0 < r1["test_bpb"] < 8
     assert isinstance(r1["num_steps"], int) and r1["num_steps"] > 0 and r1["depth"] == 3
-    assert "---\nval_bpb:" in first.stdout and "num_steps:" in first.stdout
+    assert "---\nval_bpb:" in stdout and "num_steps:" in stdout
+    work = experiment(tmp_path)
     second = harness(work, cache_dir)
     assert second.returncode == 0, second.stderr
     assert result(work)["val_bpb"] == r1["val_bpb"]
@@ -75,13 +82,12 @@ if "__main__" in sys.modules:
 
 
 def test_printing_a_score_or_shrinking_eval_does_not_change_the_record(
-        tmp_path: Path, cache_dir: Path) -> None:
-    honest = experiment(tmp_path / "a")
-    assert harness(honest, cache_dir).returncode == 0
-    cheat = experiment(tmp_path / "b", SEED.replace("\ndef train(ctx):", CHEATS + "\n\ndef train(ctx):"))
+        tmp_path: Path, cache_dir: Path, honest) -> None:
+    cheat = experiment(tmp_path, SEED.replace("\ndef train(ctx):", CHEATS + "\n\ndef train(ctx):"))
     proc = harness(cheat, cache_dir)
     assert proc.returncode == 0, proc.stderr
-    assert result(cheat)["val_bpb"] == result(honest)["val_bpb"]
+    assert "val_bpb:          0.000001" in proc.stdout  # printed, and ignored
+    assert result(cheat)["val_bpb"] == honest[0]["val_bpb"]
 
 
 def test_text_data_works_on_a_small_file(tmp_path: Path, cache_dir: Path) -> None:
