@@ -107,3 +107,25 @@ def test_every_allowed_value_trains_and_stays_causal(tmp_path: Path, data, value
 
 def test_the_seed_learns(tmp_path: Path, data) -> None:
     assert train_variant(tmp_path, data) < 7.0  # uniform guessing over bytes scores 8
+
+
+def test_a_time_budget_stops_the_iterator_and_catches_training_past_it(data) -> None:
+    import dataclasses
+    import time
+
+    from harness import overrun_reason
+
+    profile = dataclasses.replace(get_profile("cpu-micro"), budget_kind="time", budget=0.3,
+                                  clock_skip_steps=2)
+    ctx = TrainContext(profile, torch.device("cpu"), data[0], 256, seed=0, budget_fraction=1.0)
+    start = time.perf_counter()
+    steps = 0
+    for _ in ctx.batches(2):
+        steps += 1
+        time.sleep(0.02)
+    assert ctx.progress() == 1.0 and ctx.counted_seconds >= 0.3 and ctx.time_left() == 0
+    assert steps == ctx.steps >= 3 and time.perf_counter() - start >= 0.3 + 2 * 0.02
+    assert ctx.tokens_left() == math.inf
+    assert list(ctx.batches(2)) == []  # a second iterator does not reopen the budget
+    assert overrun_reason(ctx, ctx.spent_at + 1.0) is None
+    assert "training past the budget" in overrun_reason(ctx, ctx.spent_at + 31.0)

@@ -43,6 +43,7 @@ class TrainContext:
         self.counted_seconds = 0.0
         self._last: float | None = None
         self._spent = False
+        self.spent_at: float | None = None  # perf_counter() when the budget ran out
 
     # ---- budget ---------------------------------------------------------------------------
 
@@ -70,7 +71,7 @@ class TrainContext:
         while not self._spent:
             self._tick()
             if not self._has_budget(batch_size * self.seq_len):
-                self._spent = True
+                self._spent, self.spent_at = True, time.perf_counter()
                 return
             starts = self._rng.choice(self._starts, size=batch_size)
             rows = torch.from_numpy(

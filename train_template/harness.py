@@ -66,6 +66,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def overrun_reason(ctx: TrainContext, returned_at: float) -> str | None:
+    """Under a time budget, train() must return soon after the budget is spent.
+
+    Otherwise it could keep training on batches it stored: seconds past the budget beyond
+    max(30 s, 10% of the budget) make the run invalid. Token budgets need no such guard.
+    """
+    if ctx.budget_kind != "time" or ctx.spent_at is None:
+        return None
+    overrun = returned_at - ctx.spent_at
+    allowed = max(30.0, 0.1 * ctx.budget)
+    if overrun <= allowed:
+        return None
+    return (f"train() returned {overrun:.1f}s after the time budget was spent "
+            f"(allowed {allowed:.0f}s): training past the budget")
+
+
 def floor_tolerance(floor: float) -> float:
     """How far below the floor a score may fall by rounding before it is impossible."""
     return max(1e-3, 1e-3 * floor)
@@ -90,7 +106,10 @@ def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: floa
     except (Exception, SystemExit) as exc:  # SystemExit too: train.py does not end the harness
         traceback.print_exc()
         raise JudgedFailure("crash", f"train.py crashed: {type(exc).__name__}: {exc}") from exc
-    wall = time.perf_counter() - t0
+    returned_at = time.perf_counter()
+    wall = returned_at - t0
+    if (reason := overrun_reason(ctx, returned_at)) is not None:
+        raise JudgedFailure("invalid", reason)
     if not isinstance(model, torch.nn.Module):
         raise JudgedFailure("invalid", f"train(ctx) returned {type(model).__name__}, not a torch.nn.Module")
     model.eval()
