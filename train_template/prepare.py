@@ -5,18 +5,25 @@
                           [--train train.py]
     python prepare.py prepare --profile P --data D [--cache-dir DIR]   # data only, idempotent
 
-`run` seeds every RNG, imports the candidate's train.py (beside this file unless --train),
+`run` (harness.py) seeds every RNG, imports the candidate's train.py (beside this file
+unless --train; in the pristine template pass `--train train_cpu.py` for cpu profiles),
 calls train(ctx) -> model, and only then loads val (and test), scores the model from its
-logits, runs the causality probe, and writes the result JSON atomically.
+logits, runs the causality probe, and writes the result JSON atomically. Exit codes: 0 ok,
+1 the harness judged the candidate (result file says "crash" or "invalid"), 2 bad input
+(no result file). Failures end with one `error: ...` line on stderr.
 
 Data sources (DATA_SOURCES below): `synthetic`, `text:<path>`, `climbmix`. A source is a
-function (cache_dir: Path, profile: Profile, arg: str) -> corpus.Corpus. `climbmix` is
-served by a module climbmix.py beside this file, which must define
+function (cache_dir: Path, profile: Profile, arg: str) -> corpus.Corpus, where a Corpus has
+`vocab_size`, `token_bytes` (UTF-8 bytes per token id, 0 for special tokens, which are
+then not scored), `load_split(name) -> Split(tokens, starts)` (lazy: val and test are read
+only after training) and optionally `floor_bpb(rows, score_from)`. A split's `starts` are
+the positions of document-boundary tokens (an end mark or a BOS), where rows may begin.
+`climbmix` is served by a module climbmix.py beside this file, which must define
 
     load_climbmix(cache_dir: pathlib.Path, seq_len: int) -> corpus.Corpus
 
-idempotent and safe when several workers call it at once (it takes its own file lock, e.g.
-with sources._build_locked), returning splits whose `starts` are the BOS positions.
+idempotent and safe when several workers call it at once (it takes its own file lock).
+Without that module, `--data climbmix` is a one-line error.
 """
 
 from __future__ import annotations
