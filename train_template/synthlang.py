@@ -76,7 +76,7 @@ class Language:
                 self.unigram_prefix[p] = self.unigram_prefix.get(p, 0.0) + self.unigram[:, i]
                 if k < len(w):
                     self.children.setdefault(p, set()).add(w[k])
-        self._samplers: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
+        self._samplers: dict[tuple[int, int], list[float]] = {}
         self._prefix_mass_cached = lru_cache(maxsize=None)(self._sparse_prefix)
 
     # ---- exact probabilities -------------------------------------------------------------
@@ -225,26 +225,26 @@ class Language:
 
     # ---- sampling ------------------------------------------------------------------------
 
-    def _sampler(self, state: int, topic: int) -> tuple[list[int], list[float]]:
+    def _cumulative(self, state: int, topic: int) -> list[float]:
+        """Cumulative P(word | state, topic) over word ids, built once per (state, topic)."""
         key = (state, topic)
         if key not in self._samplers:
-            probs = self.spec.eps * self.unigram[topic].copy()
+            probs = self.spec.eps * self.unigram[topic]
             for w, vec in self.sparse[state].items():
                 probs[w] += (1 - self.spec.eps) * vec[topic]
             cum = np.cumsum(probs)
-            self._samplers[key] = (list(range(len(probs))), (cum / cum[-1]).tolist())
+            self._samplers[key] = (cum / cum[-1]).tolist()
         return self._samplers[key]
 
     def sample_document(self, rng: random.Random) -> str:
         """One document, end mark included."""
-        topic = bisect.bisect_left(np.cumsum(self.pi).tolist(), rng.random() * float(self.pi.sum()))
-        topic = min(topic, self.spec.topics - 1)
+        topic = rng.choices(range(self.spec.topics), weights=self.pi.tolist())[0]
         q = float(self.q[topic])
         out: list[str] = []
         state = self.start
         while True:
-            ids, cum = self._sampler(state, topic)
-            w = ids[min(bisect.bisect_left(cum, rng.random()), len(ids) - 1)]
+            cum = self._cumulative(state, topic)
+            w = min(bisect.bisect_left(cum, rng.random()), len(cum) - 1)
             out.append(self.words[w])
             if rng.random() < q:
                 out.append(".")
