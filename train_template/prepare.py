@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run(args, lambda: load_corpus(args.data, profile, args.cache_dir),
                      start=HARNESS_START)
-    except (UsageError, DataError, ValueError) as exc:
+    except (UsageError, DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except JudgedFailure as failure:
