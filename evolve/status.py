@@ -1,0 +1,60 @@
+"""`evolve status RUN_DIR`: the population per island and the best lineage, live or finished."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from evolve.rundir import RunDir
+from population.candidate import Candidate, Status
+from population.store import Store
+
+
+def _bpb(candidate: Candidate) -> str:
+    value = candidate.val_bpb
+    return "—" if value is None else f"{value:.6f}"
+
+
+def _delta(child: Candidate, parent: Candidate | None) -> str:
+    if parent is None or child.val_bpb is None or parent.val_bpb is None:
+        return ""
+    return f"{child.val_bpb - parent.val_bpb:+.6f}"
+
+
+def render_status(run_dir: RunDir, console: Console, islands: int, population_size: int) -> None:
+    """Print counts, each island's survivors and the best lineage; opens the store read-only."""
+    store = Store.open(run_dir.store_path, readonly=True)
+    try:
+        counts = {status: store.count(status) for status in Status}
+        finished = counts[Status.DONE] + counts[Status.CRASHED] + counts[Status.TIMED_OUT]
+        console.print(f"[bold]{run_dir.path}[/bold]")
+        console.print(
+            f"finished {finished}  (done {counts[Status.DONE]}, crashed {counts[Status.CRASHED]}, "
+            f"timed out {counts[Status.TIMED_OUT]})  running {counts[Status.RUNNING]}  "
+            f"proposed {counts[Status.PROPOSED]}  rejected {counts[Status.REJECTED]}"
+        )
+        spend = store.get_meta("llm_usd_total")
+        if spend is not None:
+            console.print(f"LLM spend ${float(spend):.2f}")
+        for island in range(islands):
+            table = Table(title=f"island {island}", title_justify="left")
+            for column in ("id", "val_bpb", "gen", "mutator", "description"):
+                table.add_column(column)
+            for candidate in store.survivors(island, population_size):
+                table.add_row(candidate.id, _bpb(candidate), str(candidate.generation),
+                              candidate.mutator, candidate.description[:70])
+            console.print(table)
+        best = store.best()
+        if best is None:
+            console.print("no finished experiment yet")
+            return
+        table = Table(title=f"best lineage → {best.id}  val_bpb {_bpb(best)}", title_justify="left")
+        for column in ("id", "val_bpb", "Δ", "description"):
+            table.add_column(column)
+        parent: Candidate | None = None
+        for step in store.lineage(best.id):
+            table.add_row(step.id, _bpb(step), _delta(step, parent), step.description[:80] or "(seed)")
+            parent = step
+        console.print(table)
+    finally:
+        store.close()
