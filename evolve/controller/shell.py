@@ -53,6 +53,8 @@ ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
 TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
+NOTEBOOK_REFRESH_S = 5.0
+ANCESTOR_CACHE = 4096  # final candidates kept in memory for lineages
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
 
@@ -137,6 +139,9 @@ class Controller:
         self._proposals: set[asyncio.Task[None]] = set()
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
+        self._ancestors: dict[str, Candidate] = {}
+        self._notebook_at: float | None = None
+        self._notebook_text = ""
         self._crashes = 0
         self._rejected = 0
 
@@ -316,10 +321,10 @@ class Controller:
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
         context = MutationContext(
-            parent=parent, lineage=self.store.lineage(parent.id),
+            parent=parent, lineage=self._lineage(parent),
             inspirations=self._inspirations(decision.island),
             tried_on_parent=tried_on_parent(self.store, parent.id),
-            notebook=self.notebook.text(), program_md=self.program_md,
+            notebook=self._notebook(), program_md=self.program_md,
             mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
         )
         task = asyncio.get_running_loop().create_task(
@@ -354,6 +359,33 @@ class Controller:
         """`evolve.preflight.preflight` less the duplicate check, in the same order."""
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
                 or check_harness(files) or check_differs(parent_files, files) or "")
+
+    def _notebook(self) -> str:
+        """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
+        workers results arrive several times a second, and a notebook seconds old is as good."""
+        now = self.clock()
+        if self._notebook_at is None or now - self._notebook_at >= NOTEBOOK_REFRESH_S:
+            self._notebook_text = self.notebook.text()
+            self._notebook_at = now
+        return self._notebook_text
+
+    def _lineage(self, candidate: Candidate) -> list[Candidate]:
+        """Root .. candidate. Ancestors are final, so they are cached: a proposal costs no
+        store reads for a lineage hundreds of steps deep."""
+        chain = [candidate]
+        while chain[-1].parent_id is not None:
+            parent_id = chain[-1].parent_id
+            ancestor = self._ancestors.get(parent_id)
+            if ancestor is None:
+                ancestor = self.store.get(parent_id)
+                if ancestor.status.is_final:
+                    if len(self._ancestors) >= ANCESTOR_CACHE:
+                        self._ancestors.clear()
+                    self._ancestors[parent_id] = ancestor
+            chain.append(ancestor)
+            if len(chain) > 100_000:
+                raise RuntimeError(f"the lineage of {candidate.id} loops")
+        return chain[::-1]
 
     def _inspirations(self, island: int) -> list[Candidate]:
         found = []
