@@ -249,7 +249,7 @@ class Simulation:
                 if rng.random() < spec.loss_rate:
                     at = now + rng.uniform(0, eval_s)
                     self._at(at, WorkerLost(worker_id=decision.worker_id, now=at), self.serial)
-                elif rng.random() < spec.crash_rate:
+                elif rng.random() < spec.crash_rate and decision.candidate_id != "root":
                     at = now + rng.uniform(*spec.crash_s)
                     self._at(at, ResultArrived(candidate_id=decision.candidate_id,
                                                worker_id=decision.worker_id, outcome="crashed",
