@@ -54,6 +54,7 @@ EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight sh
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
 TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
 NOTEBOOK_REFRESH_S = 5.0
+TRIED_LIMIT = 20  # children of a parent described to its next mutation
 ANCESTOR_CACHE = 4096  # final candidates kept in memory for lineages
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
@@ -140,6 +141,7 @@ class Controller:
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
         self._ancestors: dict[str, Candidate] = {}
+        self._children: dict[str, dict[str, Candidate]] = {}  # parent -> children, by id
         self._notebook_at: float | None = None
         self._notebook_text = ""
         self._crashes = 0
@@ -323,7 +325,7 @@ class Controller:
         context = MutationContext(
             parent=parent, lineage=self._lineage(parent),
             inspirations=self._inspirations(decision.island),
-            tried_on_parent=tried_on_parent(self.store, parent.id),
+            tried_on_parent=self._tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
             mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
         )
@@ -359,6 +361,15 @@ class Controller:
         """`evolve.preflight.preflight` less the duplicate check, in the same order."""
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
                 or check_harness(files) or check_differs(parent_files, files) or "")
+
+    def _tried_on(self, parent: Candidate) -> list[str]:
+        """`notebook.tried_on_parent`, from an index kept up to date as children are added and
+        finish: the store is read once per parent, not on every proposal (a champion can
+        have hundreds of children)."""
+        if parent.id not in self._children:
+            self._children[parent.id] = {c.id: _light(c) for c in self.store.children_of(parent.id)}
+        children = list(self._children[parent.id].values())[-TRIED_LIMIT:]
+        return tried_lines(parent, children)
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
@@ -469,7 +480,10 @@ class Controller:
         self.store.set_meta("early_failure_share", repr(early / total if total else 0.0))
 
     def _note(self, c: Candidate) -> None:
-        """Keep the display's counters and best without querying the store per event."""
+        """Keep the display's counters, the best and the children index without querying
+        the store per event."""
+        if c.parent_id in self._children:
+            self._children[c.parent_id][c.id] = _light(c)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
             self._crashes += 1
         elif c.status is Status.REJECTED:
@@ -497,6 +511,30 @@ class Controller:
             crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
             llm_usd=status.llm_usd, stopping=status.closing,
         ))
+
+
+def tried_lines(parent: Candidate, children: list[Candidate]) -> list[str]:
+    """One line per child already made from `parent` and what happened to it (the format of
+    `evolve.mutate.notebook.tried_on_parent`)."""
+    return tried_on_parent(_Children(parent, children), parent.id)  # type: ignore[arg-type]
+
+
+def _light(c: Candidate) -> Candidate:
+    """A candidate without its sources and texts, for in-memory indexes."""
+    return c.replace(files={}, raw_answer="", applied_edit="", diff="", log_tail="", rationale="")
+
+
+class _Children:
+    """The two store reads `tried_on_parent` makes, answered from memory."""
+
+    def __init__(self, parent: Candidate, children: list[Candidate]) -> None:
+        self.parent, self.children = parent, children
+
+    def get(self, candidate_id: str) -> Candidate:
+        return self.parent
+
+    def children_of(self, parent_id: str) -> list[Candidate]:
+        return self.children
 
 
 def candidate_id(ticket: int) -> str:
