@@ -227,10 +227,15 @@ def test_tokens_per_minute_budget_paces_proposals():
     proposals = of(Propose, out)
     assert len(proposals) == 3
     out = core.handle(ProposalReady(ticket=proposals[0].ticket, candidate_id="a", tokens=10_000, now=11.0))
-    assert not of(Propose, out)  # 10k used in the window + 2 in flight
-    assert core.next_wakeup() == 71.0
-    out = core.handle(Tick(now=71.5))
-    assert len(of(Propose, out)) == 1
+    assert not of(Propose, out)  # 30k charged in this minute when the calls started
+    assert core.next_wakeup() == 70.0
+    assert not of(Propose, core.handle(Tick(now=69.0)))
+    out = core.handle(Tick(now=70.5))
+    assert len(of(Propose, out)) == 3
+    # Usage above the estimate is settled against the budget when the answer comes.
+    out = core.handle(ProposalReady(ticket=proposals[1].ticket, candidate_id="b", tokens=30_000,
+                                    now=71.0))
+    assert not of(Propose, core.handle(Tick(now=130.6)))
 
 
 def test_migration_every_interval():

@@ -222,8 +222,9 @@ class Scheduler:
         self._next_ticket = history.proposals_made
         self._llm_usd = history.llm_usd
         self._best = history.best_val_bpb
-        self._tokens: deque[tuple[float, int]] = deque()
-        self._tokens_in_window = 0
+        self._tokens: deque[tuple[float, float]] = deque()  # (time, tokens) in the last minute
+        self._tokens_in_window = 0.0
+        self._charged: dict[int, float] = {}  # ticket -> tokens charged when it started
         self._tokens_seen = 0
         self._proposals_seen = 0
         self._failed_in_row = 0
@@ -379,11 +380,15 @@ class Scheduler:
             if self.settings.islands > 1:
                 out.append(Migrate(self._finished))
 
-    def _proposal_done(self, ticket: int, cost: float, tokens: int, now: float) -> None:
-        self._llm_usd += cost
+    def _charge(self, now: float, tokens: float) -> None:
         if tokens:
             self._tokens.append((now, tokens))
             self._tokens_in_window += tokens
+
+    def _proposal_done(self, ticket: int, cost: float, tokens: int, now: float) -> None:
+        self._llm_usd += cost
+        # The estimate was charged when the call started (as the API counts it); settle it.
+        self._charge(now, tokens - self._charged.pop(ticket, 0.0))
         self._tokens_seen += tokens
         self._proposals_seen += 1
         cap = self.settings.max_llm_usd
@@ -436,19 +441,23 @@ class Scheduler:
         remaining = self._remaining()
         return want if remaining is None else min(want, remaining)
 
+    def _tokens_per_proposal(self) -> float:
+        if self._proposals_seen:
+            return self._tokens_seen / self._proposals_seen
+        return float(self.settings.tokens_per_proposal_guess)
+
     def _token_room(self) -> bool:
+        """Room in the sliding minute for one more call (always, when the minute is empty)."""
         tpm = self.settings.tokens_per_minute
-        if tpm is None:
+        if tpm is None or self._tokens_in_window <= 0:
             return True
-        per = (self._tokens_seen / self._proposals_seen if self._proposals_seen
-               else self.settings.tokens_per_proposal_guess)
-        return self._tokens_in_window + (len(self._proposing) + 1) * per <= tpm
+        return self._tokens_in_window + self._tokens_per_proposal() <= tpm
 
     def _start_proposals(self, out: list[Decision]) -> None:
         want = self._wanted_pipeline()
         cap = self.settings.max_concurrent_proposals
         while (len(self._ready) + len(self._proposing) < want and len(self._proposing) < cap
-               and (self._token_room() or (not self._proposing and not self._tokens_in_window))):
+               and self._token_room()):
             island = min(range(len(self._island_load)), key=self._island_load.__getitem__)
             ticket = self._next_ticket
             rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
@@ -458,6 +467,9 @@ class Scheduler:
             self._proposing[ticket] = island
             self._island_load[island] += 1
             seed = (self.settings.seed * 1_000_003 + ticket) % (2**31)
+            if self.settings.tokens_per_minute is not None:
+                self._charged[ticket] = self._tokens_per_proposal()
+                self._charge(self._now, self._charged[ticket])
             out.append(Propose(ticket, parent, island, operator, seed))
 
     def _pick_operator(self, rng: random.Random) -> str:
