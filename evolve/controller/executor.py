@@ -234,7 +234,7 @@ class RayExecutor:
     def submit(self, worker_id: str, request: RunRequest) -> None:
         actor = self._actors.get(worker_id)
         if actor is None:
-            raise KeyError(f"no live worker {worker_id!r}")
+            return  # it died a moment ago: its `Left` is already on the way and requeues this run
         self._runs[worker_id] = self._background(self._run(worker_id, actor, request))
 
     async def _run(self, worker_id: str, actor: Any, request: RunRequest) -> None:
