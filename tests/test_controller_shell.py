@@ -91,6 +91,7 @@ def test_end_to_end_with_local_workers(tmp_path):
             assert c.parent_id is not None and c.description
         assert [c.id for c, _ in recorder.results] == [c.id for c in finished]
         assert recorder.results[0][1] is True  # the baseline is kept
+        assert all(store.get(c.id).metrics["kept"] is kept for c, kept in recorder.results)
         assert float(store.get_meta("worker_seconds")) > 0
         assert store.get_meta("early_failure_share") is not None
         assert recorder.progress[-1].finished == 8

@@ -256,9 +256,13 @@ class Controller:
         before = self.store.survivors(candidate.island, self.size)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
+        # Judged against the survivors when the result arrives; stored with the metrics so
+        # results.tsv can be rebuilt from the store after a kill.
+        judged = candidate.replace(status=status, metrics=metrics, finished_at=now)
+        kept = verdict(judged, before, self.size) == "keep"
+        metrics["kept"] = kept
         candidate = self.store.record_result(result.candidate_id, status=status, metrics=metrics,
                                              reason=reason, log_tail=result.log_tail, now=now)
-        kept = verdict(candidate, before, self.size) == "keep"
         self._note(candidate)
         self.recorder.on_candidate(candidate)
         self.recorder.on_result(candidate, kept)
@@ -311,7 +315,8 @@ class Controller:
             case GiveUp():
                 now = self.clock()
                 candidate = self.store.record_result(decision.candidate_id, status=Status.CRASHED,
-                                                     metrics={}, reason=decision.reason, now=now)
+                                                     metrics={"kept": False}, reason=decision.reason,
+                                                     now=now)
                 self._note(candidate)
                 self.recorder.on_candidate(candidate)
                 self.recorder.on_result(candidate, False)
