@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +47,14 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp_dir = tmp_path_factory.mktemp("ray")
+    # Token auth, with a token of this session's own: the default ~/.ray/auth_token is shared
+    # by every Ray on the machine, and a head started beside ours could replace it.
+    token_path = temp_dir / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    saved_env = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     # --block keeps the head tied to this process group, so teardown stops only our head
     # (never `ray stop`, which would stop every Ray on the machine).
     head = subprocess.Popen(
@@ -69,10 +78,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
             head.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        if previous is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = previous
+        saved_env["RAY_ADDRESS"] = previous
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
