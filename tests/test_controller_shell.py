@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +194,57 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
             outcomes = [a.outcome for a in store.attempts(cid)]
             assert outcomes[0] == "lost" and outcomes[-1] != "lost"
         assert len({c.id for c, _ in recorder.results}) == len(recorder.results)
+
+
+DRIVER = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+from test_controller_shell import Recorder, make_config
+from pathlib import Path
+from evolve.controller.executor import LocalExecutor
+from evolve.controller.shell import Controller
+from evolve.mutate.heuristic import HeuristicMutator
+from population.store import Store
+config = make_config(Path({template!r}).parent, budget={{"max_experiments": 9}})
+store = Store.open({store!r})
+controller = Controller(config, store, LocalExecutor(2), {{"heuristic": HeuristicMutator()}},
+                        Recorder(), work_root={work!r}, tick_s=0.2)
+asyncio.run(controller.run())
+"""
+
+
+def test_kill_9_of_the_controller_then_resume(tmp_path):
+    template = make_template(tmp_path, 0.3)
+    path = tmp_path / "store.sqlite"
+    script = DRIVER.format(tests=str(REPO / "tests"), template=str(template / "train.py"),
+                           store=str(path), work=str(tmp_path / "work"))
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+            if path.exists():
+                with Store.open(path, readonly=True) as view:
+                    if view.count(*FINISHED) >= 3 and view.count(Status.RUNNING) >= 1:
+                        break
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    with Store.open(path) as store:
+        before = {c.id for c in store.finished_in_order()}
+        in_flight = [c.id for c in store.unfinished() if c.status is Status.RUNNING]
+        assert in_flight
+        config = make_config(template, budget={"max_experiments": 9})
+        recorder = Recorder()
+        assert run(config, store, LocalExecutor(2), recorder, tmp_path) == \
+            "max_experiments reached (9)"
+        assert store.count(*FINISHED) == 9
+        finished_once(store)
+        # Nothing finished before the kill is reported again; what was in flight ran again.
+        assert not before & {c.id for c, _ in recorder.results}
+        for cid in in_flight:
+            assert store.attempts(cid)[0].outcome == "lost"
+            assert store.get(cid).status in FINISHED
