@@ -154,7 +154,7 @@ def test_a_bad_mutator_never_stalls_the_run(tmp_path, bad):
 
 
 def test_stop_then_resume_counts_every_result_once(tmp_path):
-    config = make_config(make_template(tmp_path, 0.3), budget={"max_experiments": 7})
+    config = make_config(make_template(tmp_path, 0.3), budget={"max_experiments": 12})
     path = tmp_path / "store.sqlite"
 
     async def stop_after(n: int, abandon: bool) -> str:
@@ -179,7 +179,7 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
     with Store.open(path) as store:
         assert store.count(Status.RUNNING) == 0
         first = store.count(*FINISHED)
-        assert 2 <= first < 7
+        assert 2 <= first <= 8  # what finished by the stop, and what was running then
     # Second stop abandons what runs: it stays `running` for the resume to re-run.
     assert asyncio.run(stop_after(1, abandon=True)).startswith("abandoned")
     with Store.open(path) as store:
@@ -187,8 +187,8 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
         assert left_running
         recorder = Recorder()
         assert run(config, store, LocalExecutor(2), recorder, tmp_path) == \
-            "max_experiments reached (7)"
-        assert store.count(*FINISHED) == 7
+            "max_experiments reached (12)"
+        assert store.count(*FINISHED) == 12
         finished_once(store)
         for cid in left_running:
             outcomes = [a.outcome for a in store.attempts(cid)]
