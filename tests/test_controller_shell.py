@@ -248,3 +248,32 @@ def test_kill_9_of_the_controller_then_resume(tmp_path):
         for cid in in_flight:
             assert store.attempts(cid)[0].outcome == "lost"
             assert store.get(cid).status in FINISHED
+
+
+class Priced:
+    """The heuristic mutator billed like an LLM call."""
+
+    name = "heuristic"
+
+    def __init__(self, cost_usd: float) -> None:
+        self.cost_usd = cost_usd
+        self.calls = 0
+
+    async def propose(self, context: MutationContext) -> Proposal:
+        self.calls += 1
+        proposal = HeuristicMutator().propose_now(context)
+        return Proposal(**{**proposal.__dict__, "cost_usd": self.cost_usd,
+                           "usage": {"input_tokens": 900, "output_tokens": 100}})
+
+
+def test_llm_dollar_cap_stops_proposals_and_lets_children_finish(tmp_path):
+    config = make_config(make_template(tmp_path, 0.05), workers={"count": 1},
+                         mutation={"lookahead": 0}, budget={"max_llm_usd": 1.0})
+    mutator = Priced(0.4)
+    with Store.open(tmp_path / "store.sqlite") as store:
+        reason = run(config, store, LocalExecutor(1), Recorder(), tmp_path,
+                     mutators={"heuristic": mutator})
+        assert reason == "LLM budget spent ($1.20 of $1)"
+        assert mutator.calls == 3
+        assert float(store.get_meta("llm_usd_total")) == pytest.approx(1.2)
+        assert store.count(*FINISHED) == 4  # the baseline and the three paid-for children

@@ -103,7 +103,7 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
     return History(
         finished=store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT),
         proposals_made=int(store.get_meta("next_ticket", "0") or 0),
-        llm_usd=float(store.get_meta("llm_usd", "0") or 0),
+        llm_usd=float(store.get_meta("llm_usd_total", "0") or 0),
         best_val_bpb=best.val_bpb if best is not None else None,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),

@@ -293,8 +293,8 @@ class Controller:
         self.store.add(child)
         self._note(child)
         if proposal.cost_usd:
-            spent = float(self.store.get_meta("llm_usd", "0") or 0) + proposal.cost_usd
-            self.store.set_meta("llm_usd", repr(spent))
+            spent = float(self.store.get_meta("llm_usd_total", "0") or 0) + proposal.cost_usd
+            self.store.set_meta("llm_usd_total", repr(spent))
         self.recorder.on_candidate(child)
         if reason:
             return ProposalFailed(ticket=done.ticket, reason=reason, cost_usd=proposal.cost_usd,
