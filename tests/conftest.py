@@ -23,19 +23,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_head(address: str, head: subprocess.Popen, timeout: float = 60.0) -> None:
-    host, port = address.split(":")
+def _wait_for_head(log_path: Path, head: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until `ray start` says the runtime (GCS and raylet) is up; a busy machine is slow."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if head.poll() is not None:
-            raise RuntimeError(f"ray head exited early with code {head.returncode}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=1):
-                time.sleep(2.0)  # GCS listens before the raylet is up; give it a moment
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"ray head at {address} did not come up in {timeout:.0f}s")
+            raise RuntimeError(f"ray head exited early ({head.returncode}): {log_path.read_text()[-2000:]}")
+        if "Ray runtime started" in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"ray head did not come up in {timeout:.0f}s: {log_path.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +54,15 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     # --block keeps the head tied to this process group, so teardown stops only our head
     # (never `ray stop`, which would stop every Ray on the machine).
+    log_path = temp_dir / "head.log"
+    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the head
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--num-gpus=2",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
-    _wait_for_head(address, head)
+    _wait_for_head(log_path, head)
     previous = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = address
     try:
@@ -75,9 +74,10 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
             ray.shutdown()
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=15)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        log.close()
         saved_env["RAY_ADDRESS"] = previous
         for name, value in saved_env.items():
             if value is None:
