@@ -33,9 +33,10 @@ from evolve.controller.core import (
     WorkerLost,
 )
 from evolve.controller.executor import Executor, Finished, Joined, Left
+from evolve.controller.memory import StoreMemory
 from evolve.controller.resume import StoreParents, recover, settings_from_config
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.notebook import LabNotebook, tried_on_parent
+from evolve.mutate.notebook import LabNotebook
 from evolve.preflight import (
     check_differs,
     check_harness,
@@ -54,8 +55,6 @@ EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight sh
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
 TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
 NOTEBOOK_REFRESH_S = 5.0
-TRIED_LIMIT = 20  # children of a parent described to its next mutation
-ANCESTOR_CACHE = 4096  # final candidates kept in memory for lineages
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
 
@@ -140,8 +139,7 @@ class Controller:
         self._proposals: set[asyncio.Task[None]] = set()
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
-        self._ancestors: dict[str, Candidate] = {}
-        self._children: dict[str, dict[str, Candidate]] = {}  # parent -> children, by id
+        self.memory = StoreMemory(store)
         self._notebook_at: float | None = None
         self._notebook_text = ""
         self._crashes = 0
@@ -328,9 +326,9 @@ class Controller:
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
         context = MutationContext(
-            parent=parent, lineage=self._lineage(parent),
+            parent=parent, lineage=self.memory.lineage(parent),
             inspirations=self._inspirations(decision.island),
-            tried_on_parent=self._tried_on(parent),
+            tried_on_parent=self.memory.tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
             mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
         )
@@ -367,15 +365,6 @@ class Controller:
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
                 or check_harness(files) or check_differs(parent_files, files) or "")
 
-    def _tried_on(self, parent: Candidate) -> list[str]:
-        """`notebook.tried_on_parent`, from an index kept up to date as children are added and
-        finish: the store is read once per parent, not on every proposal (a champion can
-        have hundreds of children)."""
-        if parent.id not in self._children:
-            self._children[parent.id] = {c.id: _light(c) for c in self.store.children_of(parent.id)}
-        children = list(self._children[parent.id].values())[-TRIED_LIMIT:]
-        return tried_lines(parent, children)
-
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
         workers results arrive several times a second, and a notebook seconds old is as good."""
@@ -384,24 +373,6 @@ class Controller:
             self._notebook_text = self.notebook.text()
             self._notebook_at = now
         return self._notebook_text
-
-    def _lineage(self, candidate: Candidate) -> list[Candidate]:
-        """Root .. candidate. Ancestors are final, so they are cached: a proposal costs no
-        store reads for a lineage hundreds of steps deep."""
-        chain = [candidate]
-        while chain[-1].parent_id is not None:
-            parent_id = chain[-1].parent_id
-            ancestor = self._ancestors.get(parent_id)
-            if ancestor is None:
-                ancestor = self.store.get(parent_id)
-                if ancestor.status.is_final:
-                    if len(self._ancestors) >= ANCESTOR_CACHE:
-                        self._ancestors.clear()
-                    self._ancestors[parent_id] = ancestor
-            chain.append(ancestor)
-            if len(chain) > 100_000:
-                raise RuntimeError(f"the lineage of {candidate.id} loops")
-        return chain[::-1]
 
     def _inspirations(self, island: int) -> list[Candidate]:
         found = []
@@ -485,10 +456,9 @@ class Controller:
         self.store.set_meta("early_failure_share", repr(early / total if total else 0.0))
 
     def _note(self, c: Candidate) -> None:
-        """Keep the display's counters, the best and the children index without querying
+        """Keep the display's counters, the best and the memory's indexes without querying
         the store per event."""
-        if c.parent_id in self._children:
-            self._children[c.parent_id][c.id] = _light(c)
+        self.memory.note(c)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
             self._crashes += 1
         elif c.status is Status.REJECTED:
@@ -516,30 +486,6 @@ class Controller:
             crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
             llm_usd=status.llm_usd, stopping=status.closing,
         ))
-
-
-def tried_lines(parent: Candidate, children: list[Candidate]) -> list[str]:
-    """One line per child already made from `parent` and what happened to it (the format of
-    `evolve.mutate.notebook.tried_on_parent`)."""
-    return tried_on_parent(_Children(parent, children), parent.id)  # type: ignore[arg-type]
-
-
-def _light(c: Candidate) -> Candidate:
-    """A candidate without its sources and texts, for in-memory indexes."""
-    return c.replace(files={}, raw_answer="", applied_edit="", diff="", log_tail="", rationale="")
-
-
-class _Children:
-    """The two store reads `tried_on_parent` makes, answered from memory."""
-
-    def __init__(self, parent: Candidate, children: list[Candidate]) -> None:
-        self.parent, self.children = parent, children
-
-    def get(self, candidate_id: str) -> Candidate:
-        return self.parent
-
-    def children_of(self, parent_id: str) -> list[Candidate]:
-        return self.children
 
 
 def candidate_id(ticket: int) -> str:
