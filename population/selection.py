@@ -74,7 +74,20 @@ class Rank:
         return rng.choices(survivors, weights=self.weights(len(survivors)))[0]
 
 
-STRATEGIES = ("greedy", "tournament", "rank")
+@dataclass(frozen=True)
+class FromRoot:
+    """Random search: every child is made from the root, never from a survivor (the
+    baseline a population search must beat). The root is the lineage start, generation 0;
+    the population layer passes it in with the survivors."""
+
+    name: str = "random"
+
+    def select(self, survivors: Sequence[Candidate], rng: random.Random) -> Candidate:
+        _require(survivors)
+        return min(survivors, key=lambda c: c.generation)
+
+
+STRATEGIES = ("greedy", "tournament", "rank", "random")
 
 
 def make_selector(strategy: str, *, tournament_size: int = 3,
@@ -86,6 +99,8 @@ def make_selector(strategy: str, *, tournament_size: int = 3,
         return Tournament(tournament_size)
     if strategy == "rank":
         return Rank(power)
+    if strategy == "random":
+        return FromRoot()
     raise ValueError(f"unknown selection strategy {strategy!r}; choose one of {STRATEGIES}")
 
 

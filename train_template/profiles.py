@@ -37,6 +37,13 @@ PROFILES: dict[str, Profile] = {
             description="a few seconds on one core; for tests",
         ),
         Profile(
+            name="cpu-bench", seed_script="train_cpu.py", device="cpu", budget_kind="tokens",
+            budget=24_576, seq_len=64, val_tokens=8_192, default_data="synthetic",
+            synthetic_train_tokens=400_000, eval_batch_rows=64, autocast_bf16=False,
+            compile=False, clock_skip_steps=0,
+            description="strategy benchmarks: ~8 s on one core, room for hundreds of runs",
+        ),
+        Profile(
             name="cpu-tiny", seed_script="train_cpu.py", device="cpu", budget_kind="tokens",
             budget=262_144, seq_len=128, val_tokens=65_536, default_data="synthetic",
             synthetic_train_tokens=4_000_000, eval_batch_rows=64, autocast_bf16=False,

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PROFILE_SEED_SCRIPTS: Mapping[str, str] = {
     "cpu-micro": "train_cpu.py",
     "cpu-tiny": "train_cpu.py",
+    "cpu-bench": "train_cpu.py",
     "gpu-5min": "train.py",
 }
 HARNESS_FILE = "prepare.py"
 
-Profile = Literal["cpu-micro", "cpu-tiny", "gpu-5min"]
+Profile = Literal["cpu-micro", "cpu-tiny", "cpu-bench", "gpu-5min"]
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -46,7 +47,8 @@ class PopulationConfig(_Section):
 
 
 class SelectionConfig(_Section):
-    strategy: Literal["greedy", "tournament", "rank"] = "tournament"
+    # random: every child is made from the root (random search, a benchmark baseline)
+    strategy: Literal["greedy", "tournament", "rank", "random"] = "tournament"
     tournament_size: PositiveInt = 3
     rank_power: Positive = 1.0
 

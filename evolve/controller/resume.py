@@ -62,6 +62,8 @@ class StoreParents:
                                       power=selection.rank_power)
 
     def choose_parent(self, island: int, rng: random.Random) -> str:
+        if self.selector.name == "random":  # random search: children of the root only
+            return self.root_id
         survivors = self.store.survivors(island, self.size)
         if not survivors:  # an island not seeded yet grows from the best there is
             best = self.store.best()
