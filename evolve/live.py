@@ -44,7 +44,7 @@ class LiveDisplay:
             self._live.__exit__(*exc)
             self._live = None
         elif self._snapshot is not None:
-            self.console.print(self._line())
+            self.console.print(self._line(), soft_wrap=True)
 
     def on_progress(self, snapshot: Any) -> None:
         self._snapshot = snapshot
@@ -54,7 +54,7 @@ class LiveDisplay:
         now = time.monotonic()
         if now - self._last_line >= self.line_every_s:
             self._last_line = now
-            self.console.print(self._line())
+            self.console.print(self._line(), soft_wrap=True)
 
     def on_result(self, candidate: Candidate, kept: bool) -> None:
         """One line per finished experiment, above the panel."""
@@ -65,7 +65,7 @@ class LiveDisplay:
             verdict, score = f"[red]{candidate.status.value}[/red]", "—"
         text = candidate.description or candidate.reason or "(seed)"
         self.console.print(f"{candidate.id:>10}  island {candidate.island}  {score}  {verdict}  "
-                           f"{text[:90]}")
+                           f"{text[:90]}", soft_wrap=True)
 
     def _line(self) -> str:
         s = self._snapshot

@@ -36,6 +36,14 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         spend = store.get_meta("llm_usd_total")
         if spend is not None:
             console.print(f"LLM spend ${float(spend):.2f}")
+        waste = store.get_meta("early_failure_share")
+        if waste is not None:
+            console.print(f"worker time on children that failed in their first seconds: "
+                          f"{100 * float(waste):.1f}% (waste pre-flight should catch)")
+        state = store.get_meta("status")
+        if state is not None:
+            reason = store.get_meta("stop_reason")
+            console.print(f"run {state}" + (f": {reason}" if reason and state != "running" else ""))
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
             for column in ("id", "val_bpb", "gen", "mutator", "description"):
