@@ -50,6 +50,16 @@ class ResultArrived:
     worker_id: str
     outcome: str
     val_bpb: float | None = None
+    then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtraRunsQueued:
+    """Runs that are not experiments (seed re-runs, test-split scoring): they run before any
+    child, do not count against max_experiments, and still run while the run is closing."""
+
+    job_ids: tuple[str, ...]
     now: float
 
 
@@ -88,7 +98,8 @@ class StopRequested:
     now: float
 
 
-Event = WorkerJoined | WorkerLost | ResultArrived | ProposalReady | ProposalFailed | Tick | StopRequested
+Event = (WorkerJoined | WorkerLost | ResultArrived | ProposalReady | ProposalFailed | Tick
+         | StopRequested | ExtraRunsQueued)
 
 
 # -------------------------------------------------------------------------- decisions
@@ -136,7 +147,14 @@ class Stop:
     reason: str
 
 
-Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop
+@dataclass(frozen=True)
+class Finalize:
+    """The run is about to stop: queue its last extra runs (ExtraRunsQueued, even empty)."""
+
+    reason: str
+
+
+Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop | Finalize
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -164,6 +182,7 @@ class Settings:
     migration_interval: int = 0             # finished experiments between migrations; 0 = never
     operators: Sequence[tuple[str, float]] = (("heuristic", 1.0),)
     seed: int = 0
+    finalize: bool = False                  # say Finalize once before stopping
 
 
 @dataclass(frozen=True)
@@ -234,6 +253,9 @@ class Scheduler:
         self._closing: str | None = None        # no new runs, no new proposals
         self._no_proposals: str | None = None   # proposals closed (LLM budget), runs go on
         self._stopped = False
+        self._extra: set[str] = set()           # queued or running jobs that are extra runs
+        self._finalizing = False                # Finalize said; waiting for the shell's answer
+        self._finalized = False
         if not self._root_done and all(cid != root_id for cid, _ in self._ready):
             self._ready.appendleft((root_id, root_island))
             self._island_load[root_island % len(self._island_load)] += 1
@@ -276,6 +298,10 @@ class Scheduler:
                                 f"(last: {event.reason}); check the mutator configuration")
             case StopRequested():
                 self._close(event.reason)
+            case ExtraRunsQueued():
+                if self._finalizing:
+                    self._finalizing, self._finalized = False, True
+                self._queue_extra(event.job_ids)
             case Tick():
                 pass
         self._fill(out)
@@ -344,6 +370,10 @@ class Scheduler:
             return
         _, island = self._running.pop(event.candidate_id)
         self._island_load[island] -= 1
+        if event.candidate_id in self._extra:  # not an experiment: nothing to count
+            self._extra.discard(event.candidate_id)
+            return
+        self._queue_extra(event.then_run)
         self._count_finished(out)
         if event.candidate_id == self._root_id:
             self._root_done = True
@@ -365,6 +395,9 @@ class Scheduler:
         if lost_too_often(lost, self.settings.max_lost_attempts):
             self._island_load[island] -= 1
             out.append(GiveUp(candidate, f"{lost_reason(lost)}; last: {reason}"))
+            if candidate in self._extra:
+                self._extra.discard(candidate)
+                return
             self._count_finished(out)
             if candidate == self._root_id:
                 self._root_done = True
@@ -395,6 +428,13 @@ class Scheduler:
         if cap is not None and self._llm_usd >= cap and self._no_proposals is None:
             self._no_proposals = f"LLM budget spent (${self._llm_usd:.2f} of ${cap:g})"
 
+    def _queue_extra(self, job_ids: Sequence[str]) -> None:
+        """Extra runs go to the front of the queue, in the order given."""
+        for job in reversed(job_ids):
+            self._extra.add(job)
+            self._ready.appendleft((job, 0))
+            self._island_load[0] += 1
+
     def _close(self, reason: str) -> None:
         if self._closing is None:
             self._closing = reason
@@ -406,7 +446,8 @@ class Scheduler:
         cap = self.settings.max_experiments
         if cap is None:
             return None
-        return cap - self._finished - len(self._running)
+        extra = sum(1 for c in self._running if c in self._extra) if self._extra else 0
+        return cap - self._finished - len(self._running) + extra
 
     def _fill(self, out: list[Decision]) -> None:
         if self._closing is None and self.settings.max_experiments is not None \
@@ -416,12 +457,32 @@ class Scheduler:
             self._start_runs(out)
             if self._no_proposals is None and self._root_done:
                 self._start_proposals(out)
+        else:
+            self._start_runs(out, extras_only=True)
         self._maybe_stop(out)
 
-    def _start_runs(self, out: list[Decision]) -> None:
+    def _next_ready(self, remaining: int | None, extras_only: bool) -> tuple[str, int] | None:
+        """The next job to start: the queue's front, or the first extra run when children
+        may not start (closing, or max_experiments already in flight)."""
+        if not self._ready:
+            return None
+        if not extras_only and (remaining is None or remaining > 0):
+            return self._ready.popleft()
+        if not self._extra:
+            return None
+        for i, (job, island) in enumerate(self._ready):
+            if job in self._extra:
+                del self._ready[i]
+                return job, island
+        return None
+
+    def _start_runs(self, out: list[Decision], extras_only: bool = False) -> None:
         remaining = self._remaining()
-        while self._free and self._ready and (remaining is None or remaining > 0):
-            candidate, island = self._ready.popleft()
+        while self._free:
+            picked = self._next_ready(remaining, extras_only)
+            if picked is None:
+                break
+            candidate, island = picked
             worker = next(iter(self._free))
             del self._free[worker]
             self._workers[worker] = candidate
@@ -429,7 +490,7 @@ class Scheduler:
             attempt = self._attempts.get(candidate, 0) + 1
             self._attempts[candidate] = attempt
             out.append(Run(candidate, worker, attempt))
-            if remaining is not None:
+            if remaining is not None and candidate not in self._extra:
                 remaining -= 1
 
     def _wanted_pipeline(self) -> int:
@@ -481,13 +542,19 @@ class Scheduler:
         return rng.choices(names, weights)[0]
 
     def _maybe_stop(self, out: list[Decision]) -> None:
-        if self._running:
+        if self._running or self._finalizing:
             return
+        if self._workers and any(job in self._extra for job, _ in self._ready):
+            return  # extra runs still to do (they run while closing)
         if self._closing is not None:
             reason = self._closing
         elif self._no_proposals is not None and not self._proposing and not self._ready:
             reason = self._no_proposals
         else:
+            return
+        if self.settings.finalize and not self._finalized:
+            self._finalizing = True  # until the shell answers with ExtraRunsQueued
+            out.append(Finalize(reason))
             return
         self._stopped = True
         out.append(Stop(reason))

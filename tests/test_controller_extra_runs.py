@@ -1,0 +1,82 @@
+"""Extra runs in the scheduler core (seed re-runs, test scoring): first in line, outside the
+experiment budget, still run while closing; Finalize before Stop."""
+
+from __future__ import annotations
+
+import random
+
+from evolve.controller.core import (
+    ExtraRunsQueued,
+    Finalize,
+    ProposalReady,
+    Propose,
+    ResultArrived,
+    Run,
+    Scheduler,
+    Settings,
+    Stop,
+    WorkerJoined,
+    WorkerLost,
+)
+
+
+class Root:
+    def choose_parent(self, island: int, rng: random.Random) -> str:
+        return "root"
+
+
+def of(kind, decisions):
+    return [d for d in decisions if isinstance(d, kind)]
+
+
+def test_extra_runs_go_first_and_do_not_count_as_experiments():
+    core = Scheduler(Settings(lookahead=1, max_experiments=2), Root(), "root")
+    out = core.handle(WorkerJoined(worker_id="w0", now=0.0))
+    assert of(Run, out) == [Run("root", "w0", 1)]
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                                    val_bpb=1.0, then_run=("root@x1", "root@x2"), now=1.0))
+    assert of(Run, out) == [Run("root@x1", "w0", 1)]
+    out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w0", outcome="done", now=2))
+    assert of(Run, out) == [Run("root@x2", "w0", 1)]
+    (propose,) = of(Propose, out)
+    core.handle(ProposalReady(ticket=propose.ticket, candidate_id="c0", now=2.5))
+    out = core.handle(ResultArrived(candidate_id="root@x2", worker_id="w0", outcome="done", now=3))
+    assert of(Run, out) == [Run("c0", "w0", 1)]
+    assert core.status().finished == 1  # the root only: extra runs are not experiments
+
+
+def test_extra_runs_run_while_closing_then_finalize_then_stop():
+    core = Scheduler(Settings(lookahead=0, max_experiments=1, finalize=True), Root(), "root")
+    core.handle(WorkerJoined(worker_id="w0", now=0.0))
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                                    val_bpb=1.0, then_run=("root@x1",), now=1.0))
+    assert of(Run, out) == [Run("root@x1", "w0", 1)]  # budget spent, the re-run still runs
+    assert not of(Propose, out)
+    out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w0", outcome="done", now=2))
+    assert of(Finalize, out) and not of(Stop, out)
+    out = core.handle(ExtraRunsQueued(job_ids=("root@t1",), now=3.0))
+    assert of(Run, out) == [Run("root@t1", "w0", 1)]
+    out = core.handle(ResultArrived(candidate_id="root@t1", worker_id="w0", outcome="done", now=4))
+    assert of(Stop, out) == [Stop("max_experiments reached (1)")]
+
+
+def test_finalize_with_nothing_to_add_stops():
+    core = Scheduler(Settings(lookahead=0, max_experiments=1, finalize=True), Root(), "root")
+    core.handle(WorkerJoined(worker_id="w0", now=0.0))
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                                    val_bpb=1.0, now=1.0))
+    assert of(Finalize, out)
+    assert of(Stop, core.handle(ExtraRunsQueued(job_ids=(), now=2.0)))
+
+
+def test_a_lost_extra_run_is_requeued_first():
+    core = Scheduler(Settings(lookahead=0, max_experiments=5), Root(), "root")
+    core.handle(WorkerJoined(worker_id="w0", now=0.0))
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                                    val_bpb=1.0, then_run=("root@x1",), now=1.0))
+    assert of(Run, out) == [Run("root@x1", "w0", 1)]
+    core.handle(WorkerLost(worker_id="w0", now=2.0))
+    out = core.handle(WorkerJoined(worker_id="w1", now=3.0))
+    assert of(Run, out) == [Run("root@x1", "w1", 2)]
+    out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w1", outcome="done", now=4))
+    assert core.status().finished == 1
