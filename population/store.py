@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from population import extra_runs
 from population.candidate import Candidate, Status
+from population.extra_runs import ExtraRun
 from population.schema import COLUMNS, SCHEMA, candidate_from_row
 
 _RANK = {
@@ -116,6 +118,8 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             store._check_version(creating=True)
+            with store._write():
+                extra_runs.create(conn)  # stores older than extra runs gain the table
         except BaseException:
             store.close()
             raise
@@ -337,6 +341,42 @@ class Store:
     def _next_seq(self) -> int:
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM candidates").fetchone()
         return int(row[0]) + 1
+
+    def add_extra_run(self, candidate_id: str, *, purpose: str, seed: int,
+                      splits: Iterable[str] = ("val",), budget_fraction: float = 1.0,
+                      now: float | None = None) -> ExtraRun:
+        """Queue a run of a candidate that is not an experiment (noise, confirm, test)."""
+        with self._write():
+            if self._conn.execute(
+                    "SELECT 1 FROM candidates WHERE id=?", (candidate_id,)).fetchone() is None:
+                raise KeyError(f"no candidate {candidate_id!r} in the store")
+            run_id = extra_runs.add(self._conn, candidate_id, purpose=purpose, seed=seed,
+                                    splits=tuple(splits), budget_fraction=budget_fraction,
+                                    now=now)
+        return self.extra_run(run_id)
+
+    def start_extra_run(self, run_id: int, *, worker: str, now: float | None = None) -> None:
+        with self._write():
+            extra_runs.start(self._conn, run_id, worker=worker, now=now)
+
+    def finish_extra_run(self, run_id: int, *, outcome: str, metrics: Mapping | None = None,
+                         reason: str = "", now: float | None = None) -> ExtraRun:
+        """Close an extra run with its outcome; a lost one stays as history."""
+        with self._write():
+            extra_runs.finish(self._conn, run_id, outcome=outcome, metrics=metrics or {},
+                              reason=reason, now=now)
+        return self.extra_run(run_id)
+
+    def extra_run(self, run_id: int) -> ExtraRun:
+        found = extra_runs.select(self._conn, run_id=run_id)
+        if not found:
+            raise KeyError(f"no extra run {run_id} in the store")
+        return found[0]
+
+    def extra_runs(self, candidate_id: str | None = None, *,
+                   purpose: str | None = None) -> list[ExtraRun]:
+        """Extra runs, oldest first (empty for a store made before they existed)."""
+        return extra_runs.select(self._conn, candidate_id, purpose)
 
     # ---- reads ---------------------------------------------------------------------------
 
