@@ -153,6 +153,21 @@ class BudgetConfig(_Section):
     max_llm_usd: Positive | None = None
 
 
+class NoiseConfig(_Section):
+    seeds: PositiveInt = 1  # the root is trained under this many seeds to measure σ; 1 = off
+
+
+class ConfirmConfig(_Section):
+    seeds: PositiveInt = 1  # paired seeds a would-be best and its incumbent are compared on; 1 = off
+    margin_sigma: NonNegative = 1.0  # also confirm children entering the population by < this·σ
+    z: NonNegative = 2.0    # the mean gain must exceed z·σ·sqrt(2/seeds) to count
+
+
+class TestSplitConfig(_Section):
+    final: bool = True            # score the final best lineage on the held-out test split
+    every_new_best: bool = False  # and each new best as it is crowned
+
+
 class OutputConfig(_Section):
     results_dir: str = "results"  # relative to the directory `evolve run` starts in
 
@@ -177,6 +192,9 @@ class Config(_Section):
     mutation: MutationConfig = Field(default_factory=MutationConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
+    test: TestSplitConfig = Field(default_factory=TestSplitConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -255,6 +273,15 @@ class Config(_Section):
                 f"(it is {population.size}); use tournament or rank for larger populations"
             )
         return value
+
+    @model_validator(mode="after")
+    def _confirm_needs_noise(self) -> Config:
+        if self.confirm.seeds > 1 and self.noise.seeds < self.confirm.seeds:
+            raise ValueError(
+                f"confirm.seeds is {self.confirm.seeds}, so noise.seeds must be at least that "
+                f"(it is {self.noise.seeds}): the root's seed runs give σ and the incumbent's "
+                "paired runs")
+        return self
 
     @property
     def seed_script(self) -> str:
