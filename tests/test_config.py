@@ -173,7 +173,7 @@ def test_unknown_nested_key_names_the_dotted_key_and_line(tmp_path: Path, templa
         ("budget: {max_hours: soon}", "budget.max_hours", "valid number"),
         ("mutation: {operators: {kind: heuristic}}", "mutation.operators", "valid list"),
         ("profile: gpu-1h", "profile", "'cpu-micro', 'cpu-tiny', 'cpu-bench' or 'gpu-5min'"),
-        ("selection: {strategy: best}", "selection.strategy", "'greedy', 'tournament' or 'rank'"),
+        ("selection: {strategy: best}", "selection.strategy", "'greedy', 'tournament', 'rank' or 'random'"),
         ("population: 4", "population", "got 4"),
     ],
 )
