@@ -50,11 +50,14 @@ class RunRecorder:
 def take_secrets_out_of_environment(names: Sequence[str]) -> dict[str, str]:
     """Remove API keys from this process's environment (before Ray starts, so no worker ever
     inherits them) and return them to whoever needs them in the driver."""
+    from evolve.environ_scrub import blank_initial_environ
+
     taken = {}
     for name in names:
         value = os.environ.pop(name, None)
         if value is not None:
             taken[name] = value
+    blank_initial_environ(taken)  # /proc/<driver>/environ would still show them
     return taken
 
 
@@ -147,6 +150,10 @@ class Run:
             recorder = RunRecorder(self.run_dir, display)
             controller = Controller(self.config, store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
+            from evolve.datahash import reference_hashes
+
+            controller.template_hash, controller.data_hash = reference_hashes(
+                store, self.config.template_dir, self.config.profile, self.config.data)
             if on_store is not None:
                 on_store(store)
             return asyncio.run(self._drive(controller, install_signals))

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Errors the user can act on are printed as one line, without a traceback."""
     from evolve.config import ConfigError
+    from evolve.datahash import DataMismatch
     from evolve.export import ExportError
     from evolve.report import ReportError
     from evolve.rundir import RunDirError
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.handler(args, console)
-    except (ConfigError, RunDirError, ExportError, ReportError) as exc:
+    except (ConfigError, RunDirError, ExportError, ReportError, DataMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -124,6 +124,8 @@ class Controller:
         self.recorder = recorder
         self.work_root = str(work_root)
         self.cache_dir = cache_dir
+        self.data_hash = ""      # the controller's data fingerprint (evolve/datahash.py)
+        self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
         self.size = population_size(config.selection.strategy, config.population.size)
@@ -399,6 +401,7 @@ class Controller:
             profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
             work_root=self.work_root, cache_dir=self.cache_dir,
             torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
+            network=cfg.workers.network, data_hash=self.data_hash, template_hash=self.template_hash,
         )
         self.executor.submit(decision.worker_id, request)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from evolve.workers.device import detect_device
+from evolve.workers.network import isolation
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
 
 # Template files that are not harness: the seed scripts and the research brief.
@@ -53,6 +54,9 @@ class RunRequest:
     cache_dir: str | None = None
     torch_threads: int = 1
     attempt: int = 1
+    network: str = "isolate"     # workers.network: isolate | allow (evolve/workers/network.py)
+    data_hash: str = ""          # the controller's data fingerprint ("" = this node's first)
+    template_hash: str = ""      # the controller's harness hash ("" = not checked)
 
 
 @dataclass(frozen=True)
@@ -107,16 +111,21 @@ def run_candidate(request: RunRequest) -> RunResult:
     started = time.time()
     directory = experiment_dir(request)
     log_path = directory / LOG_FILE
+    check_inputs(request)
     problem = materialise(request, directory)
     if problem:
         log_path.write_text(f"error: {problem}\n")
         return _result(request, "invalid", {}, problem, log_path, None, started)
 
+    sandbox = isolation(request.network)
     env = scrubbed_env(os.environ, threads=request.torch_threads, seed=request.seed)
     timed_out = False
     with open(log_path, "wb") as log:
+        log.write(f"{sandbox.note}\n".encode())
+        log.flush()
         try:
-            process = start_in_group(harness_command(request), cwd=directory, env=env, log=log)
+            process = start_in_group([*sandbox.prefix, *harness_command(request)], cwd=directory,
+                                     env=env, log=log)
         except OSError as exc:
             return _result(request, "crashed", {}, f"could not start the harness: {exc}",
                            log_path, None, started)
@@ -134,6 +143,22 @@ def run_candidate(request: RunRequest) -> RunResult:
         reason = f"timed out after {request.timeout_s:g} s (wall-clock limit); process group killed"
         return _result(request, "timed_out", {}, reason, log_path, exit_code, started)
     return _judge(request, directory, log_path, exit_code, started)
+
+
+def check_inputs(request: RunRequest) -> None:
+    """The harness and the data are the controller's, untouched by earlier runs, or raise
+    (TemplateError): scoring against anything else would make scores incomparable."""
+    from evolve.datahash import DataMismatch, ensure_data
+    from evolve.workers.pristine import HarnessChanged, restore_harness
+
+    if not (Path(request.template_dir) / HARNESS_ENTRY).is_file():
+        return  # not a harness at all: materialise says so
+    try:
+        restore_harness(request.template_dir, request.template_hash)
+        ensure_data(request.template_dir, request.profile, request.data, request.cache_dir,
+                    expected=request.data_hash)
+    except (HarnessChanged, DataMismatch) as exc:
+        raise TemplateError(str(exc)) from exc
 
 
 def materialise(request: RunRequest, directory: Path) -> str:
