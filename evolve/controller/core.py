@@ -372,6 +372,7 @@ class Scheduler:
         self._island_load[island] -= 1
         if event.candidate_id in self._extra:  # not an experiment: nothing to count
             self._extra.discard(event.candidate_id)
+            self._queue_extra(event.then_run)
             return
         self._queue_extra(event.then_run)
         self._count_finished(out)

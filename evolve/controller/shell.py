@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evolve.controller.core import (
+    ExtraRunsQueued,
+    Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
@@ -32,6 +35,7 @@ from evolve.controller.core import (
     WorkerJoined,
     WorkerLost,
 )
+from evolve.controller.evidence import Evidence
 from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.memory import StoreMemory
 from evolve.controller.resume import StoreParents, recover, settings_from_config
@@ -46,6 +50,7 @@ from evolve.preflight import (
 )
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
+from population.extra_runs import ExtraRun, parse_job_id
 from population.islands import plan_migration, plan_reseeds, plan_seeding
 from population.store import Store
 from population.survival import population_size, verdict
@@ -77,6 +82,8 @@ class Progress:
     elapsed_s: float
     llm_usd: float
     stopping: str | None
+    noise_sigma: float | None = None  # σ of val_bpb under seeds (the root's re-runs)
+    held: int = 0                     # results waiting for their confirmation runs
 
 
 class RunRecorder(Protocol):
@@ -130,6 +137,8 @@ class Controller:
         self.clock = clock
         self.size = population_size(config.selection.strategy, config.population.size)
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
+        self.evidence = Evidence(store, config, size=self.size, root_id=ROOT_ID)
+        self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
         template = Path(config.template_dir)
         self.template = template
         program = template / "program.md"
@@ -156,7 +165,7 @@ class Controller:
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = settings_from_config(self.config)
+        settings = dataclasses.replace(settings_from_config(self.config), finalize=True)
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
         self._rejected = self.store.count(Status.REJECTED)
@@ -225,7 +234,9 @@ class Controller:
         if isinstance(item, Left):
             self._workers.pop(item.worker_id, None)
             run = self._running.pop(item.worker_id, None)
-            if run is not None:
+            if run is not None and parse_job_id(run.candidate_id) is not None:
+                self.store.finish_extra_run(run.attempt_id, outcome="lost", reason=item.reason, now=now)
+            elif run is not None:
                 self.store.finish_attempt(run.attempt_id, outcome="lost", reason=item.reason, now=now)
                 self._add_worker_seconds(now - run.started, wasted=False)
             return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
@@ -233,6 +244,8 @@ class Controller:
             return self._finished(item.worker_id, item.result, now)
         if isinstance(item, _ProposalDone):
             return self._proposal_done(item, now)
+        if isinstance(item, ExtraRunsQueued):
+            return item
         raise TypeError(f"unexpected event {item!r}")
 
     def _finished(self, worker_id: str, result: RunResult, now: float) -> ResultArrived | None:
@@ -240,6 +253,8 @@ class Controller:
         if run is None or run.candidate_id != result.candidate_id:
             return None  # a run already counted lost
         del self._running[worker_id]
+        if parse_job_id(result.candidate_id) is not None:
+            return self._extra_finished(worker_id, run, result, now)
         outcome = result.outcome
         status = OUTCOME_STATUS.get(outcome, Status.CRASHED)
         metrics = dict(result.metrics)
@@ -252,17 +267,29 @@ class Controller:
         self.store.finish_attempt(run.attempt_id, outcome=result.outcome, reason=reason, now=now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
-        candidate = self.store.get(result.candidate_id)
-        before = self.store.survivors(candidate.island, self.size)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
+        held = self.evidence.hold(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        if held is not None:  # recorded once its extra runs (noise, confirmation) are in
+            return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
+                                 outcome=outcome, val_bpb=None, then_run=tuple(held), now=now)
+        then_run = self._record(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
+                             val_bpb=float(bpb) if status is Status.DONE else None,
+                             then_run=tuple(then_run), now=now)
+
+    def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
+                log_tail: str, now: float) -> list[str]:
+        """Record a final result; returns the extra runs it calls for (test of a new best)."""
+        candidate = self.store.get(candidate_id)
+        before = self.store.survivors(candidate.island, self.size)
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
         judged = candidate.replace(status=status, metrics=metrics, finished_at=now)
         kept = verdict(judged, before, self.size) == "keep"
         metrics["kept"] = kept
-        candidate = self.store.record_result(result.candidate_id, status=status, metrics=metrics,
-                                             reason=reason, log_tail=result.log_tail, now=now)
+        candidate = self.store.record_result(candidate_id, status=status, metrics=metrics,
+                                             reason=reason, log_tail=log_tail, now=now)
         self._note(candidate)
         self.recorder.on_candidate(candidate)
         self.recorder.on_result(candidate, kept)
@@ -270,8 +297,51 @@ class Controller:
             self._seed_islands(candidate, now)
         if status is Status.DONE:
             self._reseed_stagnant(now)
-        return ResultArrived(candidate_id=candidate.id, worker_id=worker_id, outcome=outcome,
-                             val_bpb=float(bpb) if status is Status.DONE else None, now=now)
+            if self._best is candidate:  # a new best
+                return self.evidence.on_new_best(candidate, now)
+        return []
+
+    def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
+                        now: float) -> ResultArrived:
+        """A re-run or test run ended: stored as its own row; a decision it completes is
+        recorded now."""
+        outcome, reason = result.outcome, result.reason
+        bpb = result.metrics.get("val_bpb")
+        if outcome == "done" and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+            outcome, reason = "crashed", f"no finite val_bpb in the result ({bpb!r})"
+        if outcome != "lost":
+            self.store.finish_extra_run(run.attempt_id, outcome=outcome, metrics=result.metrics,
+                                        reason=reason, now=now)
+        else:
+            self.store.finish_extra_run(run.attempt_id, outcome="lost", reason=reason, now=now)
+        seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
+        self._add_worker_seconds(seconds, wasted=False)
+        jobs = self._after_extra(result.candidate_id, now) if outcome != "lost" else []
+        return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
+                             outcome=result.outcome, then_run=tuple(jobs), now=now)
+
+    def _after_extra(self, job: str, now: float) -> list[str]:
+        key = parse_job_id(job)
+        assert key is not None
+        records, jobs = self.evidence.on_extra_done(key, now)
+        for record in records:
+            jobs += self._record(record.candidate_id, record.status, record.metrics,
+                                 record.reason, record.log_tail, now)
+        return jobs
+
+    def _extra_run(self, job: str, worker: str, now: float) -> ExtraRun | None:
+        """The row an extra job runs as (a fresh copy when an earlier try was lost), started."""
+        key = parse_job_id(job)
+        if key is None:
+            return None
+        row = self.store.extra_run(self._job_rows.get(job, key))
+        if row.outcome != "queued":
+            row = self.store.add_extra_run(row.candidate_id, purpose=row.purpose, seed=row.seed,
+                                           splits=row.splits, budget_fraction=row.budget_fraction,
+                                           now=now)
+            self._job_rows[job] = row.id
+        self.store.start_extra_run(row.id, worker=worker, now=now)
+        return row
 
     def _proposal_done(self, done: _ProposalDone, now: float) -> ProposalReady | ProposalFailed:
         proposal, parent = done.proposal, done.parent
@@ -312,6 +382,10 @@ class Controller:
                 self._run(decision)
             case Requeue():
                 pass  # the lost attempt is already closed in the store; the core re-runs it
+            case GiveUp() if parse_job_id(decision.candidate_id) is not None:
+                now = self.clock()  # an extra run lost too often: decide without it
+                jobs = self._after_extra(decision.candidate_id, now)
+                self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(jobs), now=now))
             case GiveUp():
                 now = self.clock()
                 candidate = self.store.record_result(decision.candidate_id, status=Status.CRASHED,
@@ -322,6 +396,10 @@ class Controller:
                 self.recorder.on_result(candidate, False)
             case Migrate():
                 self._migrate()
+            case Finalize():  # the last extra runs: the final best lineage on the test split
+                now = self.clock()
+                self._queue.put_nowait(ExtraRunsQueued(
+                    job_ids=tuple(self.evidence.final_jobs(now)), now=now))
 
     def _propose(self, decision: Propose) -> None:
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
@@ -388,13 +466,18 @@ class Controller:
     def _run(self, decision: Run) -> None:
         now = self.clock()
         slot = self._workers[decision.worker_id]
-        candidate = self.store.get(decision.candidate_id)
-        if candidate.status is Status.PROPOSED:
-            candidate = self.store.set_status(candidate.id, Status.RUNNING)
-            self.recorder.on_candidate(candidate)
-        attempt_id = self.store.start_attempt(candidate.id, worker=slot.worker_id, node=slot.node,
-                                              device=slot.device, now=now)
-        self._running[decision.worker_id] = _Running(candidate.id, attempt_id, now)
+        extra = self._extra_run(decision.candidate_id, slot.worker_id, now)
+        if extra is not None:
+            candidate = self.store.get(extra.candidate_id)
+            self._running[decision.worker_id] = _Running(decision.candidate_id, extra.id, now)
+        else:
+            candidate = self.store.get(decision.candidate_id)
+            if candidate.status is Status.PROPOSED:
+                candidate = self.store.set_status(candidate.id, Status.RUNNING)
+                self.recorder.on_candidate(candidate)
+            attempt_id = self.store.start_attempt(candidate.id, worker=slot.worker_id,
+                                                  node=slot.node, device=slot.device, now=now)
+            self._running[decision.worker_id] = _Running(candidate.id, attempt_id, now)
         cfg = self.config
         request = RunRequest(
             candidate_id=candidate.id, files=dict(candidate.files), template_dir=str(self.template),
@@ -403,6 +486,10 @@ class Controller:
             torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
             network=cfg.workers.network, data_hash=self.data_hash, template_hash=self.template_hash,
         )
+        if extra is not None:  # a re-run or test run: its own job name, seed and splits
+            request = dataclasses.replace(
+                request, candidate_id=decision.candidate_id, seed=extra.seed,
+                splits=extra.splits, budget_fraction=extra.budget_fraction)
         self.executor.submit(decision.worker_id, request)
 
     def _seed_islands(self, root: Candidate, now: float) -> None:
@@ -488,6 +575,7 @@ class Controller:
             best_description=best.description if best else "",
             crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
             llm_usd=status.llm_usd, stopping=status.closing,
+            noise_sigma=self.evidence.sigma(), held=self.evidence.pending(),
         ))
 
 

@@ -1,0 +1,272 @@
+"""Evidence before credit: the noise floor, confirmation re-runs and held-out test scoring.
+
+The shell asks `hold()` about every finished first run. A result that needs more evidence (the
+root, to measure σ; a child that would be the new best or enters the population by less than
+m·σ) is held back — not recorded, so it can neither be selected nor crowned — while its extra
+runs go first on the workers. When the last of them is in, `on_extra_done()` hands back the
+final record: the decision, its evidence and the val_bpb the candidate is ranked by. Every
+extra run is a row of the store's extra_runs table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from population.candidate import Candidate, Status
+from population.extra_runs import job_id
+from population.noise import (
+    decide,
+    missing_seeds,
+    needs_confirmation,
+    noise_floor,
+    paired_seeds,
+)
+from population.store import Store
+from population.survival import is_ranked
+
+NOISE_META = "noise_floor"  # JSON: {"sigma", "mean", "seeds", "runs"}
+WAITING_FOR_NOISE = "waiting for the noise floor"
+
+
+@dataclass
+class Held:
+    """A first run kept back until its extra runs are in."""
+
+    candidate_id: str
+    status: Status
+    metrics: dict[str, Any]
+    reason: str
+    log_tail: str
+    trigger: str                  # noise | new best | narrow margin | waiting for the noise floor
+    incumbent_id: str | None = None
+    jobs: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the shell records for a held candidate once its evidence is complete."""
+
+    candidate_id: str
+    status: Status
+    metrics: dict[str, Any]
+    reason: str
+    log_tail: str
+
+
+class Evidence:
+    """Holds results, plans extra runs and decides, over one writable store."""
+
+    def __init__(self, store: Store, config: Any, *, size: int, root_id: str = "root") -> None:
+        self.store = store
+        self.root_id = root_id
+        self.size = size
+        self.run_seed = int(config.seed)
+        self.noise_seeds = int(config.noise.seeds)
+        self.confirm_seeds = int(config.confirm.seeds)
+        self.margin_sigma = float(config.confirm.margin_sigma)
+        self.z = float(config.confirm.z)
+        self.test_final = bool(config.test.final)
+        self.test_every_new_best = bool(config.test.every_new_best)
+        self.held: dict[str, Held] = {}
+        self._sigma: float | None = None
+        self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds
+
+    # ------------------------------------------------------------------ reads
+
+    def sigma(self) -> float | None:
+        """σ of val_bpb under seeds, once the root's noise runs are in (None before)."""
+        if self._sigma is None:
+            raw = self.store.get_meta(NOISE_META)
+            self._sigma = None if raw is None else float(json.loads(raw)["sigma"])
+        return self._sigma
+
+    def pending(self) -> int:
+        return len(self.held)
+
+    def runs_by_seed(self, candidate: Candidate) -> dict[int, float]:
+        """Full-budget val_bpb of a candidate per seed: its first run and its extra runs."""
+        runs: dict[int, float] = {}
+        first = candidate.metrics.get("val_bpb_first", candidate.metrics.get("val_bpb"))
+        if first is not None and candidate.status is Status.DONE:
+            runs[int(candidate.seed)] = float(first)
+        for run in self.store.extra_runs(candidate.id):
+            if run.outcome == "done" and run.val_bpb is not None and run.budget_fraction == 1.0 \
+                    and run.purpose in ("noise", "confirm"):
+                runs.setdefault(run.seed, run.val_bpb)
+        return runs
+
+    # ---------------------------------------------------------------- hold
+
+    def hold(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
+             log_tail: str, now: float) -> list[str] | None:
+        """None: record this result now. Otherwise it is held; run these extra jobs first."""
+        if status is not Status.DONE:
+            return None
+        held = Held(candidate_id, status, metrics, reason, log_tail, "")
+        if candidate_id == self.root_id:
+            if self.noise_seeds <= 1:
+                return None
+            held.trigger = "noise"
+            seeds = paired_seeds(self.run_seed, self.noise_seeds)[1:]
+            return self._plan(held, [(candidate_id, s, "noise") for s in seeds], now)
+        if self.confirm_seeds <= 1:
+            return None
+        if self.noise_seeds > 1 and self.sigma() is None:
+            held.trigger = WAITING_FOR_NOISE  # decided when the root's re-runs are in
+            self.held[candidate_id] = held
+            return []
+        return self._screen(held, now)
+
+    def _screen(self, held: Held, now: float) -> list[str] | None:
+        candidate = self.store.get(held.candidate_id)
+        bpb = float(held.metrics["val_bpb"])
+        best = self.store.best()
+        survivors = [s for s in self.store.survivors(candidate.island, self.size) if is_ranked(s)]
+        displaced = survivors[-1] if len(survivors) >= self.size else None
+        trigger = needs_confirmation(
+            bpb, best_bpb=best.val_bpb if best else None,
+            displaced_bpb=displaced.val_bpb if displaced else None,
+            sigma=self.sigma() or 0.0, margin_sigma=self.margin_sigma)
+        if trigger is None:
+            return None
+        incumbent = best if trigger == "new best" else displaced
+        assert incumbent is not None
+        held.trigger, held.incumbent_id = trigger, incumbent.id
+        seeds = paired_seeds(self.run_seed, self.confirm_seeds)
+        mine = {int(candidate.seed): bpb}
+        wanted = [(candidate.id, s, "confirm") for s in missing_seeds(seeds, mine)]
+        wanted += [(incumbent.id, s, "confirm")
+                   for s in missing_seeds(seeds, self.runs_by_seed(incumbent))]
+        return self._plan(held, wanted, now)
+
+    def _plan(self, held: Held, wanted: list[tuple[str, int, str]], now: float) -> list[str]:
+        """Queue the wanted runs, reusing any already queued or running for another decision."""
+        self.held[held.candidate_id] = held
+        jobs: list[str] = []
+        for cid, seed, purpose in wanted:
+            open_runs = [r for r in self.store.extra_runs(cid)
+                         if r.seed == seed and r.outcome in ("queued", "running")
+                         and r.purpose in ("noise", "confirm")]
+            if open_runs:
+                run = open_runs[0]
+            else:
+                run = self.store.add_extra_run(cid, purpose=purpose, seed=seed, now=now)
+                jobs.append(run.job_id)
+            held.jobs.add(run.id)
+            self._by_job.setdefault(run.id, set()).add(held.candidate_id)
+        return jobs
+
+    # ------------------------------------------------------------- decide
+
+    def on_extra_done(self, run_id: int, now: float) -> tuple[list[Record], list[str]]:
+        """The extra run first queued as `run_id` ended (done, or failed for good): the
+        records now complete, and new extra jobs (confirmations waiting for the noise floor)."""
+        records: list[Record] = []
+        jobs: list[str] = []
+        for cid in sorted(self._by_job.pop(run_id, set())):
+            held = self.held.get(cid)
+            if held is None:
+                continue
+            held.jobs.discard(run_id)
+            if held.jobs:
+                continue
+            if held.trigger == "noise":
+                records.append(self._noise_done(held))
+                for waiting in [h for h in self.held.values() if h.trigger == WAITING_FOR_NOISE]:
+                    more = self._screen(waiting, now)
+                    if more is None:
+                        records.append(self._release(waiting))
+                    else:
+                        jobs += more
+                        if not waiting.jobs:
+                            records.append(self._confirmed(waiting))
+            else:
+                records.append(self._confirmed(held))
+        return records, jobs
+
+    def _release(self, held: Held) -> Record:
+        self.held.pop(held.candidate_id, None)
+        return Record(held.candidate_id, held.status, held.metrics, held.reason, held.log_tail)
+
+    def _noise_done(self, held: Held) -> Record:
+        root = self.store.get(self.root_id)
+        runs = {int(root.seed): float(held.metrics["val_bpb"])}
+        for run in self.store.extra_runs(self.root_id, purpose="noise"):
+            if run.outcome == "done" and run.val_bpb is not None:
+                runs.setdefault(run.seed, run.val_bpb)
+        floor = noise_floor(runs.values())
+        self.store.set_meta(NOISE_META, json.dumps(
+            {"sigma": floor.sigma, "mean": floor.mean, "seeds": list(runs), "runs": list(runs.values())}))
+        metrics = dict(held.metrics)
+        metrics["val_bpb_first"] = metrics["val_bpb"]
+        metrics["noise"] = {"sigma": floor.sigma, "seeds": list(runs), "runs": list(runs.values())}
+        if self.confirm_seeds > 1:  # ranked like every confirmed candidate: its paired mean
+            paired = [runs[s] for s in paired_seeds(self.run_seed, self.confirm_seeds) if s in runs]
+            metrics["val_bpb"] = sum(paired) / len(paired)
+        held.metrics = metrics
+        return self._release(held)
+
+    def _confirmed(self, held: Held) -> Record:
+        candidate = self.store.get(held.candidate_id)
+        assert held.incumbent_id is not None
+        incumbent = self.store.get(held.incumbent_id)
+        mine = {int(candidate.seed): float(held.metrics["val_bpb"])}
+        for run in self.store.extra_runs(candidate.id, purpose="confirm"):
+            if run.outcome == "done" and run.val_bpb is not None:
+                mine.setdefault(run.seed, run.val_bpb)
+        seeds = paired_seeds(self.run_seed, self.confirm_seeds)
+        mine = {s: v for s, v in mine.items() if s in seeds}
+        theirs = {s: v for s, v in self.runs_by_seed(incumbent).items() if s in seeds}
+        decision = decide(candidate.id, incumbent.id, held.trigger, mine, theirs,
+                          sigma=self.sigma() or 0.0, z=self.z)
+        metrics = dict(held.metrics)
+        metrics["val_bpb_first"] = metrics["val_bpb"]
+        incumbent_bpb = incumbent.val_bpb if incumbent.val_bpb is not None else math.inf
+        metrics["val_bpb"] = decision.credited_val_bpb(incumbent_bpb)
+        metrics["confirm"] = decision.to_metrics()
+        if decision.untrusted:
+            metrics["untrusted"] = True
+        held.metrics = metrics
+        return self._release(held)
+
+    # --------------------------------------------------------------- test
+
+    def test_jobs_for(self, candidate: Candidate, now: float) -> list[str]:
+        """A held-out test run of a candidate, unless it has one (or one is on its way)."""
+        if candidate.status is not Status.DONE:
+            return []
+        if any(r.outcome in ("queued", "running", "done")
+               for r in self.store.extra_runs(candidate.id, purpose="test")):
+            return []
+        run = self.store.add_extra_run(candidate.id, purpose="test", seed=int(candidate.seed),
+                                       splits=("val", "test"), now=now)
+        return [run.job_id]
+
+    def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
+        return self.test_jobs_for(candidate, now) if self.test_every_new_best else []
+
+    def final_jobs(self, now: float) -> list[str]:
+        """Test-split runs for the final best lineage (root first)."""
+        best = self.store.best()
+        if not self.test_final or best is None:
+            return []
+        jobs: list[str] = []
+        for candidate in self.store.lineage(best.id):
+            jobs += self.test_jobs_for(candidate, now)
+        return jobs
+
+
+def test_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
+    """The latest finished held-out test run of a candidate: {val_bpb, test_bpb}."""
+    done = [r for r in store.extra_runs(candidate_id, purpose="test")
+            if r.outcome == "done" and r.test_bpb is not None]
+    if not done:
+        return None
+    return {"val_bpb": done[-1].val_bpb or math.nan, "test_bpb": done[-1].test_bpb or math.nan}
+
+
+__all__ = ["Evidence", "Held", "Record", "job_id", "test_scores"]
