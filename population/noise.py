@@ -3,9 +3,10 @@ is larger than that.
 
 The root is trained under K seeds at the start of a run (the noise floor, σ). A child that
 would become the new best, or that enters the population by a margin under m·σ, is run
-again under other seeds, and so is its incumbent on the same seeds; the decision compares
-the paired means and asks for a gain above z·σ·sqrt(2/n) (the spread of a difference of two
-n-run means), so a change that only moves the seed is not credited as an improvement.
+again under n other seeds, and so is its incumbent on the same seeds; the decision compares
+the paired means over those fresh seeds only (the first run was selected for being lucky, so
+it would bias the test) and asks for a gain above z·σ·sqrt(2/n), the spread of a difference
+of two n-run means: a change that only moves the seed is not credited as an improvement.
 Pure: no store, no clock.
 """
 
@@ -98,13 +99,6 @@ class Confirmation:
     untrusted: bool
     reason: str
 
-    def credited_val_bpb(self, incumbent_val_bpb: float) -> float:
-        """The val_bpb the candidate is ranked by: its mean when accepted; never better than
-        the incumbent when not (it did not show a gain beyond seed noise)."""
-        if self.accepted:
-            return self.candidate_mean
-        return max(self.candidate_mean, incumbent_val_bpb, self.incumbent_mean)
-
     def to_metrics(self) -> dict[str, Any]:
         return {"incumbent": self.incumbent_id, "trigger": self.trigger,
                 "seeds": list(self.seeds), "runs": list(self.candidate_runs),
@@ -112,6 +106,14 @@ class Confirmation:
                 "mean": self.candidate_mean, "incumbent_mean": self.incumbent_mean,
                 "gain": self.gain, "threshold": self.threshold, "accepted": self.accepted,
                 "untrusted": self.untrusted, "reason": self.reason}
+
+
+def credit(accepted: bool, candidate_mean: float, incumbent_scores: Iterable[float]) -> float:
+    """The val_bpb a confirmed candidate is ranked by: its mean when accepted; never better
+    than its incumbent's scores when not (it showed no gain beyond seed noise)."""
+    if accepted:
+        return candidate_mean
+    return max(candidate_mean, *incumbent_scores)
 
 
 def decide(candidate_id: str, incumbent_id: str, trigger: str,

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from population.noise import (
+    credit,
     decide,
     missing_seeds,
     needs_confirmation,
@@ -57,7 +58,7 @@ def test_a_real_gain_is_confirmed_on_paired_means():
     assert c.seeds == (1, 2, 3)
     assert c.gain == pytest.approx(0.1)
     assert c.threshold == pytest.approx(2 * 0.01 * math.sqrt(2 / 3))
-    assert c.credited_val_bpb(0.99) == pytest.approx(0.90)
+    assert credit(c.accepted, 0.93, [0.99]) == 0.93
     assert c.to_metrics()["accepted"] is True
 
 
@@ -66,7 +67,7 @@ def test_a_gain_within_seed_noise_is_not_confirmed_and_not_credited():
     assert not c.accepted
     assert "within seed noise" in c.reason
     # ranked no better than the incumbent, whatever its own mean
-    assert c.credited_val_bpb(1.0) == 1.0
+    assert credit(c.accepted, c.candidate_mean, [1.0, c.incumbent_mean]) == 1.0
 
 
 def test_identical_runs_under_different_seeds_are_untrusted():

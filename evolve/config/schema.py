@@ -160,7 +160,7 @@ class NoiseConfig(_Section):
 
 
 class ConfirmConfig(_Section):
-    seeds: PositiveInt = 1  # paired seeds a would-be best and its incumbent are compared on; 1 = off
+    seeds: NonNegativeInt = 0  # re-runs (other seeds) of a would-be best and its incumbent; 0 = off
     margin_sigma: NonNegative = 1.0  # also confirm children entering the population by < this·σ
     z: NonNegative = 2.0    # the mean gain must exceed z·σ·sqrt(2/seeds) to count
 
@@ -278,11 +278,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _confirm_needs_noise(self) -> Config:
-        if self.confirm.seeds > 1 and self.noise.seeds < self.confirm.seeds:
+        if self.confirm.seeds > 0 and self.noise.seeds < self.confirm.seeds + 1:
             raise ValueError(
-                f"confirm.seeds is {self.confirm.seeds}, so noise.seeds must be at least that "
-                f"(it is {self.noise.seeds}): the root's seed runs give σ and the incumbent's "
-                "paired runs")
+                f"confirm.seeds is {self.confirm.seeds}, so noise.seeds must be at least "
+                f"{self.confirm.seeds + 1} (it is {self.noise.seeds}): the root's runs under "
+                "those seeds give σ and are the paired runs of the first incumbent")
         return self
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 from population.candidate import Candidate, Status
 from population.extra_runs import job_id
 from population.noise import (
+    credit,
     decide,
     missing_seeds,
     needs_confirmation,
@@ -67,6 +68,9 @@ class Evidence:
         self.run_seed = int(config.seed)
         self.noise_seeds = int(config.noise.seeds)
         self.confirm_seeds = int(config.confirm.seeds)
+        # the seeds of the first runs, then the fresh seeds confirmations are decided on
+        self.first_seed = self.run_seed
+        self.fresh_seeds = paired_seeds(self.run_seed, self.confirm_seeds + 1)[1:]
         self.margin_sigma = float(config.confirm.margin_sigma)
         self.z = float(config.confirm.z)
         self.test_final = bool(config.test.final)
@@ -113,7 +117,7 @@ class Evidence:
             held.trigger = "noise"
             seeds = paired_seeds(self.run_seed, self.noise_seeds)[1:]
             return self._plan(held, [(candidate_id, s, "noise") for s in seeds], now)
-        if self.confirm_seeds <= 1:
+        if self.confirm_seeds <= 0:
             return None
         if self.noise_seeds > 1 and self.sigma() is None:
             held.trigger = WAITING_FOR_NOISE  # decided when the root's re-runs are in
@@ -136,9 +140,8 @@ class Evidence:
         incumbent = best if trigger == "new best" else displaced
         assert incumbent is not None
         held.trigger, held.incumbent_id = trigger, incumbent.id
-        seeds = paired_seeds(self.run_seed, self.confirm_seeds)
-        mine = {int(candidate.seed): bpb}
-        wanted = [(candidate.id, s, "confirm") for s in missing_seeds(seeds, mine)]
+        seeds = self.fresh_seeds
+        wanted = [(candidate.id, s, "confirm") for s in seeds]
         wanted += [(incumbent.id, s, "confirm")
                    for s in missing_seeds(seeds, self.runs_by_seed(incumbent))]
         return self._plan(held, wanted, now)
@@ -204,8 +207,8 @@ class Evidence:
         metrics = dict(held.metrics)
         metrics["val_bpb_first"] = metrics["val_bpb"]
         metrics["noise"] = {"sigma": floor.sigma, "seeds": list(runs), "runs": list(runs.values())}
-        if self.confirm_seeds > 1:  # ranked like every confirmed candidate: its paired mean
-            paired = [runs[s] for s in paired_seeds(self.run_seed, self.confirm_seeds) if s in runs]
+        if self.confirm_seeds > 0:  # ranked like a confirmed candidate: mean of its paired runs
+            paired = [runs[s] for s in (self.first_seed, *self.fresh_seeds) if s in runs]
             metrics["val_bpb"] = sum(paired) / len(paired)
         held.metrics = metrics
         return self._release(held)
@@ -214,19 +217,31 @@ class Evidence:
         candidate = self.store.get(held.candidate_id)
         assert held.incumbent_id is not None
         incumbent = self.store.get(held.incumbent_id)
-        mine = {int(candidate.seed): float(held.metrics["val_bpb"])}
+        first = float(held.metrics["val_bpb"])
+        mine: dict[int, float] = {}
         for run in self.store.extra_runs(candidate.id, purpose="confirm"):
-            if run.outcome == "done" and run.val_bpb is not None:
+            if run.outcome == "done" and run.val_bpb is not None and run.seed in self.fresh_seeds:
                 mine.setdefault(run.seed, run.val_bpb)
-        seeds = paired_seeds(self.run_seed, self.confirm_seeds)
-        mine = {s: v for s, v in mine.items() if s in seeds}
-        theirs = {s: v for s, v in self.runs_by_seed(incumbent).items() if s in seeds}
+        everything = self.runs_by_seed(incumbent)
+        theirs = {s: v for s, v in everything.items() if s in self.fresh_seeds}
+        metrics = dict(held.metrics)
+        metrics["val_bpb_first"] = first
+        if not mine or not set(mine) & set(theirs):  # re-runs crashed: nothing to credit
+            metrics["val_bpb"] = max(first, incumbent.val_bpb or first)
+            metrics["confirm"] = {"incumbent": incumbent.id, "trigger": held.trigger,
+                                  "accepted": False, "untrusted": False,
+                                  "reason": "not confirmed: its re-runs did not finish"}
+            held.metrics = metrics
+            return self._release(held)
         decision = decide(candidate.id, incumbent.id, held.trigger, mine, theirs,
                           sigma=self.sigma() or 0.0, z=self.z)
-        metrics = dict(held.metrics)
-        metrics["val_bpb_first"] = metrics["val_bpb"]
-        incumbent_bpb = incumbent.val_bpb if incumbent.val_bpb is not None else math.inf
-        metrics["val_bpb"] = decision.credited_val_bpb(incumbent_bpb)
+        all_mine = [first, *mine.values()]
+        all_theirs = [v for s, v in everything.items() if s in (self.first_seed, *self.fresh_seeds)]
+        incumbent_scores = [sum(all_theirs) / len(all_theirs)]
+        if incumbent.val_bpb is not None:
+            incumbent_scores.append(incumbent.val_bpb)
+        metrics["val_bpb"] = credit(decision.accepted, sum(all_mine) / len(all_mine),
+                                    incumbent_scores)
         metrics["confirm"] = decision.to_metrics()
         if decision.untrusted:
             metrics["untrusted"] = True
