@@ -275,7 +275,7 @@ class Evidence:
         return jobs
 
 
-def test_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
+def held_out_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
     """The latest finished held-out test run of a candidate: {val_bpb, test_bpb}."""
     done = [r for r in store.extra_runs(candidate_id, purpose="test")
             if r.outcome == "done" and r.test_bpb is not None]
@@ -284,4 +284,4 @@ def test_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
     return {"val_bpb": done[-1].val_bpb or math.nan, "test_bpb": done[-1].test_bpb or math.nan}
 
 
-__all__ = ["Evidence", "Held", "Record", "job_id", "test_scores"]
+__all__ = ["Evidence", "Held", "Record", "job_id", "held_out_scores"]
