@@ -26,6 +26,7 @@ from evolve.runview import (
     open_store,
     resolve_template,
 )
+from evolve.trust import read_trust, with_test_scores
 from population.candidate import Candidate, Status
 
 FORMATS = ("git", "patches", "dir")
@@ -81,7 +82,8 @@ def export_run(run_dir: Path, to: Path, *, candidate: str = "best", fmt: str = "
         template = resolve_template(rd, config)
         with open_store(rd) as store:
             target = find_candidate(store, candidate)
-            lineage = store.lineage(target.id)
+            trust = read_trust(store, ())
+            lineage = with_test_scores(store.lineage(target.id), trust)
             best = store.best()
     except RunViewError as error:
         raise ExportError(str(error)) from error
@@ -321,6 +323,9 @@ def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate]) ->
     if after is not None:
         lines.append(f"test_bpb: {before:.6f} → {after:.6f}" if before is not None
                      else f"test_bpb: {after:.6f}")
+    confirm = step.metrics.get("confirm")
+    if isinstance(confirm, dict) and confirm.get("reason"):  # the re-run evidence behind it
+        lines += textwrap.wrap(f"evidence: {confirm['reason']}", 72)
     lines.append(f"candidate: {step.id} (parent {step.parent_id}, island {step.island}, "
                  f"generation {step.generation})")
     for move in moves:

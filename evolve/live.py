@@ -73,7 +73,9 @@ class LiveDisplay:
         best = f"{s.best_val_bpb:.6f} ({s.best_id})" if s.best_val_bpb is not None else "—"
         return (f"[{_fmt_elapsed(s.elapsed_s)}] finished {s.finished}{budget}  running {s.running}"
                 f"  best {best}  crashes {s.crashes}  rejected {s.rejected}"
-                f"  llm ${s.llm_usd:.2f}" + (f"  stopping: {s.stopping}" if s.stopping else ""))
+                + (f"  σ {s.noise_sigma:.5f}" if getattr(s, "noise_sigma", None) is not None else "")
+                + (f"  confirming {s.held}" if getattr(s, "held", 0) else "")
+                + f"  llm ${s.llm_usd:.2f}" + (f"  stopping: {s.stopping}" if s.stopping else ""))
 
     def _render(self) -> Table:
         table = Table(title=self.title, show_header=False, title_justify="left", expand=False)
@@ -91,6 +93,10 @@ class LiveDisplay:
         else:
             table.add_row("best", "— (baseline running)")
         table.add_row("crashes / rejected", f"{s.crashes} / {s.rejected}")
+        sigma = getattr(s, "noise_sigma", None)
+        if sigma is not None or getattr(s, "held", 0):
+            table.add_row("seed noise", ("—" if sigma is None else f"σ {sigma:.6f} of val_bpb")
+                          + (f"  ({s.held} results being confirmed)" if s.held else ""))
         table.add_row("elapsed", _fmt_elapsed(s.elapsed_s))
         table.add_row("LLM spend", f"${s.llm_usd:.2f}")
         if s.stopping:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from evolve.runview import (
     open_run_dir,
     open_store,
 )
+from evolve.trust import Trust, read_trust, with_test_scores
 from population.candidate import Candidate, Status
 
 TOP_IN_TABLE = 15
@@ -42,6 +43,7 @@ class RunSnapshot:
     counts: dict[str, int]
     floor: float | None
     total_cost: float
+    trust: Trust = field(default_factory=Trust)  # seed noise, confirmations, test scores
 
     def parent(self, candidate: Candidate) -> Candidate | None:
         """The candidate whose files this one edited (migration copies skipped)."""
@@ -72,6 +74,11 @@ def read_run(run_path: Path) -> RunSnapshot:
     with open_store(run_dir) as store:
         everything = all_candidates(store)
         best = store.best()
+        trust = read_trust(store, everything)
+    # held-out test scores live in extra runs; shown with the candidate they scored
+    everything = with_test_scores(everything, trust)
+    if best is not None and best.id in trust.test:
+        best = next(c for c in everything if c.id == best.id)
     by_id = {c.id: c for c in everything}
     experiments = [c for c in everything
                    if c.status in (Status.DONE, Status.CRASHED, Status.TIMED_OUT) and not is_copy(c)]
@@ -103,7 +110,7 @@ def read_run(run_path: Path) -> RunSnapshot:
         by_id=by_id, best=best, best_lineage=[], top=top[:TOP_IN_TABLE],
         failures=failures[:FAILURES_SHOWN], counts=counts,
         floor=floors[-1] if floors else None,
-        total_cost=sum(c.cost_usd for c in everything))
+        total_cost=sum(c.cost_usd for c in everything), trust=trust)
     if best is not None:
         snapshot.best_lineage.extend(snapshot.lineage_of(best))
     return snapshot

@@ -104,6 +104,17 @@ def _facts(run: RunSnapshot) -> str:
         items.append(("gain over the seed", f"{gain:.4f} bpb"))
     if run.floor is not None:
         items.append(("entropy floor (synthetic)", f"{run.floor:.4f}"))
+    if run.trust.sigma is not None:
+        items.append(("seed noise σ", f"{run.trust.sigma:.5f} ({len(run.trust.noise_runs)} seeds)"))
+    if run.trust.decisions:
+        accepted = sum(d.accepted for d in run.trust.decisions)
+        untrusted = sum(d.untrusted for d in run.trust.decisions)
+        items.append(("re-run decisions", f"{accepted} confirmed / "
+                      f"{len(run.trust.decisions) - accepted} not credited"
+                      + (f" ({untrusted} untrusted)" if untrusted else "")))
+    if run.best is not None and run.best.id in run.trust.test:
+        items.append(("best: val / held-out test",
+                      "{:.4f} / {:.4f}".format(*run.trust.test[run.best.id])))
     items.append(("LLM spend", f"${run.total_cost:.2f}"))
     return '<div class="facts">' + "".join(
         f'<div class="fact">{_e(k)}<b>{_e(v)}</b></div>' for k, v in items) + "</div>"

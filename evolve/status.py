@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evolve.rundir import RunDir
+from evolve.trust import mark, read_trust
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -44,6 +45,9 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         if state is not None:
             reason = store.get_meta("stop_reason")
             console.print(f"run {state}" + (f": {reason}" if reason and state != "running" else ""))
+        trust = read_trust(store, store.finished_in_order())
+        for line in trust.lines():
+            console.print(line)
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
             for column in ("id", "val_bpb", "gen", "mutator", "description"):
@@ -57,11 +61,13 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
             console.print("no finished experiment yet")
             return
         table = Table(title=f"best lineage → {best.id}  val_bpb {_bpb(best)}", title_justify="left")
-        for column in ("id", "val_bpb", "Δ", "description"):
+        for column in ("id", "val_bpb", "test_bpb", "Δ", "trust", "description"):
             table.add_column(column)
         parent: Candidate | None = None
         for step in store.lineage(best.id):
-            table.add_row(step.id, _bpb(step), _delta(step, parent), step.description[:80] or "(seed)")
+            test = trust.test_of(step.id)
+            table.add_row(step.id, _bpb(step), "—" if test is None else f"{test:.6f}",
+                          _delta(step, parent), mark(step), step.description[:80] or "(seed)")
             parent = step
         console.print(table)
     finally:

@@ -1,0 +1,94 @@
+"""How far a run's claims can be trusted, read from its store: the seed noise floor, every
+confirmation decision with its evidence, and held-out test scores beside val. Shared by
+`evolve status`, the report and the export (read-only; safe on a live run)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from population.candidate import Candidate
+from population.store import Store
+
+NOISE_META = "noise_floor"
+
+
+@dataclass(frozen=True)
+class Decision:
+    candidate_id: str
+    accepted: bool
+    untrusted: bool
+    trigger: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Trust:
+    sigma: float | None = None
+    noise_runs: tuple[float, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    test: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (val, test)
+    extra_runs: int = 0
+
+    def test_of(self, candidate_id: str) -> float | None:
+        pair = self.test.get(candidate_id)
+        return None if pair is None else pair[1]
+
+    def lines(self) -> list[str]:
+        """Plain-text summary lines (status, export messages)."""
+        out = []
+        if self.sigma is not None:
+            runs = ", ".join(f"{v:.6f}" for v in self.noise_runs)
+            out.append(f"seed noise: σ {self.sigma:.6f} of val_bpb (root under "
+                       f"{len(self.noise_runs)} seeds: {runs})")
+        if self.decisions:
+            accepted = sum(d.accepted for d in self.decisions)
+            untrusted = sum(d.untrusted for d in self.decisions)
+            out.append(f"confirmations: {len(self.decisions)} re-run decisions, {accepted} "
+                       f"confirmed, {len(self.decisions) - accepted} not credited"
+                       + (f", {untrusted} untrusted (reseed themselves)" if untrusted else ""))
+        if self.extra_runs:
+            out.append(f"extra runs (noise, confirmation, test): {self.extra_runs}")
+        return out
+
+
+def read_trust(store: Store, candidates: Iterable[Candidate]) -> Trust:
+    """The trust facts of a run from its store and its candidates."""
+    sigma, runs = None, ()
+    raw = store.get_meta(NOISE_META)
+    if raw is not None:
+        noise: dict[str, Any] = json.loads(raw)
+        sigma, runs = float(noise["sigma"]), tuple(float(v) for v in noise["runs"])
+    decisions = []
+    for c in candidates:
+        confirm = c.metrics.get("confirm")
+        if isinstance(confirm, dict):
+            decisions.append(Decision(c.id, bool(confirm.get("accepted")),
+                                      bool(confirm.get("untrusted")), str(confirm.get("trigger", "")),
+                                      str(confirm.get("reason", ""))))
+    test: dict[str, tuple[float, float]] = {}
+    extra = store.extra_runs()
+    for run in extra:
+        if run.purpose == "test" and run.outcome == "done" and run.test_bpb is not None \
+                and run.val_bpb is not None:
+            test[run.candidate_id] = (run.val_bpb, run.test_bpb)
+    return Trust(sigma, runs, tuple(decisions), test, len(extra))
+
+
+def with_test_scores(candidates: Iterable[Candidate], trust: Trust) -> list[Candidate]:
+    """The candidates with `test_bpb` in their metrics where a held-out test run scored them
+    (test runs are extra runs; tables and commit messages read the metric)."""
+    return [c.replace(metrics={**c.metrics, "test_bpb": trust.test[c.id][1]})
+            if c.id in trust.test and "test_bpb" not in c.metrics else c for c in candidates]
+
+
+def mark(candidate: Candidate) -> str:
+    """A short flag for tables: confirmed, not credited, untrusted, or nothing."""
+    confirm = candidate.metrics.get("confirm")
+    if not isinstance(confirm, dict):
+        return ""
+    if confirm.get("untrusted"):
+        return "untrusted"
+    return "confirmed" if confirm.get("accepted") else "not credited"
