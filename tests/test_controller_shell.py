@@ -20,7 +20,7 @@ from evolve.controller.shell import Controller, Progress
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Candidate, Status
-from population.store import Store
+from population.store import Store, StoreError
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "sleep_template"
@@ -223,10 +223,14 @@ def test_kill_9_of_the_controller_then_resume(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.1)
-            if path.exists():
+            if not path.exists():
+                continue
+            try:
                 with Store.open(path, readonly=True) as view:
                     if view.count(*FINISHED) >= 3 and view.count(Status.RUNNING) >= 1:
                         break
+            except StoreError:  # the writer is still creating the schema
+                continue
         assert driver.poll() is None, "the driver ended before it could be killed"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=10)
