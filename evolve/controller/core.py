@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from evolve.controller.devices import DevicePolicy
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
@@ -154,7 +155,15 @@ class Finalize:
     reason: str
 
 
-Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop | Finalize
+@dataclass(frozen=True)
+class RefuseWorker:
+    """A worker of another device type joined; it gets no work (evolve/controller/devices.py)."""
+
+    worker_id: str
+    message: str
+
+
+Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop | Finalize | RefuseWorker
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -183,6 +192,8 @@ class Settings:
     operators: Sequence[tuple[str, float]] = (("heuristic", 1.0),)
     seed: int = 0
     finalize: bool = False                  # say Finalize once before stopping
+    device_groups: bool = False             # one island group per device type (else refuse mixing)
+    device_type: str | None = None          # the type a resumed run was scored on
 
 
 @dataclass(frozen=True)
@@ -229,6 +240,7 @@ class Scheduler:
         self._root_done = history.root_done
         self._workers: dict[str, str | None] = {}     # worker -> running candidate
         self._free: dict[str, None] = {}               # ordered set of idle workers
+        self._devices = DevicePolicy(settings.device_groups, pinned=settings.device_type)
         self._running: dict[str, tuple[str, int]] = {}  # candidate -> (worker, island)
         self._ready: deque[tuple[str, int]] = deque(history.queued)
         self._proposing: dict[int, int] = {}           # ticket -> island
@@ -273,8 +285,12 @@ class Scheduler:
         match event:
             case WorkerJoined():
                 if event.worker_id not in self._workers:
-                    self._workers[event.worker_id] = None
-                    self._free[event.worker_id] = None
+                    admission = self._devices.admit(event.worker_id, event.device)
+                    if admission.accepted:
+                        self._workers[event.worker_id] = None
+                        self._free[event.worker_id] = None
+                    else:
+                        out.append(RefuseWorker(event.worker_id, admission.message))
             case WorkerLost():
                 self._worker_lost(event, out)
             case ResultArrived():
@@ -355,6 +371,7 @@ class Scheduler:
             return
         candidate = self._workers.pop(event.worker_id)
         self._free.pop(event.worker_id, None)
+        self._devices.forget(event.worker_id)
         if candidate is not None:
             self._attempt_lost(candidate, event.reason, out)
 
@@ -479,12 +496,17 @@ class Scheduler:
 
     def _start_runs(self, out: list[Decision], extras_only: bool = False) -> None:
         remaining = self._remaining()
+        waiting: list[tuple[str, int]] = []  # no free worker of their island's device type
         while self._free:
             picked = self._next_ready(remaining, extras_only)
             if picked is None:
                 break
             candidate, island = picked
-            worker = next(iter(self._free))
+            worker = self._devices.pick(island, self._free)
+            if worker is None:
+                waiting.append(picked)
+                continue
+            self._devices.started(island, worker)
             del self._free[worker]
             self._workers[worker] = candidate
             self._running[candidate] = (worker, island)
@@ -493,6 +515,7 @@ class Scheduler:
             out.append(Run(candidate, worker, attempt))
             if remaining is not None and candidate not in self._extra:
                 remaining -= 1
+        self._ready.extendleft(reversed(waiting))
 
     def _wanted_pipeline(self) -> int:
         if self.settings.lookahead <= 0:

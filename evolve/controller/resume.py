@@ -46,6 +46,7 @@ def settings_from_config(config: Any) -> Settings:
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,
         operators=operators, seed=config.seed,
+        device_groups=config.workers.device_groups,
     )
 
 

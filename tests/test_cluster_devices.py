@@ -1,0 +1,117 @@
+"""Heterogeneous hardware: a run keeps to one device type, or one island group per type.
+
+Pure decisions (evolve/controller/devices.py and the scheduler core): milliseconds.
+"""
+
+from __future__ import annotations
+
+import random
+
+from evolve.controller.core import (
+    ProposalReady,
+    Propose,
+    RefuseWorker,
+    Requeue,
+    ResultArrived,
+    Run,
+    Scheduler,
+    Settings,
+    WorkerJoined,
+    WorkerLost,
+)
+from evolve.controller.devices import DevicePolicy, device_type
+
+H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
+
+
+class Root:
+    def choose_parent(self, island: int, rng: random.Random) -> str:
+        return "root"
+
+
+def of(kind, decisions):
+    return [d for d in decisions if isinstance(d, kind)]
+
+
+def test_device_type_names_the_model_not_the_slot():
+    assert device_type("gpu:0") == device_type("gpu:3") == "gpu"
+    assert device_type(H100) == H100
+    assert device_type("cpu") == "cpu"
+    assert device_type("") == "unknown"
+
+
+def test_by_default_the_first_type_pins_the_run_and_others_are_refused_by_name():
+    policy = DevicePolicy()
+    assert policy.admit("w0", H100).accepted
+    assert policy.admit("w1", H100).accepted
+    refused = policy.admit("w2", A100)
+    assert not refused.accepted
+    assert H100 in refused.message and A100 in refused.message and "w2" in refused.message
+    assert "device_groups" in refused.message
+    assert policy.types() == {H100: 2}
+
+
+def test_a_resumed_run_keeps_the_type_it_was_scored_on():
+    policy = DevicePolicy(pinned=H100)
+    assert not policy.admit("w0", A100).accepted
+    assert policy.admit("w1", H100).accepted
+
+
+def test_device_groups_bind_each_island_to_one_type_and_spread_types_over_islands():
+    policy = DevicePolicy(groups=True)
+    for worker, device in (("a0", H100), ("a1", H100), ("b0", A100)):
+        assert policy.admit(worker, device).accepted
+    assert policy.pick(0, ["a0", "a1", "b0"]) == "a0"
+    policy.started(0, "a0")
+    # Island 1 is unbound: it prefers the type that holds no island yet.
+    assert policy.pick(1, ["a1", "b0"]) == "b0"
+    policy.started(1, "b0")
+    assert policy.islands == {0: H100, 1: A100}
+    assert policy.pick(0, ["b0"]) is None and policy.pick(1, ["a0", "a1"]) is None
+    assert policy.may_run(0, "a1") and not policy.may_run(0, "b0")
+
+
+def test_the_core_refuses_a_worker_of_another_type_and_never_runs_on_it():
+    core = Scheduler(Settings(), Root(), "root")
+    out = core.handle(WorkerJoined(worker_id="w0", device=H100, now=0.0))
+    assert of(Run, out) == [Run("root", "w0", 1)]
+    out = core.handle(WorkerJoined(worker_id="w1", device=A100, now=0.1))
+    (refusal,) = of(RefuseWorker, out)
+    assert refusal.worker_id == "w1" and A100 in refusal.message and H100 in refusal.message
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                                    val_bpb=1.0, now=1.0))
+    assert core.status().workers == 1
+    for p in of(Propose, out):
+        out += core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.ticket}", now=2.0))
+    assert {r.worker_id for r in of(Run, out)} == {"w0"}
+
+
+def test_with_device_groups_a_lost_attempt_is_retried_on_its_islands_type():
+    core = Scheduler(Settings(device_groups=True, islands=2, lookahead=1), Root(), "root")
+    out = []
+    for worker, device in (("h0", H100), ("h1", H100), ("a0", A100)):
+        out += core.handle(WorkerJoined(worker_id=worker, device=device, now=0.0))
+    assert not of(RefuseWorker, out)
+    (root_run,) = of(Run, out)
+    assert root_run.worker_id == "h0"  # island 0 is now an H100 island
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="h0", outcome="done",
+                                    val_bpb=1.0, now=1.0))
+    runs = []
+    for p in of(Propose, out):
+        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.island}-{p.ticket}",
+                                                  now=2.0)))
+    on = {r.candidate_id: r.worker_id for r in runs}
+    island0 = [c for c in on if c.startswith("c0-")]
+    assert island0 and all(on[c].startswith("h") for c in island0)
+    # The H100 running an island-0 child dies: the child waits for an H100, never the A100.
+    victim = island0[0]
+    out = core.handle(WorkerLost(worker_id=on[victim], reason="node died", now=3.0))
+    assert of(Requeue, out)
+    assert victim not in {r.candidate_id for r in of(Run, out)}
+    for cid, worker in on.items():
+        if cid != victim:
+            out += core.handle(ResultArrived(candidate_id=cid, worker_id=worker, outcome="done",
+                                             val_bpb=0.9, now=4.0))
+    retried = [r for r in of(Run, out) if r.candidate_id == victim]
+    assert retried and all(r.worker_id.startswith("h") for r in retried)
+    assert retried[0].attempt == 2
