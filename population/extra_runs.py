@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS extra_runs (
     reason TEXT NOT NULL
 )"""
 INDEX = "CREATE INDEX IF NOT EXISTS extra_runs_candidate ON extra_runs (candidate_id, purpose)"
-PURPOSES = ("noise", "confirm", "test")
+PURPOSES = ("noise", "confirm", "test", "stage")
 OUTCOMES = ("queued", "running", "done", "crashed", "timed_out", "invalid", "lost")
 _COLUMNS = ("id, candidate_id, purpose, seed, splits, budget_fraction, worker, queued_at, "
             "started_at, ended_at, outcome, val_bpb, test_bpb, metrics, reason")
@@ -45,7 +45,7 @@ _COLUMNS = ("id, candidate_id, purpose, seed, splits, budget_fraction, worker, q
 class ExtraRun:
     id: int
     candidate_id: str
-    purpose: str                 # noise | confirm | test
+    purpose: str                 # noise | confirm | test | stage (a promotion, multi-fidelity)
     seed: int
     splits: tuple[str, ...]
     budget_fraction: float

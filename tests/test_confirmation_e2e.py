@@ -155,7 +155,7 @@ def test_seed_only_changes_are_not_credited_and_self_reseeding_is_flagged(tmp_pa
         assert store.best().id == "root"
 
         # the child that ignores the harness's seed came back identical: flagged, not trusted
-        reseeder = children[2]
+        reseeder = store.get("c00002")  # the third proposal
         assert reseeder.metrics.get("untrusted") is True
         assert "reseeds itself" in reseeder.metrics["confirm"]["reason"]
 

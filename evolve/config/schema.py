@@ -170,6 +170,24 @@ class TestSplitConfig(_Section):
     every_new_best: bool = False  # and each new best as it is crowned
 
 
+class StageConfig(_Section):
+    budget_fraction: Annotated[float, Field(gt=0, lt=1)]  # of the profile's training budget
+    promote_top: Annotated[float, Field(gt=0, le=1)] = 0.3  # share of this stage's results promoted
+
+
+class FidelityConfig(_Section):
+    # short-budget stages every child runs first (increasing fractions); none = off
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, value: list[StageConfig]) -> list[StageConfig]:
+        fractions = [s.budget_fraction for s in value]
+        if fractions != sorted(set(fractions)):
+            raise ValueError(f"stage budget fractions must increase: {fractions}")
+        return value
+
+
 class OutputConfig(_Section):
     results_dir: str = "results"  # relative to the directory `evolve run` starts in
 
@@ -197,6 +215,7 @@ class Config(_Section):
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
     test: TestSplitConfig = Field(default_factory=TestSplitConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -39,6 +39,7 @@ from evolve.controller.evidence import Evidence
 from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.memory import StoreMemory
 from evolve.controller.resume import StoreParents, recover, settings_from_config
+from evolve.controller.stages import StageResult, Stages
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.notebook import LabNotebook
 from evolve.preflight import (
@@ -47,6 +48,7 @@ from evolve.preflight import (
     check_not_duplicate,
     check_only_mutable,
     check_parses,
+    harness_modules,
 )
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
@@ -138,9 +140,11 @@ class Controller:
         self.size = population_size(config.selection.strategy, config.population.size)
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.evidence = Evidence(store, config, size=self.size, root_id=ROOT_ID)
+        self.stages = Stages(store, config, root_id=ROOT_ID)
         self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
         template = Path(config.template_dir)
         self.template = template
+        self._harness_modules = harness_modules(template, config.mutable_files)
         program = template / "program.md"
         self.program_md = program.read_text() if program.exists() else ""
         self.notebook = LabNotebook(store)
@@ -269,6 +273,12 @@ class Controller:
         self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
+        staged = self.stages.after_first_run(result.candidate_id, status, metrics, result.log_tail,
+                                             self.store.get(result.candidate_id).seed, now)
+        if staged is not None:  # multi-fidelity: a short first stage
+            jobs = self._staged(result.candidate_id, staged, reason, result.log_tail, now)
+            return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
+                                 outcome=outcome, val_bpb=None, then_run=tuple(jobs), now=now)
         held = self.evidence.hold(result.candidate_id, status, metrics, reason, result.log_tail, now)
         if held is not None:  # recorded once its extra runs (noise, confirmation) are in
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
@@ -277,6 +287,19 @@ class Controller:
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
                              val_bpb=float(bpb) if status is Status.DONE else None,
                              then_run=tuple(then_run), now=now)
+
+    def _staged(self, candidate_id: str, staged: StageResult, reason: str, log_tail: str,
+                now: float) -> list[str]:
+        """Promoted: its next stage runs first. Stopped early: recorded now. The full budget
+        reached: judged like any result (confirmation included)."""
+        if staged.jobs is not None:
+            return list(staged.jobs)
+        if staged.status is Status.DONE:
+            held = self.evidence.hold(candidate_id, Status.DONE, staged.metrics, "", log_tail, now)
+            if held is not None:
+                return held
+        why = "; ".join(r for r in (staged.reason, reason) if r)
+        return self._record(candidate_id, staged.status, staged.metrics, why, log_tail, now)
 
     def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
                 log_tail: str, now: float) -> list[str]:
@@ -292,7 +315,8 @@ class Controller:
                                              reason=reason, log_tail=log_tail, now=now)
         self._note(candidate)
         self.recorder.on_candidate(candidate)
-        self.recorder.on_result(candidate, kept)
+        if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
+            self.recorder.on_result(candidate, kept)
         if candidate.id == ROOT_ID and status is Status.DONE:
             self._seed_islands(candidate, now)
         if status is Status.DONE:
@@ -323,6 +347,10 @@ class Controller:
     def _after_extra(self, job: str, now: float) -> list[str]:
         key = parse_job_id(job)
         assert key is not None
+        if self.stages.owns(key):  # a promoted child's next stage
+            row = self.store.extra_run(self._job_rows.get(job, key))
+            staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
+            return self._staged(row.candidate_id, staged, row.reason, "", now)
         records, jobs = self.evidence.on_extra_done(key, now)
         for record in records:
             jobs += self._record(record.candidate_id, record.status, record.metrics,
@@ -443,7 +471,7 @@ class Controller:
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.preflight.preflight` less the duplicate check, in the same order."""
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files) or check_differs(parent_files, files) or "")
+                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
@@ -490,6 +518,9 @@ class Controller:
             request = dataclasses.replace(
                 request, candidate_id=decision.candidate_id, seed=extra.seed,
                 splits=extra.splits, budget_fraction=extra.budget_fraction)
+        elif self.stages.first_fraction(candidate.id) < 1.0:  # multi-fidelity: stage 1 first
+            request = dataclasses.replace(
+                request, budget_fraction=self.stages.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
 
     def _seed_islands(self, root: Candidate, now: float) -> None:
