@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from evolve.config import config_from_dict
-from evolve.controller.evidence import NOISE_META, held_out_scores
+from evolve.controller.evidence import NOISE_META, Evidence, held_out_scores
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller, Progress
 from evolve.mutate.base import MutationContext, Proposal
@@ -189,3 +189,16 @@ def test_a_real_gain_is_confirmed_and_crowned(tmp_path):
         assert decision["accepted"] is True and decision["trigger"] == "new best"
         assert decision["gain"] > decision["threshold"] > 0
         assert held_out_scores(store, best.id) is not None
+
+
+def test_extra_runs_left_open_by_a_stopped_controller_are_closed_as_lost(tmp_path):
+    template = make_template(tmp_path)
+    with Store.open(tmp_path / "store.sqlite") as store:
+        store.add(Candidate(id="root", parent_id=None, island=0, generation=0,
+                            files={"train.py": "x = 1\n"}))
+        queued = store.add_extra_run("root", purpose="noise", seed=5)
+        running = store.add_extra_run("root", purpose="confirm", seed=6)
+        store.start_extra_run(running.id, worker="w0")
+        Evidence(store, make_config(template), size=4)
+        assert [r.outcome for r in store.extra_runs("root")] == ["lost", "lost"]
+        assert "redone" in store.extra_run(queued.id).reason

@@ -31,6 +31,7 @@ from population.survival import is_ranked
 
 NOISE_META = "noise_floor"  # JSON: {"sigma", "mean", "seeds", "runs"}
 WAITING_FOR_NOISE = "waiting for the noise floor"
+RESUME_LOST = "the controller stopped before this extra run finished; its decision is redone"
 
 
 @dataclass
@@ -78,6 +79,11 @@ class Evidence:
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
         self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds
+        if not store.readonly:
+            # a controller that stopped left these; the held results they fed run again
+            for run in store.extra_runs():
+                if run.outcome in ("queued", "running"):
+                    store.finish_extra_run(run.id, outcome="lost", reason=RESUME_LOST)
 
     # ------------------------------------------------------------------ reads
 
