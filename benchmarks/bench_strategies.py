@@ -33,6 +33,11 @@ STRATEGIES: dict[str, tuple[str, list[str]]] = {
     "population": ("configs/default.yaml", [
         "population.size=4", "population.islands=2", "population.migration_interval=6",
         "selection.strategy=tournament", "selection.tournament_size=2"]),
+    # added after seeds 0-2 (hypothesis: at 20 experiments the two islands and the mild
+    # tournament spread the budget too thin); judged on fresh seeds only
+    "population-1island": ("configs/default.yaml", [
+        "population.size=4", "population.islands=1", "population.migration_interval=0",
+        "selection.strategy=tournament", "selection.tournament_size=3"]),
     "random": ("configs/default.yaml", [
         "population.size=4", "population.islands=1", "population.migration_interval=0",
         "selection.strategy=random"]),
@@ -79,6 +84,25 @@ def run_one(strategy: str, seed: int, experiments: int, out: str) -> dict:
     return row
 
 
+def root_noise(seeds: list[int], out: str) -> dict:
+    """The seed script on PROFILE under each seed: how far val_bpb moves with the seed alone."""
+    from evolve.workers.runner import RunRequest, run_candidate
+    from population.noise import noise_floor
+
+    template = REPO / "train_template"
+    files = {"train.py": (template / "train_cpu.py").read_text()}
+    values = []
+    for seed in seeds:
+        result = run_candidate(RunRequest(
+            candidate_id=f"root-s{seed}", files=files, template_dir=str(template),
+            profile=PROFILE, data="synthetic", seed=seed, timeout_s=600, work_root=f"{out}/noise"))
+        values.append(float(result.metrics["val_bpb"]))
+    floor = noise_floor(values)
+    row = {"seeds": seeds, "val_bpb": values, "sigma": floor.sigma, "mean": floor.mean}
+    Path(out, "noise.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
 def gap_closed(row: dict, at: int | None = None) -> float:
     curve = row["curve"][:at] if at else row["curve"]
     return (row["baseline"] - curve[-1]) / (row["baseline"] - row["floor"])
@@ -122,11 +146,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--experiments", type=int, default=20)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=["one-agent", "population", "random"])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", default="/tmp/evolve-bench-strategies")
     parser.add_argument("--summarise", metavar="OUT")
+    parser.add_argument("--noise", type=int, nargs="+", metavar="SEED",
+                        help="only measure the seed script's val_bpb under these seeds")
     args = parser.parse_args()
+    if args.noise:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(json.dumps(root_noise(args.noise, args.out)))
+        return
     if args.summarise:
         print(summarise(args.summarise))
         return
