@@ -25,6 +25,7 @@ from evolve.controller.core import (
     ProposalFailed,
     ProposalReady,
     Propose,
+    RefuseWorker,
     Requeue,
     ResultArrived,
     Run,
@@ -35,6 +36,7 @@ from evolve.controller.core import (
     WorkerJoined,
     WorkerLost,
 )
+from evolve.controller.devices import device_type
 from evolve.controller.evidence import Evidence
 from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.memory import StoreMemory
@@ -169,7 +171,8 @@ class Controller:
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = dataclasses.replace(settings_from_config(self.config), finalize=True)
+        settings = dataclasses.replace(settings_from_config(self.config), finalize=True,
+                                       device_type=self.store.get_meta("device_type"))
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
         self._rejected = self.store.count(Status.REJECTED)
@@ -352,9 +355,12 @@ class Controller:
             staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
             return self._staged(row.candidate_id, staged, row.reason, "", now)
         records, jobs = self.evidence.on_extra_done(key, now)
-        for record in records:
-            jobs += self._record(record.candidate_id, record.status, record.metrics,
-                                 record.reason, record.log_tail, now)
+        while records:
+            for record in records:
+                jobs += self._record(record.candidate_id, record.status, record.metrics,
+                                     record.reason, record.log_tail, now)
+            records, more = self.evidence.after_recorded(now)
+            jobs += more
         return jobs
 
     def _extra_run(self, job: str, worker: str, now: float) -> ExtraRun | None:
@@ -410,6 +416,9 @@ class Controller:
                 self._run(decision)
             case Requeue():
                 pass  # the lost attempt is already closed in the store; the core re-runs it
+            case RefuseWorker():  # another device type: kept for `evolve status` and the log
+                refused = self.store.get_meta("refused_workers", "") or ""
+                self.store.set_meta("refused_workers", (refused + decision.message + "\n")[-20000:])
             case GiveUp() if parse_job_id(decision.candidate_id) is not None:
                 now = self.clock()  # an extra run lost too often: decide without it
                 jobs = self._after_extra(decision.candidate_id, now)
@@ -494,6 +503,8 @@ class Controller:
     def _run(self, decision: Run) -> None:
         now = self.clock()
         slot = self._workers[decision.worker_id]
+        if not self.config.workers.device_groups and self.store.get_meta("device_type") is None:
+            self.store.set_meta("device_type", device_type(slot.device))  # resume keeps to it
         extra = self._extra_run(decision.candidate_id, slot.worker_id, now)
         if extra is not None:
             candidate = self.store.get(extra.candidate_id)
