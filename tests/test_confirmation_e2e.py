@@ -151,8 +151,9 @@ def test_seed_only_changes_are_not_credited_and_self_reseeding_is_flagged(tmp_pa
             assert child.val_bpb >= store.get(decision["incumbent"]).val_bpb
             assert {r.seed for r in store.extra_runs(child.id, purpose="confirm")} == \
                 set(decision["seeds"])
-        # nothing was crowned: every "gain" was the seed
+        # nothing was crowned: every "gain" was the seed; none slipped past while σ was unknown
         assert store.best().id == "root"
+        assert all("confirm" in c.metrics for c in children if c.val_bpb < root.val_bpb)
 
         # the child that ignores the harness's seed came back identical: flagged, not trusted
         reseeder = store.get("c00002")  # the third proposal

@@ -98,7 +98,10 @@ class Evidence:
         return len(self.held)
 
     def runs_by_seed(self, candidate: Candidate) -> dict[int, float]:
-        """Full-budget val_bpb of a candidate per seed: its first run and its extra runs."""
+        """Full-budget val_bpb of a candidate per seed: its first run and its extra runs. An
+        untrusted candidate's own runs prove nothing: it stands at its credited score."""
+        if candidate.metrics.get("untrusted") and candidate.val_bpb is not None:
+            return {s: candidate.val_bpb for s in (self.first_seed, *self.fresh_seeds)}
         runs: dict[int, float] = {}
         first = candidate.metrics.get("val_bpb_first", candidate.metrics.get("val_bpb"))
         if first is not None and candidate.status is Status.DONE:
@@ -185,16 +188,25 @@ class Evidence:
                 continue
             if held.trigger == "noise":
                 records.append(self._noise_done(held))
-                for waiting in [h for h in self.held.values() if h.trigger == WAITING_FOR_NOISE]:
-                    more = self._screen(waiting, now)
-                    if more is None:
-                        records.append(self._release(waiting))
-                    else:
-                        jobs += more
-                        if not waiting.jobs:
-                            records.append(self._confirmed(waiting))
             else:
                 records.append(self._confirmed(held))
+        return records, jobs
+
+    def after_recorded(self, now: float) -> tuple[list[Record], list[str]]:
+        """Once the root is recorded with its noise floor: screen the results that waited for
+        it, against the population as it now stands."""
+        records: list[Record] = []
+        jobs: list[str] = []
+        if self.sigma() is None:
+            return records, jobs
+        for waiting in [h for h in self.held.values() if h.trigger == WAITING_FOR_NOISE]:
+            more = self._screen(waiting, now)
+            if more is None:
+                records.append(self._release(waiting))
+            else:
+                jobs += more
+                if not waiting.jobs:
+                    records.append(self._confirmed(waiting))
         return records, jobs
 
     def _release(self, held: Held) -> Record:
