@@ -38,6 +38,10 @@ STRATEGIES: dict[str, tuple[str, list[str]]] = {
     "population-1island": ("configs/default.yaml", [
         "population.size=4", "population.islands=1", "population.migration_interval=0",
         "selection.strategy=tournament", "selection.tournament_size=3"]),
+    # the one-agent loop with the issue-8 safeguards: σ from 3 root seeds, would-be bests
+    # re-run on 2 fresh seeds (extra runs are not experiments: see extra_runs in the JSON)
+    "one-agent-confirmed": ("configs/one-agent.yaml", [
+        "noise.seeds=3", "confirm.seeds=2", "confirm.z=2.0"]),
     "random": ("configs/default.yaml", [
         "population.size=4", "population.islands=1", "population.migration_interval=0",
         "selection.strategy=random"]),
@@ -67,6 +71,8 @@ def run_one(strategy: str, seed: int, experiments: int, out: str) -> dict:
                     if c.status in (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
                     and c.mutator != "migration"]
         root = store.get("root")
+        extra = len(store.extra_runs())
+        decisions = [c.metrics["confirm"] for c in finished if "confirm" in c.metrics]
     finally:
         store.close()
     results = [{"id": c.id, "parent": c.parent_id, "val_bpb": c.val_bpb, "status": c.status.value,
@@ -79,6 +85,7 @@ def run_one(strategy: str, seed: int, experiments: int, out: str) -> dict:
     row = {"strategy": strategy, "seed": seed, "experiments": len(results), "stop": reason,
            "baseline": root.val_bpb, "floor": root.metrics.get("entropy_floor_bpb"),
            "curve": curve, "results": results, "wall_s": time.time() - started,
+           "extra_runs": extra, "decisions": decisions,
            "run_dir": str(run.run_dir.path)}
     Path(out, f"{strategy}-s{seed}.json").write_text(json.dumps(row, indent=1))
     return row
