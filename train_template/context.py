@@ -2,6 +2,13 @@
 
 The budget lives here, not in train.py: the iterator stops when it is spent, and a second
 call to batches() continues the same budget.
+
+The time-budget clock is wall time since the end of the unclocked warm-up steps. On CUDA it
+does not drain the GPU every step: each tick records an event and waits only for the one of
+the tick before, so the host prepares batch k while the GPU still runs batch k-1 (the budget
+check lags by at most one step). When the budget runs out, or train.py leaves the loop, the
+clock waits for every event still pending, so it never counts less than a full
+synchronisation at every tick would have. On CPU nothing runs ahead and nothing lags.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import contextlib
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,22 +49,39 @@ class TrainContext:
         self.tokens_used = 0
         self.steps = 0
         self.counted_seconds = 0.0
-        self._last: float | None = None
+        self._origin: float | None = None  # perf_counter() when the clock started
+        self._lag = 1 if device.type == "cuda" else 0  # steps the host may run ahead of the clock
+        self._marks: deque[torch.cuda.Event | None] = deque()  # recorded at ticks, not yet waited on
         self._spent = False
         self.spent_at: float | None = None  # perf_counter() when the budget ran out
 
     # ---- budget ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        """Charge the time since the previous batch (time budgets, after the skipped steps)."""
-        if self.budget_kind != "time":
+        """Charge the time since the clock started (time budgets, after the skipped steps)."""
+        if self.budget_kind != "time" or self.steps < self._skip:
             return
+        if self._origin is None:  # the warm-up steps are done: drain them, start the clock
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._origin = time.perf_counter()
+            return
+        mark = None
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        if self._last is not None and self.steps > self._skip:
-            self.counted_seconds += now - self._last
-        self._last = now
+            mark = torch.cuda.Event()
+            mark.record()  # the end of the work queued so far (the previous batch's step)
+        self._marks.append(mark)
+        self._catch_up(self._lag)
+
+    def _catch_up(self, lag: int) -> None:
+        """Wait until at most `lag` ticks' events are pending, then read the clock."""
+        if self._origin is None:
+            return
+        while len(self._marks) > lag:
+            mark = self._marks.popleft()
+            if mark is not None:
+                mark.synchronize()
+        self.counted_seconds = time.perf_counter() - self._origin
 
     def _has_budget(self, batch_tokens: int) -> bool:
         if self.budget_kind == "tokens":
@@ -68,19 +93,24 @@ class TrainContext:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         cuda = self.device.type == "cuda"
-        while not self._spent:
-            self._tick()
-            if not self._has_budget(batch_size * self.seq_len):
-                self._spent, self.spent_at = True, time.perf_counter()
-                return
-            starts = self._rng.choice(self._starts, size=batch_size)
-            rows = torch.from_numpy(
-                np.asarray(self._tokens[starts[:, None] + self._offsets], dtype=np.int64))
-            if cuda:
-                rows = rows.pin_memory().to(self.device, non_blocking=True)
-            self.tokens_used += batch_size * self.seq_len
-            self.steps += 1
-            yield rows[:, :-1], rows[:, 1:]
+        try:
+            while not self._spent:
+                self._tick()
+                if not self._has_budget(batch_size * self.seq_len):
+                    self._catch_up(0)
+                    self._spent, self.spent_at = True, time.perf_counter()
+                    return
+                starts = self._rng.choice(self._starts, size=batch_size)
+                rows = torch.from_numpy(
+                    np.asarray(self._tokens[starts[:, None] + self._offsets], dtype=np.int64))
+                if cuda:
+                    rows = rows.pin_memory().to(self.device, non_blocking=True)
+                self.tokens_used += batch_size * self.seq_len
+                self.steps += 1
+                yield rows[:, :-1], rows[:, 1:]
+        finally:  # train.py left the loop early (or crashed): count up to here
+            if not self._spent:
+                self._catch_up(0)
 
     def progress(self) -> float:
         """Fraction of the budget used, in [0, 1]: drive LR schedules with it."""

@@ -184,23 +184,33 @@ class GPT(nn.Module):
 
 @torch.no_grad()
 def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon's update)."""
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon's update).
+
+    g is one matrix [rows, cols] or a stack of same-shape matrices [n, rows, cols]: a stack
+    runs as batched matmuls, a few kernels for all of them instead of a few per matrix.
+    """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16() if g.is_cuda else g.float()
-    transpose = x.size(0) > x.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)
+    transpose = x.size(-2) > x.size(-1)
     if transpose:
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        s = x @ x.T
-        x = a * x + (b * s + c * s @ s) @ x
+        s = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(s, s, s, beta=b, alpha=c), x, beta=a)  # a x + (b s + c s s) x
     if transpose:
-        x = x.T
-    return x.to(g.dtype)
+        x = x.mT
+    return (x[0] if single else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum, then orthogonalised updates for 2-D matrices (Nesterov, shape-scaled)."""
+    """Momentum, then orthogonalised updates for 2-D matrices (Nesterov, shape-scaled).
+
+    Matrices of one shape are updated together (foreach ops, one batched Newton-Schulz).
+    """
 
     def __init__(self, params, lr, momentum, weight_decay):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -208,15 +218,20 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            by_shape = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalize(p.grad.lerp(buf, group["momentum"]))
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * scale)
+                if p.grad is not None:
+                    by_shape.setdefault(tuple(p.shape), []).append(p)
+            for (rows, cols), params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - momentum)
+                updates = orthogonalize(torch.stack(torch._foreach_lerp(grads, bufs, momentum)))
+                if lr * decay != 0:
+                    torch._foreach_mul_(params, 1 - lr * decay)
+                scale = max(1.0, rows / cols) ** 0.5
+                torch._foreach_add_(params, list(updates.unbind(0)), alpha=-lr * scale)
 
 
 def lr_multiplier(progress):
@@ -246,20 +261,25 @@ def train(ctx):
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
-    step_model = torch.compile(model) if COMPILE and ctx.compile else model
+
+    def loss_of(x, y):  # the loss inside the compiled graph: softcap and cross-entropy fuse
+        logits = model(x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+    step_loss = torch.compile(loss_of) if COMPILE and ctx.compile else loss_of
     limit = 3 * math.log(ctx.vocab_size)  # far above the loss of uniform guessing: diverged
+    check_every = 10  # steps between divergence checks: reading the loss waits for the GPU
+    loss = None
     for step, (x, y) in enumerate(ctx.batches(BATCH_SIZE)):
         mult = lr_multiplier(ctx.progress())
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * mult
         with ctx.autocast():
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            loss = step_loss(x, y)
         loss.backward()
-        value = loss.item()
-        if not math.isfinite(value) or value > limit:
-            raise FloatingPointError(f"training diverged: loss {value:.4g} at step {step}")
+        if step % check_every == 0:
+            value = checked(loss, step, limit)
         if GRAD_CLIP > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         for opt in optimizers:
@@ -267,4 +287,14 @@ def train(ctx):
         model.zero_grad(set_to_none=True)
         if step % 100 == 0:
             ctx.log(f"step {step} loss {value:.4f} lr x{mult:.2f} progress {ctx.progress():.2f}")
+    if loss is not None:
+        checked(loss, step, limit)
     return model
+
+
+def checked(loss, step, limit):
+    """The loss as a float; raises when training diverged (not finite, or far above chance)."""
+    value = loss.item()
+    if not math.isfinite(value) or value > limit:
+        raise FloatingPointError(f"training diverged: loss {value:.4g} at step {step}")
+    return value
