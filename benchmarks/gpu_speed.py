@@ -4,15 +4,17 @@
     python benchmarks/gpu_speed.py --baseline DIR --out OUT --dry      # CPU plumbing, tiny shape
 
 DIR holds the baseline train.py and context.py (e.g. `git show HEAD~1:train_template/...`).
-On one machine, in this order, each in its own process (results as JSON under OUT):
+On one machine, in this order, each in its own process. OUT gets two files only (the device
+machine returns few): summary.json, rewritten after every part so a timeout keeps what is
+done, and gpu_speed.log, every child's output one after another.
 
-1. muon.json: Muon.step on the 32 matrices of the real shape, baseline vs new (CUDA events).
-2. shape-<train>-<ctx>.json: train.py's own loop through the harness's TrainContext on the
+1. muon: Muon.step on the 32 matrices of the real shape, baseline vs new (CUDA events).
+2. <train>-<ctx>: train.py's own loop through the harness's TrainContext on the
    real gpu-5min shape (vocab 8192, random tokens) for --seconds of clocked training:
    old/old, new/new, then the ablations new-train/old-ctx and old-train/new-ctx if the
    deadline allows. Tokens/s and honest MFU over the clocked steps, the median step time from
    the host's per-batch stamps, peak memory, and the clock checked against an independent one.
-3. harness.json: prepare.py run --profile gpu-5min --data synthetic with the new train.py
+3. harness: prepare.py run --profile gpu-5min --data synthetic with the new train.py
    (--budget-fraction, default 0.1), when --cache-dir holds (or --cache-tar unpacks) the data.
 """
 
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,21 +156,27 @@ def device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def child(out: Path, name: str, cli: list[str], timeout: float) -> dict | None:
-    """Run this script as a child with `cli`; its JSON lands in out/name.json."""
+def append_log(out: Path, name: str, path: Path) -> None:
+    with open(out / "gpu_speed.log", "a") as log:
+        log.write(f"===== {name} =====\n{path.read_text() if path.exists() else '(no output)'}\n")
+
+
+def child(out: Path, work: Path, name: str, cli: list[str], timeout: float) -> dict | None:
+    """Run this script as a child with `cli`; returns its JSON (kept under work/)."""
     if timeout < 5:
         print(f"[gpu_speed] skip {name}: deadline", flush=True)
         return None
-    cmd = [sys.executable, __file__, *cli, "--json", str(out / f"{name}.json")]
+    cmd = [sys.executable, __file__, *cli, "--json", str(work / f"{name}.json")]
     print(f"[gpu_speed] {name}: {' '.join(cmd[2:])} (timeout {timeout:.0f}s)", flush=True)
     t0 = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
+    with open(work / f"{name}.log", "w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     print(f"[gpu_speed] {name}: rc {rc} after {time.perf_counter() - t0:.0f}s", flush=True)
-    path = out / f"{name}.json"
+    append_log(out, name, work / f"{name}.log")
+    path = work / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -196,11 +205,14 @@ def main() -> int:
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_speed-"))
     base = Path(args.baseline).resolve()
     left = lambda: args.deadline - (time.perf_counter() - start)  # noqa: E731
     common = ["--baseline", str(base)] + (["--dry"] if args.dry else [])
     summary: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry": args.dry}
-    summary["muon"] = child(out, "muon", [*common, "--one", "muon"], min(60, left()))
+    save = lambda: (out / "summary.json").write_text(json.dumps(summary, indent=1))  # noqa: E731
+    summary["muon"] = child(out, work, "muon", [*common, "--one", "muon"], min(60, left()))
+    save()
     old_train, new_train = str(base / "train.py"), str(TEMPLATE / "train.py")
     old_ctx, new_ctx = str(base), str(TEMPLATE)
     runs = [("old-old", old_train, old_ctx, args.seconds, 120),
@@ -210,22 +222,24 @@ def main() -> int:
             ("oldtrain-newctx", old_train, new_ctx, args.ablation_seconds, 70)]
     for name, train, ctx_dir, seconds, cap in runs:
         if name == "harness":
-            summary["harness"] = harness(args, out, min(cap, left()))
+            summary["harness"] = harness(args, out, work, min(cap, left()))
+            save()
             continue
         cli = [*common, "--one", "shape", "--train", train, "--ctx-dir", ctx_dir, "--seconds", str(seconds)]
-        summary[name] = child(out, f"shape-{name}", cli, min(cap, left()))
+        summary[name] = child(out, work, f"shape-{name}", cli, min(cap, left()))
+        save()
     old, new = summary.get("old-old"), summary.get("new-new")
     if old and new:
         summary["ratio_new_over_old"] = {
             key: new[key] / old[key] if old[key] else None
             for key in ("timed_tokens_per_s", "median_tokens_per_s", "honest_mfu_percent", "peak_vram_mb")}
     summary["seconds_total"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save()
     print(json.dumps(summary, indent=1))
     return 0 if old and new else 1
 
 
-def harness(args: argparse.Namespace, out: Path, timeout: float) -> dict | None:
+def harness(args: argparse.Namespace, out: Path, work: Path, timeout: float) -> dict | None:
     """The real harness on the new train.py: prepare.py run on synthetic data."""
     if timeout < 20:
         print("[gpu_speed] skip harness: deadline", flush=True)
@@ -238,17 +252,18 @@ def harness(args: argparse.Namespace, out: Path, timeout: float) -> dict | None:
     profile = "cpu-micro" if args.dry else "gpu-5min"
     cmd = [sys.executable, "prepare.py", "run", "--profile", profile, "--data", "synthetic",
            "--seed", "0", "--train", "train.py", "--budget-fraction", str(args.budget_fraction),
-           "--cache-dir", str(cache), "--result", str(out / "harness.json")]
+           "--cache-dir", str(cache), "--result", str(work / "harness.json")]
     print(f"[gpu_speed] harness: {' '.join(cmd[1:])} (timeout {timeout:.0f}s)", flush=True)
     t0 = time.perf_counter()
-    with open(out / "harness.log", "w") as log:
+    with open(work / "harness.log", "w") as log:
         try:
             rc = subprocess.run(cmd, cwd=TEMPLATE, stdout=log, stderr=subprocess.STDOUT,
                                 timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     print(f"[gpu_speed] harness: rc {rc} after {time.perf_counter() - t0:.0f}s", flush=True)
-    path = out / "harness.json"
+    append_log(out, "harness", work / "harness.log")
+    path = work / "harness.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
