@@ -17,11 +17,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolve.workers.pristine import template_hash
+from evolve.workers.pristine import pinned_harness, template_hash, write_harness
 from evolve.workers.sandbox import scrubbed_env
 
 IGNORED_SUFFIXES = (".lock", ".tmp")
@@ -118,9 +119,12 @@ def _prepare(template_dir: str | Path, profile: str, data: str, cache: str) -> D
     """Run the pristine harness's locked prepare and locate the cache it built."""
     env = scrubbed_env(os.environ, threads=1, seed=0)
     env["EVOLVE_CACHE_DIR"] = cache
-    done = subprocess.run([sys.executable, "-c", _LOCATE, profile, data, cache],
-                          cwd=str(template_dir), env=env, capture_output=True, text=True,
-                          timeout=PREPARE_TIMEOUT_S, check=False)
+    # From the pinned harness, never the live directory: a child may have rewritten it.
+    with tempfile.TemporaryDirectory(prefix="evolve-prepare-") as scratch:
+        write_harness(pinned_harness(template_dir), Path(scratch))
+        done = subprocess.run([sys.executable, "-c", _LOCATE, profile, data, cache],
+                              cwd=scratch, env=env, capture_output=True, text=True,
+                              timeout=PREPARE_TIMEOUT_S, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise DataMismatch(f"preparing data {data!r} for {profile} on this node failed: {last[:300]}")

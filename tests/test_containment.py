@@ -163,12 +163,15 @@ def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_sc
     shutil.copytree(TRAIN_TEMPLATE, template, ignore=shutil.ignore_patterns("__pycache__"))
     honest = (template / "train_cpu.py").read_text()
     pristine_harness = (template / "prepare.py").read_bytes()
-    before = run_candidate(_request(tmp_path, template, honest, "honest"))
+    before = run_candidate(_request(tmp_path, template, honest, "honest", budget_fraction=0.2))
     assert before.outcome == "done", before.reason
     cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template)), "cheat"))
     assert cheat.outcome == "crashed"
     assert (template / "prepare.py").read_bytes() != pristine_harness  # it did tamper
-    after = run_candidate(_request(tmp_path, template, honest, "again"))
+    after = run_candidate(_request(tmp_path, template, honest, "again", budget_fraction=0.2))
     assert after.outcome == "done", after.reason
     assert after.val_bpb == before.val_bpb
-    assert (template / "prepare.py").read_bytes() == pristine_harness
+    # The next run was laid out from the worker's pinned copy; the user's template directory
+    # is never written to by the engine (the tampered file stays for the user to see).
+    assert (Path(after.log_path).parent / "prepare.py").read_bytes() == pristine_harness
+    assert (template / "prepare.py").read_bytes() != pristine_harness

@@ -1,9 +1,9 @@
-"""The pristine harness: held in the worker's memory from its first run, restored before each.
+"""The pristine harness: held in the worker's memory from its first run, laid out for each.
 
-An experiment runs in a fresh copy of the template, but a child can still find the template
-directory itself and rewrite prepare.py there. The worker keeps the harness files it first
-saw (checked against the controller's hash) in memory, and puts back any file that changed
-before copying the template for the next run, so no run is scored by an edited harness.
+An experiment runs in a fresh directory, but a child can still find the template directory
+itself and rewrite prepare.py there. The worker keeps the harness files it first saw (checked
+against the controller's hash) in memory and lays out every experiment from that copy, so no
+run is scored by an edited harness — and the engine never writes to the user's template.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ def template_hash(template_dir: str | Path) -> str:
     return files_hash(harness_files(template_dir))
 
 
-def restore_harness(template_dir: str | Path, expected: str = "") -> list[str]:
-    """Put the template's harness back as first seen; the files it had to restore.
+def pinned_harness(template_dir: str | Path, expected: str = "") -> dict[str, bytes]:
+    """The harness files as this worker first saw them (relative path -> content).
 
-    The first call pins what is on disk (it must match `expected` when given); raises
-    HarnessChanged when the pinned harness is not the controller's.
+    The first call reads the template and pins it in memory (it must match `expected`, the
+    controller's hash, when given); later calls return the pinned copy, whatever happened to
+    the directory since. Experiments are laid out from this copy, so a child that rewrote
+    the template on disk changes no later run, and the user's template is never written to.
+    Raises HarnessChanged when the pinned harness is not the controller's.
     """
     key = str(Path(template_dir).resolve())
     with _lock:
@@ -66,23 +69,18 @@ def restore_harness(template_dir: str | Path, expected: str = "") -> list[str]:
                     f"(harness hash {files_hash(pinned)[:16]}, expected {expected[:16]}): "
                     "ship the same template to every node (docs/cluster.md)")
             _snapshots[key] = pinned
-            return []
-        if expected and files_hash(pinned) != expected:
+        elif expected and files_hash(pinned) != expected:
             raise HarnessChanged(f"the controller's harness changed (hash {expected[:16]}); "
                                  "this worker holds another: restart the workers")
-        current = harness_files(template_dir)
-        if current == pinned:
-            return []
-        root = Path(template_dir)
-        restored = []
-        for name in sorted(set(current) - set(pinned)):
-            (root / name).unlink(missing_ok=True)
-            restored.append(name)
-        for name, content in pinned.items():
-            if current.get(name) != content:
-                target = root / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.unlink(missing_ok=True)  # a symlink or read-only file planted in its place
-                target.write_bytes(content)
-                restored.append(name)
-        return restored
+        return pinned
+
+
+def write_harness(files: dict[str, bytes], directory: Path) -> set[str]:
+    """Lay the pinned harness out in `directory`; the top-level names it occupies."""
+    top = set()
+    for name, content in files.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        top.add(Path(name).parts[0])
+    return top

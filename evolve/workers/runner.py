@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from evolve.workers.device import detect_device
 from evolve.workers.network import isolation
+from evolve.workers.pristine import pinned_harness, write_harness
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
 
 # Template files that are not harness: the seed scripts and the research brief.
@@ -149,12 +150,12 @@ def check_inputs(request: RunRequest) -> None:
     """The harness and the data are the controller's, untouched by earlier runs, or raise
     (TemplateError): scoring against anything else would make scores incomparable."""
     from evolve.datahash import DataMismatch, ensure_data
-    from evolve.workers.pristine import HarnessChanged, restore_harness
+    from evolve.workers.pristine import HarnessChanged, pinned_harness
 
     if not (Path(request.template_dir) / HARNESS_ENTRY).is_file():
         return  # not a harness at all: materialise says so
     try:
-        restore_harness(request.template_dir, request.template_hash)
+        pinned_harness(request.template_dir, request.template_hash)
         ensure_data(request.template_dir, request.profile, request.data, request.cache_dir,
                     expected=request.data_hash)
     except (HarnessChanged, DataMismatch) as exc:
@@ -173,15 +174,7 @@ def materialise(request: RunRequest, directory: Path) -> str:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    harness: set[str] = set()
-    for entry in sorted(template.iterdir()):
-        if entry.name in NOT_HARNESS or _IGNORED(str(template), [entry.name]):
-            continue
-        harness.add(entry.name)
-        if entry.is_dir():
-            shutil.copytree(entry, directory / entry.name, ignore=_IGNORED)
-        else:
-            shutil.copy2(entry, directory / entry.name)
+    harness = write_harness(pinned_harness(template, request.template_hash), directory)
     for name, source in request.files.items():
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name:
