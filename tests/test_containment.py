@@ -166,12 +166,24 @@ def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_sc
     before = run_candidate(_request(tmp_path, template, honest, "honest", budget_fraction=0.2))
     assert before.outcome == "done", before.reason
     cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template)), "cheat"))
-    assert cheat.outcome == "crashed"
+    assert cheat.outcome == "crashed", (cheat.outcome, cheat.reason)
     assert (template / "prepare.py").read_bytes() != pristine_harness  # it did tamper
     after = run_candidate(_request(tmp_path, template, honest, "again", budget_fraction=0.2))
     assert after.outcome == "done", after.reason
-    assert after.val_bpb == before.val_bpb
+    assert after.val_bpb == before.val_bpb, (after.metrics, before.metrics)
     # The next run was laid out from the worker's pinned copy; the user's template directory
     # is never written to by the engine (the tampered file stays for the user to see).
     assert (Path(after.log_path).parent / "prepare.py").read_bytes() == pristine_harness
     assert (template / "prepare.py").read_bytes() != pristine_harness
+
+
+def test_where_namespaces_are_unavailable_isolate_says_so_and_runs_anyway():
+    """No unshare on the node (PATH without util-linux): the run goes on with the network and
+    its log's first line says it is NOT isolated; `allow` never isolates."""
+    probe = ("from evolve.workers.network import isolation; i = isolation('isolate'); "
+             "print(i.isolated, i.note); print(isolation('allow').isolated)")
+    done = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PATH="/nonexistent"),
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    first, second = done.stdout.splitlines()
+    assert first.startswith("False network: NOT isolated (no unshare binary")
+    assert second == "False"
