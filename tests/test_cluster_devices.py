@@ -6,6 +6,7 @@ Pure decisions (evolve/controller/devices.py and the scheduler core): millisecon
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from evolve.controller.core import (
     ProposalReady,
@@ -20,6 +21,10 @@ from evolve.controller.core import (
     WorkerLost,
 )
 from evolve.controller.devices import DevicePolicy, device_type
+from evolve.controller.executor import Joined, LocalExecutor
+from evolve.controller.shell import Controller
+from evolve.mutate.heuristic import HeuristicMutator
+from population.store import Store
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 
@@ -115,3 +120,69 @@ def test_with_device_groups_a_lost_attempt_is_retried_on_its_islands_type():
     retried = [r for r in of(Run, out) if r.candidate_id == victim]
     assert retried and all(r.worker_id.startswith("h") for r in retried)
     assert retried[0].attempt == 2
+
+
+def test_island_groups_exchange_only_within_a_type():
+    from evolve.controller.devices import island_groups
+
+    assert island_groups(3, {}, groups=False) == [[0, 1, 2]]
+    assert island_groups(4, {0: H100, 1: A100, 3: H100}, groups=True) == [[0, 3], [1]]
+
+
+class TwoModels(LocalExecutor):
+    """Local workers (real harness subprocesses) that say they sit on two GPU models."""
+
+    async def start(self, emit) -> None:
+        self._emit = emit
+        for i in range(self.count):
+            emit(Joined(f"{self.prefix}{i}", "node", H100 if i % 2 == 0 else A100))
+
+
+def _run(tmp_path, groups: bool):
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_controller_shell import Recorder, make_config, make_template
+
+    config = make_config(make_template(tmp_path, 0.05), budget={"max_experiments": 12},
+                         population={"islands": 4, "migration_interval": 3},
+                         workers={"count": 4, "device_groups": groups})
+    store = Store.open(tmp_path / "store.sqlite")
+    controller = Controller(config, store, TwoModels(4), {"heuristic": HeuristicMutator()},
+                            Recorder(), work_root=tmp_path / "work", tick_s=0.1)
+    reason = asyncio.run(controller.run())
+    return store, reason
+
+
+def test_a_run_on_two_gpu_models_uses_one_and_names_the_refused(tmp_path):
+    store, reason = _run(tmp_path, groups=False)
+    try:
+        assert reason == "max_experiments reached (12)"
+        devices = {a.device for c in store.finished_in_order() for a in store.attempts(c.id)}
+        assert devices == {H100}
+        refused = store.get_meta("refused_workers")
+        assert refused.count("not used") == 2 and A100 in refused and H100 in refused
+        assert store.get_meta("device_type") == H100
+    finally:
+        store.close()
+
+
+def test_device_groups_keep_each_island_and_its_migrants_on_one_type(tmp_path):
+    store, reason = _run(tmp_path, groups=True)
+    try:
+        assert reason == "max_experiments reached (12)"
+        island_type: dict[int, set[str]] = {}
+        for c in store.finished_in_order():
+            for a in store.attempts(c.id):
+                island_type.setdefault(c.island, set()).add(a.device)
+        assert all(len(types) == 1 for types in island_type.values()), island_type
+        assert {t for types in island_type.values() for t in types} == {H100, A100}
+        members = [c for i in island_type for c in store.survivors(i, 10)]
+        copies = [c for c in members if c.mutator == "migration"]
+        assert copies, "no migration happened: the run is too short to test it"
+        for copy in copies:  # a migrant's score was measured on its target island's type
+            source = store.get(copy.parent_id)
+            assert island_type[source.island] == island_type[copy.island], (copy.id, source.id)
+    finally:
+        store.close()

@@ -345,6 +345,10 @@ class Scheduler:
             times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
         return min(times) if times else None
 
+    def island_devices(self) -> dict[int, str]:
+        """Island -> the device type it is bound to (device groups; empty otherwise)."""
+        return dict(self._devices.islands)
+
     @property
     def stopped(self) -> bool:
         return self._stopped

@@ -95,3 +95,15 @@ class DevicePolicy:
         for kind in self._types.values():
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+
+def island_groups(islands: int, bound: dict[int, str], groups: bool) -> list[list[int]]:
+    """The islands that may exchange candidates (migration, re-seeding): all of them, or with
+    device groups one list per device type (islands not yet bound to a type hold nothing)."""
+    if not groups:
+        return [list(range(islands))]
+    by_type: dict[str, list[int]] = {}
+    for island in range(islands):
+        if island in bound:
+            by_type.setdefault(bound[island], []).append(island)
+    return list(by_type.values())

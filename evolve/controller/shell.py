@@ -36,7 +36,7 @@ from evolve.controller.core import (
     WorkerJoined,
     WorkerLost,
 )
-from evolve.controller.devices import device_type
+from evolve.controller.devices import device_type, island_groups
 from evolve.controller.evidence import Evidence
 from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.memory import StoreMemory
@@ -534,30 +534,39 @@ class Controller:
                 request, budget_fraction=self.stages.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
 
+    def _island_groups(self) -> list[list[int]]:
+        bound = self._core.island_devices() if self._core is not None else {}
+        return island_groups(self.config.population.islands, bound,
+                             self.config.workers.device_groups)
+
     def _seed_islands(self, root: Candidate, now: float) -> None:
+        if self.config.workers.device_groups:
+            return  # each island starts from its first child, scored on its own device type
         for copy in plan_seeding(root, self.config.population.islands):
             made = self.store.add_copy(copy.source_id, copy.to_island, now=now)
             self.recorder.on_candidate(made)
 
     def _migrate(self) -> None:
-        islands = range(self.config.population.islands)
-        survivors = [self.store.survivors(i, self.size) for i in islands]
-        for copy in plan_migration(survivors, self.size):
-            made = self.store.add_copy(copy.source_id, copy.to_island, now=self.clock())
-            self.recorder.on_candidate(made)
+        for islands in self._island_groups():  # scores move only between islands of one device type
+            survivors = [self.store.survivors(i, self.size) for i in islands]
+            for copy in plan_migration(survivors, self.size):
+                made = self.store.add_copy(copy.source_id, islands[copy.to_island], now=self.clock())
+                self.recorder.on_candidate(made)
 
     def _reseed_stagnant(self, now: float) -> None:
         patience = self.config.population.stagnation_reseed_after
-        islands = range(self.config.population.islands)
-        if patience <= 0 or len(islands) < 2:
+        if patience <= 0:
             return
-        stagnation = [self.store.finished_since_best(i) for i in islands]
-        if max(stagnation) < patience:
-            return
-        survivors = [self.store.survivors(i, self.size) for i in islands]
-        for plan in plan_reseeds(stagnation, survivors, patience):
-            for made in self.store.reseed(plan.island, plan.source_ids, now=now):
-                self.recorder.on_candidate(made)
+        for islands in self._island_groups():
+            if len(islands) < 2:
+                continue
+            stagnation = [self.store.finished_since_best(i) for i in islands]
+            if max(stagnation) < patience:
+                continue
+            survivors = [self.store.survivors(i, self.size) for i in islands]
+            for plan in plan_reseeds(stagnation, survivors, patience):
+                for made in self.store.reseed(islands[plan.island], plan.source_ids, now=now):
+                    self.recorder.on_candidate(made)
 
     # ------------------------------------------------------------ bookkeeping
 
