@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _session_token() -> Path:
+    """Token auth with a token of this test session's own, set before anything imports Ray
+    (Ray reads the mode once per process): the default ~/.ray/auth_token is shared by every
+    Ray on the machine, and a head started beside ours could replace it."""
+    directory = Path(tempfile.mkdtemp(prefix="evolve-test-ray-"))
+    token_path = directory / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    return token_path
+
+
+SESSION_TOKEN = _session_token()
 
 
 def _free_port() -> int:
@@ -44,14 +61,6 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp_dir = tmp_path_factory.mktemp("ray")
-    # Token auth, with a token of this session's own: the default ~/.ray/auth_token is shared
-    # by every Ray on the machine, and a head started beside ours could replace it.
-    token_path = temp_dir / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    token_path.chmod(0o600)
-    saved_env = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     # --block keeps the head tied to this process group, so teardown stops only our head
     # (never `ray stop`, which would stop every Ray on the machine).
     log_path = temp_dir / "head.log"
@@ -78,12 +87,10 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
-        saved_env["RAY_ADDRESS"] = previous
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
 
 
 @pytest.fixture(scope="session")
