@@ -80,3 +80,14 @@ def test_a_lost_extra_run_is_requeued_first():
     assert of(Run, out) == [Run("root@x1", "w1", 2)]
     out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w1", outcome="done", now=4))
     assert core.status().finished == 1
+
+
+def test_an_extra_run_reports_the_best_after_its_decision_for_the_target():
+    core = Scheduler(Settings(lookahead=0, max_experiments=9, target_val_bpb=0.9), Root(), "root")
+    core.handle(WorkerJoined(worker_id="w0", now=0.0))
+    core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
+                              val_bpb=None, then_run=("root@x1",), now=1.0))
+    out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w0", outcome="done",
+                                    val_bpb=0.85, now=2.0))
+    assert core.status().best_val_bpb == 0.85
+    assert of(Stop, out) == [Stop("target val_bpb 0.9 reached (0.850000)")]

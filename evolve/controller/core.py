@@ -394,6 +394,8 @@ class Scheduler:
         if event.candidate_id in self._extra:  # not an experiment: nothing to count
             self._extra.discard(event.candidate_id)
             self._queue_extra(event.then_run)
+            if event.val_bpb is not None:  # the best after a decision it completed
+                self._note_best(event.val_bpb)
             return
         self._queue_extra(event.then_run)
         self._count_finished(out)
@@ -403,11 +405,14 @@ class Scheduler:
                 self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
                             "see its log — nothing can be compared against it")
         if event.outcome == "done" and event.val_bpb is not None:
-            if self._best is None or event.val_bpb < self._best:
-                self._best = event.val_bpb
-            target = self.settings.target_val_bpb
-            if target is not None and event.val_bpb <= target:
-                self._close(f"target val_bpb {target:g} reached ({event.val_bpb:.6f})")
+            self._note_best(event.val_bpb)
+
+    def _note_best(self, val_bpb: float) -> None:
+        if self._best is None or val_bpb < self._best:
+            self._best = val_bpb
+        target = self.settings.target_val_bpb
+        if target is not None and val_bpb <= target:
+            self._close(f"target val_bpb {target:g} reached ({val_bpb:.6f})")
 
     def _attempt_lost(self, candidate: str, reason: str, out: list[Decision]) -> None:
         worker_island = self._running.pop(candidate, None)

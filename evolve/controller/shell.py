@@ -344,8 +344,9 @@ class Controller:
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
         jobs = self._after_extra(result.candidate_id, now) if outcome != "lost" else []
+        best = self._best.val_bpb if self._best is not None else None  # for target_val_bpb
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                             outcome=result.outcome, then_run=tuple(jobs), now=now)
+                             outcome=result.outcome, val_bpb=best, then_run=tuple(jobs), now=now)
 
     def _after_extra(self, job: str, now: float) -> list[str]:
         key = parse_job_id(job)
