@@ -5,40 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import ray.exceptions as rex
+from sleep_requests import SEED, alive, request  # noqa: E402
 
 from evolve.workers.actor import WorkerInfo, is_worker_lost
 from evolve.workers.pool import create_workers, describe_workers, worker_count
-from evolve.workers.runner import RunRequest, TemplateError, experiment_dir
-
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "tests" / "fixtures" / "sleep_template"
-SEED = (TEMPLATE / "train.py").read_text().replace("SLEEP_S = 0.5 ", "SLEEP_S = 0.05")
-
-
-def request(tmp_path: Path, source: str = SEED, **overrides) -> RunRequest:
-    fields = dict(
-        candidate_id="c1", files={"train.py": source}, template_dir=str(TEMPLATE),
-        profile="cpu-micro", data="synthetic", seed=0, timeout_s=60.0,
-        work_root=str(tmp_path / "work"),
-    )
-    fields.update(overrides)
-    return RunRequest(**fields)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] != "Z"
+from evolve.workers.runner import TemplateError, experiment_dir
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
