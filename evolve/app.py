@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller, Progress
 from evolve.live import LiveDisplay
 from evolve.mutate.base import Mutator
+from evolve.outage import stop_when_down, with_fallback
 from evolve.rundir import RunDir
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -147,6 +148,10 @@ class Run:
                 workers = self.config.workers
                 executor = RayExecutor(workers.count, gpus_per_worker=workers.gpus_per_worker,
                                        cpus_per_worker=workers.cpus_per_worker)
+            if self.config.mutation.on_llm_down == "fallback":
+                from evolve.mutate.heuristic import HeuristicMutator
+
+                mutators = with_fallback(mutators, HeuristicMutator())
             recorder = RunRecorder(self.run_dir, display)
             controller = Controller(self.config, store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
@@ -156,13 +161,18 @@ class Run:
                 store, self.config.template_dir, self.config.profile, self.config.data)
             if on_store is not None:
                 on_store(store)
-            return asyncio.run(self._drive(controller, install_signals))
+            return asyncio.run(self._drive(controller, mutators, install_signals))
         finally:
             store.close()
 
-    async def _drive(self, controller: Controller, install_signals: bool) -> str:
+    async def _drive(self, controller: Controller, mutators: Mapping[str, Mutator],
+                     install_signals: bool) -> str:
         stop, abandon = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+        outage: list[str] = []
+        watcher = None
+        if self.config.mutation.on_llm_down == "stop":
+            watcher = asyncio.create_task(stop_when_down(mutators, stop, outage.append))
 
         def on_signal() -> None:
             (abandon if stop.is_set() else stop).set()
@@ -176,8 +186,11 @@ class Run:
                 except (NotImplementedError, RuntimeError):  # not the main thread
                     pass
         try:
-            return await controller.run(stop, abandon)
+            reason = await controller.run(stop, abandon)
+            return outage[0] if outage else reason
         finally:
+            if watcher is not None:
+                watcher.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
 

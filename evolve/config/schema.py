@@ -106,6 +106,9 @@ class MutationConfig(_Section):
     lookahead: NonNegativeInt = 1  # proposals kept ready per worker; 0 = strictly sequential
     proposal_timeout_s: Positive = 600.0
     max_concurrent_proposals: PositiveInt = 8
+    # when an LLM operator is down for good: stop the run (resume later), or fall back to the
+    # heuristic mutator meanwhile (asking the LLM again every few proposals)
+    on_llm_down: Literal["stop", "fallback"] = "stop"
 
     @field_validator("operators")
     @classmethod
