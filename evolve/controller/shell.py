@@ -36,12 +36,12 @@ from evolve.controller.core import (
     WorkerJoined,
     WorkerLost,
 )
-from evolve.controller.devices import device_type, island_groups
-from evolve.controller.evidence import Evidence
+from evolve.controller.devices import device_type
 from evolve.controller.executor import Executor, Finished, Joined, Left
+from evolve.controller.extra import ExtraRuns
 from evolve.controller.memory import StoreMemory
 from evolve.controller.resume import StoreParents, recover, settings_from_config
-from evolve.controller.stages import StageResult, Stages
+from evolve.controller.upkeep import IslandUpkeep
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.notebook import LabNotebook
 from evolve.preflight import (
@@ -54,8 +54,6 @@ from evolve.preflight import (
 )
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
-from population.extra_runs import ExtraRun, parse_job_id
-from population.islands import plan_migration, plan_reseeds, plan_seeding
 from population.store import Store
 from population.survival import population_size, verdict
 
@@ -141,9 +139,9 @@ class Controller:
         self.clock = clock
         self.size = population_size(config.selection.strategy, config.population.size)
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
-        self.evidence = Evidence(store, config, size=self.size, root_id=ROOT_ID)
-        self.stages = Stages(store, config, root_id=ROOT_ID)
-        self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
+        self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record)
+        self.upkeep = IslandUpkeep(store, config, size=self.size,
+                                   on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
         self.template = template
         self._harness_modules = harness_modules(template, config.mutable_files)
@@ -241,8 +239,8 @@ class Controller:
         if isinstance(item, Left):
             self._workers.pop(item.worker_id, None)
             run = self._running.pop(item.worker_id, None)
-            if run is not None and parse_job_id(run.candidate_id) is not None:
-                self.store.finish_extra_run(run.attempt_id, outcome="lost", reason=item.reason, now=now)
+            if run is not None and self.extra.owns(run.candidate_id):
+                self.extra.lost(run.attempt_id, item.reason, now)
             elif run is not None:
                 self.store.finish_attempt(run.attempt_id, outcome="lost", reason=item.reason, now=now)
                 self._add_worker_seconds(now - run.started, wasted=False)
@@ -260,7 +258,7 @@ class Controller:
         if run is None or run.candidate_id != result.candidate_id:
             return None  # a run already counted lost
         del self._running[worker_id]
-        if parse_job_id(result.candidate_id) is not None:
+        if self.extra.owns(result.candidate_id):
             return self._extra_finished(worker_id, run, result, now)
         outcome = result.outcome
         status = OUTCOME_STATUS.get(outcome, Status.CRASHED)
@@ -276,33 +274,14 @@ class Controller:
         self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
-        staged = self.stages.after_first_run(result.candidate_id, status, metrics, result.log_tail,
-                                             self.store.get(result.candidate_id).seed, now)
-        if staged is not None:  # multi-fidelity: a short first stage
-            jobs = self._staged(result.candidate_id, staged, reason, result.log_tail, now)
-            return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                                 outcome=outcome, val_bpb=None, then_run=tuple(jobs), now=now)
-        held = self.evidence.hold(result.candidate_id, status, metrics, reason, result.log_tail, now)
-        if held is not None:  # recorded once its extra runs (noise, confirmation) are in
+        held = self.extra.intercept(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        if held is not None:  # recorded once its extra runs (stages, noise, confirmation) are in
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held), now=now)
         then_run = self._record(result.candidate_id, status, metrics, reason, result.log_tail, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
                              val_bpb=float(bpb) if status is Status.DONE else None,
                              then_run=tuple(then_run), now=now)
-
-    def _staged(self, candidate_id: str, staged: StageResult, reason: str, log_tail: str,
-                now: float) -> list[str]:
-        """Promoted: its next stage runs first. Stopped early: recorded now. The full budget
-        reached: judged like any result (confirmation included)."""
-        if staged.jobs is not None:
-            return list(staged.jobs)
-        if staged.status is Status.DONE:
-            held = self.evidence.hold(candidate_id, Status.DONE, staged.metrics, "", log_tail, now)
-            if held is not None:
-                return held
-        why = "; ".join(r for r in (staged.reason, reason) if r)
-        return self._record(candidate_id, staged.status, staged.metrics, why, log_tail, now)
 
     def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
                 log_tail: str, now: float) -> list[str]:
@@ -321,62 +300,24 @@ class Controller:
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
         if candidate.id == ROOT_ID and status is Status.DONE:
-            self._seed_islands(candidate, now)
+            self.upkeep.seed(candidate, now)
         if status is Status.DONE:
-            self._reseed_stagnant(now)
+            self.upkeep.reseed_stagnant(self._island_devices(), now)
             if self._best is candidate:  # a new best
-                return self.evidence.on_new_best(candidate, now)
+                return self.extra.on_new_best(candidate, now)
         return []
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
         """A re-run or test run ended: stored as its own row; a decision it completes is
         recorded now."""
-        outcome, reason = result.outcome, result.reason
-        bpb = result.metrics.get("val_bpb")
-        if outcome == "done" and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
-            outcome, reason = "crashed", f"no finite val_bpb in the result ({bpb!r})"
-        if outcome != "lost":
-            self.store.finish_extra_run(run.attempt_id, outcome=outcome, metrics=result.metrics,
-                                        reason=reason, now=now)
-        else:
-            self.store.finish_extra_run(run.attempt_id, outcome="lost", reason=reason, now=now)
+        outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
-        jobs = self._after_extra(result.candidate_id, now) if outcome != "lost" else []
+        jobs = self.extra.after(result.candidate_id, now) if outcome != "lost" else []
         best = self._best.val_bpb if self._best is not None else None  # for target_val_bpb
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                              outcome=result.outcome, val_bpb=best, then_run=tuple(jobs), now=now)
-
-    def _after_extra(self, job: str, now: float) -> list[str]:
-        key = parse_job_id(job)
-        assert key is not None
-        if self.stages.owns(key):  # a promoted child's next stage
-            row = self.store.extra_run(self._job_rows.get(job, key))
-            staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
-            return self._staged(row.candidate_id, staged, row.reason, "", now)
-        records, jobs = self.evidence.on_extra_done(key, now)
-        while records:
-            for record in records:
-                jobs += self._record(record.candidate_id, record.status, record.metrics,
-                                     record.reason, record.log_tail, now)
-            records, more = self.evidence.after_recorded(now)
-            jobs += more
-        return jobs
-
-    def _extra_run(self, job: str, worker: str, now: float) -> ExtraRun | None:
-        """The row an extra job runs as (a fresh copy when an earlier try was lost), started."""
-        key = parse_job_id(job)
-        if key is None:
-            return None
-        row = self.store.extra_run(self._job_rows.get(job, key))
-        if row.outcome != "queued":
-            row = self.store.add_extra_run(row.candidate_id, purpose=row.purpose, seed=row.seed,
-                                           splits=row.splits, budget_fraction=row.budget_fraction,
-                                           now=now)
-            self._job_rows[job] = row.id
-        self.store.start_extra_run(row.id, worker=worker, now=now)
-        return row
 
     def _proposal_done(self, done: _ProposalDone, now: float) -> ProposalReady | ProposalFailed:
         proposal, parent = done.proposal, done.parent
@@ -420,9 +361,9 @@ class Controller:
             case RefuseWorker():  # another device type: kept for `evolve status` and the log
                 refused = self.store.get_meta("refused_workers", "") or ""
                 self.store.set_meta("refused_workers", (refused + decision.message + "\n")[-20000:])
-            case GiveUp() if parse_job_id(decision.candidate_id) is not None:
+            case GiveUp() if self.extra.owns(decision.candidate_id):
                 now = self.clock()  # an extra run lost too often: decide without it
-                jobs = self._after_extra(decision.candidate_id, now)
+                jobs = self.extra.after(decision.candidate_id, now)
                 self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(jobs), now=now))
             case GiveUp():
                 now = self.clock()
@@ -433,11 +374,11 @@ class Controller:
                 self.recorder.on_candidate(candidate)
                 self.recorder.on_result(candidate, False)
             case Migrate():
-                self._migrate()
+                self.upkeep.migrate(self._island_devices())
             case Finalize():  # the last extra runs: the final best lineage on the test split
                 now = self.clock()
                 self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(self.evidence.final_jobs(now)), now=now))
+                    job_ids=tuple(self.extra.final_jobs(now)), now=now))
 
     def _propose(self, decision: Propose) -> None:
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
@@ -506,7 +447,7 @@ class Controller:
         slot = self._workers[decision.worker_id]
         if not self.config.workers.device_groups and self.store.get_meta("device_type") is None:
             self.store.set_meta("device_type", device_type(slot.device))  # resume keeps to it
-        extra = self._extra_run(decision.candidate_id, slot.worker_id, now)
+        extra = self.extra.start(decision.candidate_id, slot.worker_id, now)
         if extra is not None:
             candidate = self.store.get(extra.candidate_id)
             self._running[decision.worker_id] = _Running(decision.candidate_id, extra.id, now)
@@ -530,44 +471,13 @@ class Controller:
             request = dataclasses.replace(
                 request, candidate_id=decision.candidate_id, seed=extra.seed,
                 splits=extra.splits, budget_fraction=extra.budget_fraction)
-        elif self.stages.first_fraction(candidate.id) < 1.0:  # multi-fidelity: stage 1 first
+        elif self.extra.first_fraction(candidate.id) < 1.0:  # multi-fidelity: stage 1 first
             request = dataclasses.replace(
-                request, budget_fraction=self.stages.first_fraction(candidate.id))
+                request, budget_fraction=self.extra.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
 
-    def _island_groups(self) -> list[list[int]]:
-        bound = self._core.island_devices() if self._core is not None else {}
-        return island_groups(self.config.population.islands, bound,
-                             self.config.workers.device_groups)
-
-    def _seed_islands(self, root: Candidate, now: float) -> None:
-        if self.config.workers.device_groups:
-            return  # each island starts from its first child, scored on its own device type
-        for copy in plan_seeding(root, self.config.population.islands):
-            made = self.store.add_copy(copy.source_id, copy.to_island, now=now)
-            self.recorder.on_candidate(made)
-
-    def _migrate(self) -> None:
-        for islands in self._island_groups():  # scores move only between islands of one device type
-            survivors = [self.store.survivors(i, self.size) for i in islands]
-            for copy in plan_migration(survivors, self.size):
-                made = self.store.add_copy(copy.source_id, islands[copy.to_island], now=self.clock())
-                self.recorder.on_candidate(made)
-
-    def _reseed_stagnant(self, now: float) -> None:
-        patience = self.config.population.stagnation_reseed_after
-        if patience <= 0:
-            return
-        for islands in self._island_groups():
-            if len(islands) < 2:
-                continue
-            stagnation = [self.store.finished_since_best(i) for i in islands]
-            if max(stagnation) < patience:
-                continue
-            survivors = [self.store.survivors(i, self.size) for i in islands]
-            for plan in plan_reseeds(stagnation, survivors, patience):
-                for made in self.store.reseed(islands[plan.island], plan.source_ids, now=now):
-                    self.recorder.on_candidate(made)
+    def _island_devices(self) -> dict[int, str]:
+        return self._core.island_devices() if self._core is not None else {}
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -627,7 +537,7 @@ class Controller:
             best_description=best.description if best else "",
             crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
             llm_usd=status.llm_usd, stopping=status.closing,
-            noise_sigma=self.evidence.sigma(), held=self.evidence.pending(),
+            noise_sigma=self.extra.sigma(), held=self.extra.pending(),
         ))
 
 

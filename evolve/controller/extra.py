@@ -1,0 +1,137 @@
+"""Extra runs: the jobs beside the experiments (noise floor, confirmation, test split, stages).
+
+The shell hands every finished first run to `intercept()`; one that needs more evidence or a
+longer stage is held back while its extra runs go first on the workers. When an extra run ends
+(or is given up), `after()` turns it into evidence and records the candidates it completes
+through the shell's `record` callback, which may in turn ask for more runs (a new best's test
+split). Each extra job is a row of the store's extra_runs table, named by `job_id`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from evolve.controller.evidence import Evidence
+from evolve.controller.stages import StageResult, Stages
+from evolve.workers.runner import RunResult
+from population.candidate import Candidate, Status
+from population.extra_runs import ExtraRun, parse_job_id
+from population.store import Store
+
+# Records a final result; returns the extra runs that calls for (the shell's `_record`).
+RecordResult = Callable[[str, Status, dict[str, Any], str, str, float], list[str]]
+
+
+class ExtraRuns:
+    """Queues, starts and closes extra runs and turns their results into recorded decisions."""
+
+    def __init__(self, store: Store, config: Any, *, size: int, root_id: str,
+                 record: RecordResult) -> None:
+        self.store = store
+        self.evidence = Evidence(store, config, size=size, root_id=root_id)
+        self.stages = Stages(store, config, root_id=root_id)
+        self._record = record
+        self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
+
+    @staticmethod
+    def owns(job: str) -> bool:
+        """Whether a scheduler job is an extra run rather than a candidate's first run."""
+        return parse_job_id(job) is not None
+
+    def first_fraction(self, candidate_id: str) -> float:
+        """The share of the training budget a candidate's first run gets (< 1: stage 1)."""
+        return self.stages.first_fraction(candidate_id)
+
+    def sigma(self) -> float | None:
+        return self.evidence.sigma()
+
+    def pending(self) -> int:
+        """Results held back until their extra runs are in."""
+        return self.evidence.pending()
+
+    # ------------------------------------------------------------ first runs
+
+    def intercept(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
+                  log_tail: str, now: float) -> list[str] | None:
+        """The extra runs a first run calls for before its decision stands; None when it
+        needs none and the caller records it as is (and reports its val_bpb)."""
+        staged = self.stages.after_first_run(candidate_id, status, metrics, log_tail,
+                                             self.store.get(candidate_id).seed, now)
+        if staged is not None:  # multi-fidelity: a short first stage
+            return self._staged(candidate_id, staged, reason, log_tail, now)
+        return self.evidence.hold(candidate_id, status, metrics, reason, log_tail, now)
+
+    def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
+        """The test-split runs of a candidate just recorded as the best."""
+        return self.evidence.on_new_best(candidate, now)
+
+    def final_jobs(self, now: float) -> list[str]:
+        """The last extra runs: the final best lineage on the test split."""
+        return self.evidence.final_jobs(now)
+
+    # ------------------------------------------------------------ extra runs
+
+    def start(self, job: str, worker: str, now: float) -> ExtraRun | None:
+        """The row an extra job runs as (a fresh copy when an earlier try was lost), started;
+        None for a candidate's own run."""
+        key = parse_job_id(job)
+        if key is None:
+            return None
+        row = self.store.extra_run(self._job_rows.get(job, key))
+        if row.outcome != "queued":
+            row = self.store.add_extra_run(row.candidate_id, purpose=row.purpose, seed=row.seed,
+                                           splits=row.splits, budget_fraction=row.budget_fraction,
+                                           now=now)
+            self._job_rows[job] = row.id
+        self.store.start_extra_run(row.id, worker=worker, now=now)
+        return row
+
+    def lost(self, row_id: int, reason: str, now: float) -> None:
+        """Its worker left: the row is closed and the scheduler re-runs the job."""
+        self.store.finish_extra_run(row_id, outcome="lost", reason=reason, now=now)
+
+    def close(self, row_id: int, result: RunResult, now: float) -> str:
+        """Store a finished extra run as its row; returns the outcome it counts as."""
+        outcome, reason = result.outcome, result.reason
+        bpb = result.metrics.get("val_bpb")
+        if outcome == "done" and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+            outcome, reason = "crashed", f"no finite val_bpb in the result ({bpb!r})"
+        if outcome != "lost":
+            self.store.finish_extra_run(row_id, outcome=outcome, metrics=result.metrics,
+                                        reason=reason, now=now)
+        else:
+            self.store.finish_extra_run(row_id, outcome="lost", reason=reason, now=now)
+        return outcome
+
+    def after(self, job: str, now: float) -> list[str]:
+        """An extra run is over (closed, or given up): record what it completes; returns the
+        extra runs that calls for."""
+        key = parse_job_id(job)
+        assert key is not None
+        if self.stages.owns(key):  # a promoted child's next stage
+            row = self.store.extra_run(self._job_rows.get(job, key))
+            staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
+            return self._staged(row.candidate_id, staged, row.reason, "", now)
+        records, jobs = self.evidence.on_extra_done(key, now)
+        while records:
+            for record in records:
+                jobs += self._record(record.candidate_id, record.status, record.metrics,
+                                     record.reason, record.log_tail, now)
+            records, more = self.evidence.after_recorded(now)
+            jobs += more
+        return jobs
+
+    def _staged(self, candidate_id: str, staged: StageResult, reason: str, log_tail: str,
+                now: float) -> list[str]:
+        """Promoted: its next stage runs first. Stopped early: recorded now. The full budget
+        reached: judged like any result (confirmation included)."""
+        if staged.jobs is not None:
+            return list(staged.jobs)
+        if staged.status is Status.DONE:
+            held = self.evidence.hold(candidate_id, Status.DONE, staged.metrics, "", log_tail, now)
+            if held is not None:
+                return held
+        why = "; ".join(r for r in (staged.reason, reason) if r)
+        return self._record(candidate_id, staged.status, staged.metrics, why, log_tail, now)
