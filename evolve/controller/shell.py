@@ -40,18 +40,10 @@ from evolve.controller.devices import device_type
 from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.memory import StoreMemory
+from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.resume import StoreParents, recover, settings_from_config
 from evolve.controller.upkeep import IslandUpkeep
-from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.notebook import LabNotebook
-from evolve.preflight import (
-    check_differs,
-    check_harness,
-    check_not_duplicate,
-    check_only_mutable,
-    check_parses,
-    harness_modules,
-)
+from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -61,7 +53,6 @@ ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
 TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
-NOTEBOOK_REFRESH_S = 5.0
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
 
@@ -103,16 +94,6 @@ class _Running:
     started: float
 
 
-@dataclass(frozen=True)
-class _ProposalDone:
-    ticket: int
-    parent: Candidate
-    island: int
-    seed: int
-    proposal: Proposal
-    rejection: str  # from the static pre-flight checks, "" if they passed
-
-
 def experiment_timeout_s(profile: str, grace_s: float) -> float:
     """Hard wall clock of one run: the training budget (time profiles; a fixed allowance for
     token-budgeted CPU profiles) + the grace period for start-up, compilation and scoring."""
@@ -144,19 +125,14 @@ class Controller:
                                    on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
         self.template = template
-        self._harness_modules = harness_modules(template, config.mutable_files)
-        program = template / "program.md"
-        self.program_md = program.read_text() if program.exists() else ""
-        self.notebook = LabNotebook(store)
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._workers: dict[str, Joined] = {}
         self._running: dict[str, _Running] = {}      # worker -> run in flight
-        self._proposals: set[asyncio.Task[None]] = set()
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
         self.memory = StoreMemory(store)
-        self._notebook_at: float | None = None
-        self._notebook_text = ""
+        self.proposals = Proposals(store, config, mutators, self.memory, template=template,
+                                   post=self._queue.put_nowait, clock=clock)
         self._crashes = 0
         self._rejected = 0
 
@@ -187,9 +163,9 @@ class Controller:
             await self.executor.start(self._queue.put_nowait)
             reason = await self._loop()
         finally:
-            for task in watchers + list(self._proposals):
+            for task in watchers + list(self.proposals.tasks):
                 task.cancel()
-            for task in watchers + list(self._proposals):
+            for task in watchers + list(self.proposals.tasks):
                 with contextlib.suppress(BaseException):
                     await task
             await self.executor.close(abandon=bool(self._running))
@@ -247,7 +223,7 @@ class Controller:
             return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
         if isinstance(item, Finished):
             return self._finished(item.worker_id, item.result, now)
-        if isinstance(item, _ProposalDone):
+        if isinstance(item, ProposalDone):
             return self._proposal_done(item, now)
         if isinstance(item, ExtraRunsQueued):
             return item
@@ -319,23 +295,10 @@ class Controller:
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                              outcome=result.outcome, val_bpb=best, then_run=tuple(jobs), now=now)
 
-    def _proposal_done(self, done: _ProposalDone, now: float) -> ProposalReady | ProposalFailed:
-        proposal, parent = done.proposal, done.parent
-        reason = proposal.error or done.rejection
-        if not reason:  # duplicates: against the store, here, so two proposals cannot both pass
-            reason = check_not_duplicate(proposal.files, self.store.has_hash) or ""
-        files = proposal.files if proposal.files else parent.files
+    def _proposal_done(self, done: ProposalDone, now: float) -> ProposalReady | ProposalFailed:
+        child = self.proposals.child(done, now)
+        proposal, reason = done.proposal, child.reason
         tokens = sum(int(v) for v in proposal.usage.values())
-        child = Candidate(
-            id=candidate_id(done.ticket), parent_id=parent.id, island=done.island,
-            generation=parent.generation + 1, files=dict(files),
-            description=proposal.description, rationale=proposal.rationale,
-            mutator=proposal.mutator, model=proposal.model, raw_answer=proposal.raw_answer,
-            applied_edit=proposal.applied_edit, diff=unified_diff(parent.files, files),
-            usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
-            status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
-            seed=self.config.seed, created_at=now, finished_at=now if reason else None,
-        )
         self.store.add(child)
         self._note(child)
         if proposal.cost_usd:
@@ -353,7 +316,7 @@ class Controller:
     def _carry_out(self, decision: Any) -> None:
         match decision:
             case Propose():
-                self._propose(decision)
+                self.proposals.start(decision)
             case Run():
                 self._run(decision)
             case Requeue():
@@ -379,68 +342,6 @@ class Controller:
                 now = self.clock()
                 self._queue.put_nowait(ExtraRunsQueued(
                     job_ids=tuple(self.extra.final_jobs(now)), now=now))
-
-    def _propose(self, decision: Propose) -> None:
-        self.store.set_meta("next_ticket", str(decision.ticket + 1))
-        parent = self.store.get(decision.parent_id)
-        mutator = self.mutators.get(decision.operator)
-        context = MutationContext(
-            parent=parent, lineage=self.memory.lineage(parent),
-            inspirations=self._inspirations(decision.island),
-            tried_on_parent=self.memory.tried_on(parent),
-            notebook=self._notebook(), program_md=self.program_md,
-            mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
-        )
-        task = asyncio.get_running_loop().create_task(
-            self._mutate(decision, parent, mutator, context))
-        self._proposals.add(task)
-        task.add_done_callback(self._proposals.discard)
-
-    async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
-                      context: MutationContext) -> None:
-        timeout = self.config.mutation.proposal_timeout_s
-        if mutator is None:
-            proposal = _error(decision.operator, f"no mutator named {decision.operator!r} is set up")
-        else:
-            try:
-                proposal = await asyncio.wait_for(mutator.propose(context), timeout)
-            except asyncio.TimeoutError:
-                proposal = _error(mutator.name, f"{mutator.name} mutator timed out after {timeout:g} s "
-                                                "(mutation.proposal_timeout_s)")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a broken mutator costs one proposal, never the run
-                proposal = _error(mutator.name, f"{mutator.name} mutator failed: "
-                                                f"{type(exc).__name__}: {exc}")
-        rejection = ""
-        if not proposal.error:
-            # Parsing and walking 25 KB of source takes tens of ms: off the event loop.
-            rejection = await asyncio.to_thread(self._static_checks, parent.files, proposal.files)
-        self._queue.put_nowait(_ProposalDone(decision.ticket, parent, decision.island, decision.seed,
-                                             proposal, rejection))
-
-    def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
-
-    def _notebook(self) -> str:
-        """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
-        workers results arrive several times a second, and a notebook seconds old is as good."""
-        now = self.clock()
-        if self._notebook_at is None or now - self._notebook_at >= NOTEBOOK_REFRESH_S:
-            self._notebook_text = self.notebook.text()
-            self._notebook_at = now
-        return self._notebook_text
-
-    def _inspirations(self, island: int) -> list[Candidate]:
-        found = []
-        for other in range(self.config.population.islands):
-            if other != island:
-                best = self.store.best(other)
-                if best is not None:
-                    found.append(best)
-        return found[:3]
 
     def _run(self, decision: Run) -> None:
         now = self.clock()
@@ -539,12 +440,4 @@ class Controller:
             llm_usd=status.llm_usd, stopping=status.closing,
             noise_sigma=self.extra.sigma(), held=self.extra.pending(),
         ))
-
-
-def candidate_id(ticket: int) -> str:
-    return f"c{ticket:05d}"
-
-
-def _error(mutator: str, reason: str) -> Proposal:
-    return Proposal(files={}, description="", rationale="", mutator=mutator, error=reason)
 
