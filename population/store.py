@@ -35,6 +35,7 @@ ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost"
 FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
+WRITER_LOCK_WAIT_S = 5.0  # see _take_writer_lock
 
 
 class StoreError(Exception):
@@ -129,15 +130,22 @@ class Store:
     def _take_writer_lock(path: Path) -> int:
         lock_path = path.with_name(path.name + ".writer-lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(
-                f"{path} is already open for writing by another process (one writer per "
-                "store); open it with readonly=True to read a live run"
-            ) from None
-        return fd
+        # A writer that was just killed can hold the lock a moment longer through a child
+        # caught between fork and exec; wait briefly before calling the store busy.
+        deadline = time.monotonic() + WRITER_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                os.close(fd)
+                raise StoreError(
+                    f"{path} is already open for writing by another process (one writer per "
+                    "store); open it with readonly=True to read a live run"
+                ) from None
 
     def _check_version(self, *, creating: bool) -> None:
         has_meta = self._conn.execute(
