@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -21,17 +20,17 @@ from pathlib import Path
 from evolve.mutate.base import MutationContext, Proposal, unified_diff
 from evolve.mutate.edit_format import parse_answer
 from evolve.mutate.prompt import PromptLimits, build_command_prompt
+from evolve.workers.sandbox import without_secrets
 
 PROMPT_FILE = "PROMPT.md"
 DESCRIPTION_FILE = "DESCRIPTION.md"
-_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION",
-                     re.IGNORECASE)
 _OUTPUT_LIMIT = 20_000
 
 
 def scrubbed_environment(environ: Mapping[str, str], keep: Sequence[str] = ()) -> dict[str, str]:
-    """The environment without anything that looks like a secret, except names in `keep`."""
-    return {k: v for k, v in environ.items() if k in keep or not _SECRET.search(k)}
+    """The environment without anything that looks like a secret, except names in `keep`
+    (the same rule as for experiments: `evolve.workers.sandbox.is_secret_name`)."""
+    return without_secrets(environ, keep)
 
 
 def _digest(path: Path) -> str:

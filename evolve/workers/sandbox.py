@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import fnmatch
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,15 +37,27 @@ KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out group
 _PR_SET_PDEATHSIG = 1
 
 
+# Words that mark a credential anywhere in a name (e.g. DB_PASSWORD, SESSION_COOKIE).
+SECRET_WORDS = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION",
+                          re.IGNORECASE)
+
+
 def is_secret_name(name: str) -> bool:
     """True if an environment variable of this name could hold a credential."""
     upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_PATTERNS)
+    return bool(SECRET_WORDS.search(upper)) or any(
+        fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_PATTERNS)
+
+
+def without_secrets(environ: Mapping[str, str], keep: Sequence[str] = ()) -> dict[str, str]:
+    """`environ` without any variable that could hold a credential, except names in `keep`."""
+    return {name: value for name, value in environ.items()
+            if name in keep or not is_secret_name(name)}
 
 
 def scrubbed_env(base: Mapping[str, str], *, threads: int, seed: int) -> dict[str, str]:
     """The experiment's environment: `base` without secrets, with thread counts and hash seed."""
-    env = {name: value for name, value in base.items() if not is_secret_name(name)}
+    env = without_secrets(base)
     for name in THREAD_VARIABLES:
         env[name] = str(max(1, threads))
     env["PYTHONUNBUFFERED"] = "1"
