@@ -122,6 +122,7 @@ class Run:
     @classmethod
     def open(cls, path: str | Path) -> Run:
         run_dir = RunDir.open(path)
+        run_dir.ensure_layout()
         return cls(run_dir, load_config(run_dir.config_path))
 
     def execute(self, *, address: str | None = None, display: LiveDisplay | None = None,

@@ -45,15 +45,22 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
+        """An existing run directory, checked without writing anything into it (readers of a
+        live run, such as status, export and report, use this too)."""
         run_dir = cls(Path(path))
         if not run_dir.path.is_dir():
             raise RunDirError(f"{path}: no such run directory")
         for required in (run_dir.config_path, run_dir.store_path):
             if not required.exists():
-                raise RunDirError(f"{path}: not a run directory ({required.name} is missing)")
-        run_dir.candidates_dir.mkdir(exist_ok=True)
-        run_dir.work_dir.mkdir(exist_ok=True)
+                raise RunDirError(
+                    f"{path}: not a run directory ({required.name} is missing); pass the folder "
+                    "that `evolve run` made under results/")
         return run_dir
+
+    def ensure_layout(self) -> None:
+        """The scratch folders a writer needs (a resumed run may find them deleted)."""
+        self.candidates_dir.mkdir(exist_ok=True)
+        self.work_dir.mkdir(exist_ok=True)
 
     @property
     def config_path(self) -> Path:

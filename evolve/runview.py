@@ -15,11 +15,9 @@ from typing import Any
 
 import yaml
 
-from evolve.rundir import RunDir
+from evolve.rundir import RunDir, RunDirError
 from population.candidate import Candidate, Status
-from population.store import Store, StoreError
-
-MIGRATION = "migration"
+from population.store import MIGRATION, Store, StoreError
 
 
 class RunViewError(Exception):
@@ -28,15 +26,10 @@ class RunViewError(Exception):
 
 def open_run_dir(path: str | Path) -> RunDir:
     """The run directory at `path`, checked without creating anything in it."""
-    run_dir = RunDir(Path(path))
-    if not run_dir.path.is_dir():
-        raise RunViewError(f"{path}: no such run directory")
-    for required in (run_dir.config_path, run_dir.store_path):
-        if not required.exists():
-            raise RunViewError(
-                f"{path}: not a run directory ({required.name} is missing); pass the folder "
-                "that `evolve run` made under results/")
-    return run_dir
+    try:
+        return RunDir.open(path)
+    except RunDirError as error:
+        raise RunViewError(str(error)) from error
 
 
 @contextmanager

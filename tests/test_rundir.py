@@ -60,3 +60,15 @@ def test_open_refuses_non_run_dir(tmp_path):
         RunDir.open(tmp_path)
     with pytest.raises(RunDirError, match="no such run directory"):
         RunDir.open(tmp_path / "nope")
+
+
+def test_open_writes_nothing_and_ensure_layout_restores_scratch_folders(tmp_path):
+    run_dir = RunDir.create(tmp_path, "t")
+    run_dir.config_path.write_text("name: t\n")
+    run_dir.store_path.write_text("")
+    run_dir.candidates_dir.rmdir()
+    run_dir.work_dir.rmdir()
+    opened = RunDir.open(run_dir.path)  # readers (status, export, report) of a live run
+    assert not opened.candidates_dir.exists() and not opened.work_dir.exists()
+    opened.ensure_layout()  # the writer, on resume
+    assert opened.candidates_dir.is_dir() and opened.work_dir.is_dir()

@@ -7,9 +7,7 @@ stay flat as a run grows to thousands of candidates.
 from __future__ import annotations
 
 from population.candidate import Candidate, Status
-from population.store import Store
-
-MIGRATION = "migration"
+from population.store import MIGRATION, Store
 
 
 def _delta(store: Store, child: Candidate) -> str:
