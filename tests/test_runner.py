@@ -167,6 +167,68 @@ def test_killing_the_runner_process_kills_the_experiment(tmp_path, leftovers):
             driver.kill()
 
 
+# A candidate that leaves its process group: one child in a new session (setsid), and a
+# daemon made the classic way (fork, setsid, fork again, parent exits) whose parent is gone.
+ESCAPE = (
+    "    import os, subprocess, time\n"
+    "    child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+    "    subprocess.run(['setsid', '-f', 'sh', '-c', 'echo $$ > daemon.pid; exec sleep 301'],\n"
+    "                   check=True)\n"
+    "    while not os.path.exists('daemon.pid') or not open('daemon.pid').read().strip():\n"
+    "        time.sleep(0.01)\n"
+    "    with open('pids.tmp', 'w') as f:\n"
+    "        f.write(f'{os.getpid()} {child.pid} {open(\"daemon.pid\").read().strip()}')\n"
+    "    os.replace('pids.tmp', 'pids')\n"
+)
+
+
+def _escaped_pids(req) -> list[int]:
+    return [int(p) for p in (experiment_dir(req) / "pids").read_text().split()]
+
+
+def test_processes_that_leave_the_group_die_with_a_finished_run(tmp_path, leftovers):
+    source = SEED.replace("    steps = 0\n", ESCAPE + "    steps = 0\n")
+    result = run_candidate(request(tmp_path, source))
+    pids = _escaped_pids(request(tmp_path))
+    leftovers.extend(pids)
+    assert result.outcome == "done", result.reason
+    assert len(pids) == 3
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_processes_that_leave_the_group_die_on_timeout(tmp_path, leftovers):
+    source = SEED.replace("    steps = 0\n", (
+        "    import signal\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + ESCAPE +
+        "    time.sleep(300)\n"
+        "    steps = 0\n"))
+    result = run_candidate(request(tmp_path, source, timeout_s=3.0))
+    pids = _escaped_pids(request(tmp_path))
+    leftovers.extend(pids)
+    assert result.outcome == "timed_out"
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_processes_that_leave_the_group_die_with_a_killed_runner(tmp_path, leftovers):
+    source = SEED.replace("    steps = 0\n", ESCAPE + "    time.sleep(300)\n    steps = 0\n")
+    req = request(tmp_path, source)
+    fields = dataclasses.asdict(req)
+    fields["files"] = dict(req.files)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(fields)], cwd=REPO)
+    try:
+        wait_for((experiment_dir(req) / "pids").exists, 30, "the experiment started")
+        pids = _escaped_pids(req)
+        leftovers.extend(pids)
+        assert all(alive(pid) for pid in pids)
+        driver.kill()
+        driver.wait()
+        wait_for(lambda: not any(alive(pid) for pid in pids), 10,
+                 f"escaped processes {pids} died with their runner")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
 def test_secrets_are_not_in_the_experiment_environment(tmp_path, monkeypatch):
     secrets = {"ANTHROPIC_API_KEY": "sk-ant-fake", "OPENAI_API_KEY": "sk-fake",
                "MY_SERVICE_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "a", "DB_PASSWORD": "p",

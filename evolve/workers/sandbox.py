@@ -33,6 +33,7 @@ THREAD_VARIABLES: tuple[str, ...] = (
 
 LEADER = Path(__file__).with_name("leader.py")
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out group
+KEEPER_SWEEP_S = 6.0  # for the leader's keeper to kill every descendant (leader.SWEEP_DEADLINE_S)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -93,8 +94,9 @@ def start_in_group(
 ) -> subprocess.Popen:
     """Start `argv` in a new session/process group that is SIGKILLed whole if we die.
 
-    The group's leader is `leader.py`: it dies with us (parent-death SIGKILL), and its
-    sentinel then kills the group, so even processes the experiment forked die with the worker.
+    The group's leader is `leader.py`: it dies with us (parent-death SIGKILL), and its keeper
+    (a child subreaper) then kills every process the experiment started, those that left the
+    group included, so nothing of the experiment outlives the worker.
     """
     command = [sys.executable, "-I", str(LEADER), str(os.getpid()), *argv]
     return subprocess.Popen(
@@ -153,8 +155,21 @@ def kill_group(process: subprocess.Popen, *, grace_s: float = KILL_GRACE_S) -> N
 
 
 def reap_group(process: subprocess.Popen, *, deadline_s: float = 10.0) -> None:
-    """SIGKILL whatever is left of the process's group (stray background children too)."""
+    """SIGKILL whatever is left of the process's group (stray background children too).
+
+    The leader goes first, alone: its death makes its keeper kill every descendant, those that
+    left the group (setsid, daemons) included, which a group-wide SIGKILL would orphan by
+    killing the keeper at the same moment. The group-wide SIGKILL is the backstop.
+    """
     pgid = process.pid
+    if process.poll() is None:
+        try:
+            os.kill(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        sweep_end = time.monotonic() + KEEPER_SWEEP_S
+        while group_members(pgid) and time.monotonic() < sweep_end:
+            time.sleep(0.02)
     deadline = time.monotonic() + deadline_s
     while True:
         alive = _signal_group(pgid, signal.SIGKILL)
