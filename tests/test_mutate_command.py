@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -84,22 +88,114 @@ def test_touching_the_harness_no_change_and_failure_are_errors(tmp_path, templat
     proposal = run(CommandMutator(failing, template_dir=template))
     assert "exited with code 3" in proposal.error and "oops" in proposal.error
     assert "FileNotFoundError" in run(CommandMutator(["/no/such/agent"])).error
+    assert "FileNotFoundError" in run(CommandMutator(["no-such-agent-on-path"])).error
 
 
-def test_timeout_kills_the_whole_process_group(tmp_path, template):
-    pid_file = tmp_path / "grandchild.pid"
-    argv = ["/bin/sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]
-    proposal = run(CommandMutator(argv, template_dir=template, timeout_s=1, kill_grace_s=2))
-    assert "past its 1s limit" in proposal.error
-    grandchild = int(pid_file.read_text())
-    for _ in range(50):
-        try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    else:
-        pytest.fail("the command's background child survived the timeout")
+def test_a_program_from_the_template_runs_and_an_unrunnable_one_is_an_error(tmp_path, template):
+    tool = template / "agent.sh"
+    tool.write_text("#!/bin/sh\nsed -i 's/0.04/0.06/' \"$1\"\n")
+    tool.chmod(0o755)
+    proposal = run(CommandMutator(["./agent.sh", "{dir}/train.py"], template_dir=template))
+    assert proposal.files == {"train.py": SOURCE.replace("0.04", "0.06")}, proposal.error
+    tool.chmod(0o644)
+    unrunnable = run(CommandMutator(["./agent.sh", "train.py"], template_dir=template)).error
+    assert "PermissionError" in unrunnable and "agent.sh" in unrunnable
+
+
+# An agent that starts a background child and one that leaves its process group (setsid),
+# records "agent background escaped" pids atomically in argv[1], then works "forever".
+AGENT = """
+import os, pathlib, subprocess, sys, time
+out = pathlib.Path(sys.argv[1])
+background = subprocess.Popen(["sleep", "300"])
+escaped = subprocess.Popen(["sleep", "301"], start_new_session=True)
+out.with_suffix(".tmp").write_text(f"{os.getpid()} {background.pid} {escaped.pid}")
+out.with_suffix(".tmp").rename(out)
+print("agent working", flush=True)
+time.sleep(300)
+"""
+
+
+def agent(tmp_path: Path) -> tuple[list[str], Path]:
+    """A long-running agent command and the file its pids will be in."""
+    path = tmp_path / "long_agent.py"
+    path.write_text(AGENT)
+    pid_file = tmp_path / "agent.pids"
+    return [sys.executable, str(path), str(pid_file)], pid_file
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its reaper counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def survivors(pids: list[int], within_s: float = 15.0) -> list[int]:
+    """The pids still alive after waiting up to `within_s` for all of them to die."""
+    deadline = time.monotonic() + within_s
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # don't leave them behind for the rest of the suite
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def ancestors(pid: int, stop: int) -> list[int]:
+    """The processes between `stop` and `pid` in the process tree (whatever starts the agent)."""
+    found = []
+    while True:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if pid in (stop, 0, 1):
+            return found
+        found.append(pid)
+
+
+def test_timeout_kills_the_command_and_everything_it_started(tmp_path, template):
+    argv, pid_file = agent(tmp_path)
+    proposal = run(CommandMutator(argv, template_dir=template, timeout_s=4, kill_grace_s=2))
+    pids = [int(pid) for pid in pid_file.read_text().split()]
+    assert survivors(pids) == [], "the agent or a process it started survived the timeout"
+    assert "past its 4s limit" in proposal.error
+    assert "agent working" in proposal.raw_answer  # what it printed before the limit is kept
+
+
+CONTROLLER = """
+import asyncio, sys
+from evolve.mutate.base import MutationContext
+from evolve.mutate.command import CommandMutator
+from population.candidate import Candidate, Status
+
+parent = Candidate(id="c1", parent_id=None, island=0, generation=0,
+                   files={"train.py": "X = 1\\n"}, status=Status.DONE, metrics={"val_bpb": 1.5})
+ctx = MutationContext(parent=parent, lineage=[parent], inspirations=[], tried_on_parent=[],
+                      notebook="", program_md="# Goal", mutable_files=["train.py"], seed=0)
+print(asyncio.run(CommandMutator(sys.argv[1:], timeout_s=600).propose(ctx)))
+"""
+
+
+def test_a_killed_controller_takes_the_agent_and_its_children_with_it(tmp_path):
+    """SIGKILL leaves the controller no chance to clean up: the agent must die with it."""
+    argv, pid_file = agent(tmp_path)
+    controller = subprocess.Popen([sys.executable, "-c", CONTROLLER, *argv],
+                                  cwd=Path(__file__).resolve().parents[1],
+                                  stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists():
+            assert controller.poll() is None, "the controller ended before the agent started"
+            assert time.monotonic() < deadline, "the agent never started"
+            time.sleep(0.05)
+        pids = [int(pid) for pid in pid_file.read_text().split()]
+        between = ancestors(pids[0], stop=controller.pid)
+    finally:
+        controller.kill()
+        controller.wait()
+    assert survivors(pids + between) == [], "the agent outlived its controller"
 
 
 def test_secrets_are_scrubbed_unless_kept():

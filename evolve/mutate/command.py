@@ -1,30 +1,35 @@
 """The command mutator: any external coding agent edits a copy of the parent's directory.
 
 The command runs in a fresh temporary directory holding the harness and the parent's
-mutable files, with the prompt in PROMPT.md (its path also in $EVOLVE_PROMPT_FILE), in its
-own process group, under a time limit, with secrets removed from its environment. What it
-changes in the mutable files is the child; changing anything else rejects the child.
+mutable files, with the prompt in PROMPT.md (its path also in $EVOLVE_PROMPT_FILE), under a
+time limit, with secrets removed from its environment. It is started like an experiment
+(`evolve.workers.sandbox.start_in_group`): in its own process group under a leader that dies
+with the controller and takes everything the command started with it. What it changes in the
+mutable files is the child; changing anything else rejects the child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
-import signal
+import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from evolve.mutate.base import MutationContext, Proposal, unified_diff
 from evolve.mutate.edit_format import parse_answer
 from evolve.mutate.prompt import PromptLimits, build_command_prompt
-from evolve.workers.sandbox import without_secrets
+from evolve.workers.sandbox import kill_group, start_in_group, without_secrets
 
 PROMPT_FILE = "PROMPT.md"
 DESCRIPTION_FILE = "DESCRIPTION.md"
 _OUTPUT_LIMIT = 20_000
+_POLL_S = 0.2  # longest pause between checks on a running command
 
 
 def scrubbed_environment(environ: Mapping[str, str], keep: Sequence[str] = ()) -> dict[str, str]:
@@ -111,37 +116,59 @@ class CommandMutator:
                         applied_edit=unified_diff(original, files))
 
     async def _run(self, work: Path, prompt_path: Path) -> tuple[int | None, str]:
-        """Run the command in its own process group; (exit code or None on timeout, output)."""
+        """Run the command under the experiments' group leader; (exit code or None on timeout,
+        the tail of its output).
+
+        The leader dies with this process (parent-death SIGKILL) and then kills everything
+        the command started, so a controller killed mid-proposal leaves no agent behind.
+        """
         argv = [arg.replace("{prompt_file}", str(prompt_path)).replace("{dir}", str(work))
                 for arg in self.argv]
         env = scrubbed_environment(os.environ, self.keep_env)
         env["EVOLVE_PROMPT_FILE"] = str(prompt_path)
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=work, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-        try:
-            out, _ = await asyncio.wait_for(process.communicate(), self.timeout_s)
-            return process.returncode, out.decode(errors="replace")
-        except asyncio.TimeoutError:
-            await self._kill(process)
-            return None, ""
-        finally:  # also on cancellation: never leave the agent (or what it spawned) running
-            if process.returncode is None:
-                await self._kill(process)
+        _check_executable(argv[0], env.get("PATH", os.defpath), work)
+        with tempfile.TemporaryFile(prefix="evolve-command-output-") as log:
+            # Started on the event loop's own thread, not in an executor: the parent-death
+            # signal fires when the thread that forked the leader ends, not the process.
+            process = start_in_group(argv, cwd=work, env=env, log=log)
             try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+                code = await self._wait(process)
+            finally:  # on timeout, error or cancellation: leave nothing of the command running
+                await asyncio.to_thread(kill_group, process, grace_s=self.kill_grace_s)
+            return code, _tail(log)
 
-    async def _kill(self, process: asyncio.subprocess.Process) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                await asyncio.wait_for(process.wait(), self.kill_grace_s)
-                return
-            except asyncio.TimeoutError:
-                continue
+    async def _wait(self, process: subprocess.Popen) -> int | None:
+        """The command's exit code, or None once it has run past the time limit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        delay = 0.01
+        while (code := process.poll()) is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, _POLL_S)
+        return code
+
+
+def _check_executable(program: str, search_path: str, cwd: Path) -> None:
+    """Raise what exec would (FileNotFoundError, PermissionError) for a missing program.
+
+    The leader starts the command, so without this a typo'd agent would show up only as
+    "exited with code 1" and the leader's message.
+    """
+    if os.sep in program:
+        path = cwd / program
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program, path=search_path) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _tail(log: IO[bytes]) -> str:
+    """The last `_OUTPUT_LIMIT` characters the command wrote (without reading all of it)."""
+    log.seek(0, os.SEEK_END)
+    log.seek(max(0, log.tell() - 4 * _OUTPUT_LIMIT))
+    return log.read().decode(errors="replace")[-_OUTPUT_LIMIT:]
