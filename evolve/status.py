@@ -5,6 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from evolve.config import Config, load_config
+from evolve.controller.resume import operator_labels, operator_names
+from evolve.mutate.operators import mix_weights, tally
 from evolve.rundir import RunDir
 from evolve.trust import mark, read_trust
 from population.candidate import Candidate, Status
@@ -20,6 +23,31 @@ def _delta(child: Candidate, parent: Candidate | None) -> str:
     if parent is None or child.val_bpb is None or parent.val_bpb is None:
         return ""
     return f"{child.val_bpb - parent.val_bpb:+.6f}"
+
+
+def operator_table(config: Config, finished: list[Candidate]) -> Table:
+    """Per operator: its children that ran, how many beat their parent, and its share of the
+    next proposals (after adaptation, with `mutation.adaptive_weights`). `finished`: the run's
+    finished candidates, migration copies included (they are parents too)."""
+    mutation = config.mutation
+    names = operator_names(config)
+    labels = operator_labels(config)
+    weights = {name: op.weight for name, op in zip(names, mutation.operators, strict=True)}
+    stats = tally(finished)
+    now = mix_weights(weights, stats, labels=labels, adaptive=mutation.adaptive_weights,
+                      exploration=mutation.exploration)
+    total = sum(now.values()) or 1.0
+    title = (f"operators: adaptive weights (UCB1, exploration {mutation.exploration:g})"
+             if mutation.adaptive_weights else "operators: fixed weights")
+    table = Table(title=title, title_justify="left")
+    for column in ("operator", "label", "weight", "trials", "improved", "rate", "next share"):
+        table.add_column(column)
+    for name in names:
+        s = stats.get(labels[name])
+        trials, improved = (s.trials, s.improved) if s is not None else (0, 0)
+        table.add_row(name, labels[name], f"{weights[name]:g}", str(trials), str(improved),
+                      f"{improved / trials:.0%}" if trials else "—", f"{now[name] / total:.1%}")
+    return table
 
 
 def render_status(run_dir: RunDir, console: Console, islands: int, population_size: int) -> None:
@@ -48,6 +76,8 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         trust = read_trust(store, store.finished_in_order())
         for line in trust.lines():
             console.print(line)
+        console.print(operator_table(load_config(run_dir.config_path),
+                                     store.finished_in_order(include_copies=True)))
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
             for column in ("id", "val_bpb", "gen", "mutator", "description"):

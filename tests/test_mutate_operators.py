@@ -1,96 +1,90 @@
-"""Operator mixing, the price table and spend ledger, and the token-bucket rate limiter."""
+"""Operator labels, statistics and UCB1 weights, the price table and spend ledger, the
+token-bucket rate limiter, and building the mutators from the config."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections import Counter
+import math
 from pathlib import Path
 
-import anthropic
-import httpx2
 import pytest
 
-from evolve.mutate.base import MutationContext
-from evolve.mutate.command import CommandMutator
 from evolve.mutate.cost import Price, PriceTable, SpendLedger
-from evolve.mutate.heuristic import HeuristicMutator
 from evolve.mutate.llm import LLMMutator
-from evolve.mutate.operators import Operator, OperatorMix, label_of
+from evolve.mutate.operators import OperatorStats, credit, label_of, mix_weights, tally
 from evolve.mutate.ratelimit import RateLimiter, TokenBucket
 from population.candidate import Candidate, Status
 
-SOURCE = "MATRIX_LR = 0.04\nDEPTH = 2\n\n\ndef train(ctx):\n    return None\n"
+
+def test_labels_tell_llm_models_apart_and_nothing_else():
+    assert label_of("llm", "claude-haiku-5") == "llm:claude-haiku-5"
+    assert label_of("crossover", "claude-haiku-5") == "crossover"  # borrows the first LLM's model
+    assert label_of("heuristic") == "heuristic" and label_of("command", "") == "command"
 
 
-def context(seed: int = 0) -> MutationContext:
-    parent = Candidate(id="p", parent_id=None, island=0, generation=0, files={"train.py": SOURCE},
-                       status=Status.DONE, metrics={"val_bpb": 1.0})
-    return MutationContext(parent=parent, lineage=[parent], inspirations=[], tried_on_parent=[],
-                           notebook="", program_md="", mutable_files=["train.py"], seed=seed)
+def test_a_child_is_credited_to_its_label_and_improves_only_by_beating_its_parent():
+    def child(status: Status, val: float | None = None, **kw) -> Candidate:
+        return Candidate(id="c", parent_id="p", island=0, generation=1, files={}, status=status,
+                         metrics={} if val is None else {"val_bpb": val}, **kw)
+
+    assert credit(child(Status.DONE, 0.9, mutator="llm", model="m"), 1.0) == ("llm:m", True)
+    assert credit(child(Status.DONE, 1.0, mutator="heuristic"), 1.0) == ("heuristic", False)  # tie
+    assert credit(child(Status.CRASHED, mutator="heuristic"), 1.0) == ("heuristic", False)
+    assert credit(child(Status.DONE, 0.9, mutator="heuristic"), None) == ("heuristic", False)
+    for not_a_trial in (child(Status.RUNNING, mutator="heuristic"),
+                        child(Status.REJECTED, mutator="heuristic"),
+                        child(Status.DONE, 0.5, mutator="migration")):
+        assert credit(not_a_trial, 1.0) is None
+    root = Candidate(id="root", parent_id=None, island=0, generation=0, files={},
+                     status=Status.DONE, metrics={"val_bpb": 1.0}, mutator="template")
+    assert credit(root, None) is None
 
 
-def llm(status: int = 401, model: str = "claude-haiku-5") -> LLMMutator:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, json={"type": "error", "error": {
-            "type": "authentication_error", "message": "invalid x-api-key"}})
+def test_tally_judges_children_against_their_parents_copies_included():
+    def done(cid: str, parent: str | None, val: float, mutator: str = "heuristic") -> Candidate:
+        return Candidate(id=cid, parent_id=parent, island=0, generation=0, files={},
+                         status=Status.DONE, metrics={"val_bpb": val}, mutator=mutator)
 
-    client = anthropic.AsyncAnthropic(api_key="test", max_retries=0,
-                                      http_client=anthropic.DefaultAsyncHttpxClient(
-                                          transport=httpx2.MockTransport(handler)))
-    return LLMMutator(client=client, model=model)
-
-
-def test_weighted_choice_is_deterministic_and_follows_weights():
-    mix = OperatorMix([Operator(HeuristicMutator(), 3.0), Operator(llm(), 1.0),
-                       Operator(CommandMutator(["true"]), 0.0)])
-    picks = [mix.choose(seed).label for seed in range(2000)]
-    assert picks == [mix.choose(seed).label for seed in range(2000)]
-    counts = Counter(picks)
-    assert set(counts) == {"heuristic", "llm:claude-haiku-5"}  # weight 0 never runs
-    assert 0.70 < counts["heuristic"] / 2000 < 0.80
+    stats = tally([done("root", None, 1.0, "template"), done("a", "root", 0.9),
+                   done("b", "a", 0.95), done("a@i1", "a", 0.9, "migration"),
+                   done("c", "a@i1", 0.8, "llm"),
+                   Candidate(id="d", parent_id="c", island=0, generation=0, files={},
+                             status=Status.TIMED_OUT, mutator="llm")])
+    assert stats == {"heuristic": OperatorStats(2, 1), "llm": OperatorStats(2, 1)}
 
 
-def test_adaptive_weights_favour_the_operator_that_improves():
-    mix = OperatorMix([Operator(HeuristicMutator(), 1.0), Operator(llm(), 1.0)], adaptive=True,
-                      exploration=0.5)
-    for _ in range(40):
-        mix.record("heuristic", improved=False)
-        mix.record("llm:claude-haiku-5", improved=True)
-    weights = mix.weights()
-    assert weights["llm:claude-haiku-5"] > 2 * weights["heuristic"] > 0
-    saved = json.loads(json.dumps(mix.state()))
-    resumed = OperatorMix([Operator(HeuristicMutator(), 1.0), Operator(llm(), 1.0)],
-                          adaptive=True, exploration=0.5)
-    resumed.load_state(saved)
-    assert resumed.weights() == weights
-    assert [resumed.choose(s).label for s in range(50)] == [mix.choose(s).label for s in range(50)]
+def test_fixed_weights_are_the_configured_ones_whatever_the_stats():
+    stats = {"good": OperatorStats(50, 50), "bad": OperatorStats(50, 0)}
+    weights = {"good": 1.0, "bad": 3.0, "off": 0.0}
+    assert mix_weights(weights, stats) == weights
 
 
-def test_a_down_llm_falls_back_and_the_mix_says_so():
-    down = llm(401)
-    mix = OperatorMix([Operator(down, 1.0)], fallback=HeuristicMutator())
-    first = asyncio.run(mix.propose(context()))
-    assert "AuthenticationError" in first.error and down.is_down
-    second = asyncio.run(mix.propose(context(seed=1)))
-    assert second.error == "" and second.mutator == "heuristic"
-    alone = OperatorMix([Operator(down, 1.0)])
-    assert alone.is_down and "AuthenticationError" in alone.down_reason
-    assert "no mutation operator is usable" in asyncio.run(alone.propose(context())).error
+def test_ucb_favours_the_operator_that_improves_and_keeps_zero_weights_off():
+    stats = {"good": OperatorStats(40, 40), "bad": OperatorStats(40, 0)}
+    weights = mix_weights({"good": 1.0, "bad": 1.0, "off": 0.0}, stats, adaptive=True,
+                          exploration=0.5)
+    assert weights["good"] > 2 * weights["bad"] > 0 and weights["off"] == 0.0
+    # the UCB1 formula: rate with a prior of one success in two, plus the exploration bonus
+    bonus = 0.5 * math.sqrt(math.log(81) / 41)
+    assert weights["good"] == pytest.approx(41 / 42 + bonus)
+    assert weights["bad"] == pytest.approx(1 / 42 + bonus)
+    # untried operators start level, scaled by their configured weight
+    fresh = mix_weights({"a": 3.0, "b": 1.0}, {}, adaptive=True)
+    assert fresh == {"a": pytest.approx(1.5), "b": pytest.approx(0.5)}
+    # operators sharing a label share its stats (counted once in the total)
+    shared = mix_weights({"h0": 1.0, "h1": 2.0, "llm": 1.0}, {"heuristic": OperatorStats(10, 1)},
+                         labels={"h0": "heuristic", "h1": "heuristic", "llm": "llm:m"},
+                         adaptive=True)
+    assert shared["h1"] == pytest.approx(2 * shared["h0"])
+    assert shared["llm"] == pytest.approx(0.5 + math.sqrt(math.log(11)))
 
 
-def test_mix_rejects_bad_setups_and_labels_proposals():
-    with pytest.raises(ValueError, match="weight 0"):
-        OperatorMix([Operator(HeuristicMutator(), 0.0)])
-    with pytest.raises(ValueError, match="differ"):
-        OperatorMix([Operator(HeuristicMutator(), 1.0), Operator(HeuristicMutator(), 1.0)])
-    with pytest.raises(ValueError, match="finite"):
-        Operator(HeuristicMutator(), -1.0)
-    mix = OperatorMix([Operator(HeuristicMutator(), 1.0)])
-    proposal = asyncio.run(mix.propose(context()))
-    mix.record_proposal(proposal, improved=True)
-    assert mix.state()["heuristic"]["improved"] == 1
-    assert label_of("llm", "m") == "llm:m"
+def test_an_untried_operator_is_explored_rather_than_starved():
+    stats = {"good": OperatorStats(200, 120)}
+    weights = mix_weights({"good": 1.0, "new": 1.0}, stats, adaptive=True, exploration=1.0)
+    assert weights["new"] > weights["good"]
+    greedy = mix_weights({"good": 1.0, "new": 1.0}, stats, adaptive=True, exploration=0.0)
+    assert greedy["new"] == pytest.approx(0.5) and greedy["good"] == pytest.approx(121 / 202)
 
 
 def test_price_table_lookup_and_exact_cost():

@@ -109,6 +109,10 @@ class MutationConfig(_Section):
     # when an LLM operator is down for good: stop the run (resume later), or fall back to the
     # heuristic mutator meanwhile (asking the LLM again every few proposals)
     on_llm_down: Literal["stop", "fallback"] = "stop"
+    # adapt the operators' weights to how often their children beat their parent: each weight
+    # is scaled by a UCB1 score (`evolve status` shows the statistics and current weights)
+    adaptive_weights: bool = False
+    exploration: NonNegative = 1.0  # UCB1's exploration constant; 0 = follow the rates alone
 
     @field_validator("operators")
     @classmethod
@@ -116,6 +120,14 @@ class MutationConfig(_Section):
         if not any(op.weight > 0 for op in value):
             raise ValueError("every operator has weight 0; give at least one a weight > 0")
         return value
+
+    @model_validator(mode="after")
+    def _something_to_adapt(self) -> MutationConfig:
+        if self.adaptive_weights and sum(op.weight > 0 for op in self.operators) < 2:
+            raise ValueError(
+                "adaptive_weights: true needs at least two operators with weight > 0 (it "
+                "shifts weight between them); add an operator or set adaptive_weights: false")
+        return self
 
 
 class WorkersConfig(_Section):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from evolve.controller.devices import DevicePolicy
+from evolve.mutate.operators import OperatorStats, mix_weights
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
@@ -190,6 +191,9 @@ class Settings:
     islands: int = 1
     migration_interval: int = 0             # finished experiments between migrations; 0 = never
     operators: Sequence[tuple[str, float]] = (("heuristic", 1.0),)
+    operator_labels: Mapping[str, str] = field(default_factory=dict)  # name -> label; default name
+    adaptive_operators: bool = False        # scale the weights by UCB1 on improving the parent
+    exploration: float = 1.0                # UCB1's exploration constant (adaptive only)
     seed: int = 0
     finalize: bool = False                  # say Finalize once before stopping
     device_groups: bool = False             # one island group per device type (else refuse mixing)
@@ -209,6 +213,7 @@ class History:
     lost_counts: dict[str, int] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    operator_stats: Mapping[str, OperatorStats] = field(default_factory=dict)  # by label
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,7 @@ class Scheduler:
         self._next_ticket = history.proposals_made
         self._llm_usd = history.llm_usd
         self._best = history.best_val_bpb
+        self._operator_stats = dict(history.operator_stats)
         self._tokens: deque[tuple[float, float]] = deque()  # (time, tokens) in the last minute
         self._tokens_in_window = 0.0
         self._charged: dict[int, float] = {}  # ticket -> tokens charged when it started
@@ -344,6 +350,25 @@ class Scheduler:
         if self._tokens:
             times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
         return min(times) if times else None
+
+    def learn(self, label: str, improved: bool) -> None:
+        """A child's result is final: count it for its label (`evolve.mutate.operators.credit`).
+        It decides nothing, so a shell calls it as soon as the result is stored — before the
+        event that frees the worker, so the next operator choice already knows it."""
+        self._operator_stats[label] = self._operator_stats.get(label, OperatorStats()).add(improved)
+
+    def operator_weights(self) -> dict[str, float]:
+        """Operator name -> the weight the next proposal chooses it by (adapted, if adaptive)."""
+        settings = self.settings
+        return mix_weights(dict(settings.operators), self._operator_stats,
+                           labels=settings.operator_labels, adaptive=settings.adaptive_operators,
+                           exploration=settings.exploration)
+
+    def operator_stats(self) -> dict[str, OperatorStats]:
+        """Operator name -> the statistics of its label (what the weights learned from)."""
+        labels = self.settings.operator_labels
+        return {name: self._operator_stats.get(labels.get(name, name), OperatorStats())
+                for name, _ in self.settings.operators}
 
     def island_devices(self) -> dict[int, str]:
         """Island -> the device type it is bound to (device groups; empty otherwise)."""
@@ -567,7 +592,7 @@ class Scheduler:
             out.append(Propose(ticket, parent, island, operator, seed))
 
     def _pick_operator(self, rng: random.Random) -> str:
-        operators = [(name, w) for name, w in self.settings.operators if w > 0]
+        operators = [(name, w) for name, w in self.operator_weights().items() if w > 0]
         if len(operators) == 1:
             return operators[0][0]
         names = [name for name, _ in operators]

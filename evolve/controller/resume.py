@@ -8,7 +8,8 @@ from collections import Counter
 from typing import Any
 
 from evolve.controller.core import History, Settings
-from population.candidate import Status
+from evolve.mutate.operators import credit, label_of, tally
+from population.candidate import Candidate, Status
 from population.selection import make_selector
 from population.store import Store
 from population.survival import lost_reason, lost_too_often, population_size
@@ -31,6 +32,13 @@ def operator_names(config: Any) -> list[str]:
     return names
 
 
+def operator_labels(config: Any) -> dict[str, str]:
+    """Operator name -> the label its children are stored under (`label_of`): what its
+    statistics are kept by. Operators of one kind (and model) share a label and its stats."""
+    return {name: label_of(op.kind, getattr(op, "model", ""))
+            for name, op in zip(operator_names(config), config.mutation.operators, strict=True)}
+
+
 def settings_from_config(config: Any) -> Settings:
     operators = [(name, op.weight) for name, op in zip(operator_names(config),
                                                        config.mutation.operators, strict=True)]
@@ -45,7 +53,9 @@ def settings_from_config(config: Any) -> Settings:
         tokens_per_minute=min(tpm) if tpm else None,
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,
-        operators=operators, seed=config.seed,
+        operators=operators, operator_labels=operator_labels(config),
+        adaptive_operators=config.mutation.adaptive_weights,
+        exploration=config.mutation.exploration, seed=config.seed,
         device_groups=config.workers.device_groups,
     )
 
@@ -110,4 +120,14 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         best_val_bpb=best.val_bpb if best is not None else None,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
+        operator_stats=tally(store.finished_in_order(include_copies=True)),
     )
+
+
+def judge(store: Store, candidate: Candidate) -> tuple[str, bool] | None:
+    """(label, beat its parent) for a child whose result is final, judged as `recover` judges
+    the store (for `Scheduler.learn`); None for anything that is not an operator's experiment."""
+    if candidate.parent_id is None or credit(candidate, None) is None:
+        return None  # no need to read the parent
+    parent = store.get(candidate.parent_id)
+    return credit(candidate, parent.val_bpb if parent.status is Status.DONE else None)

@@ -41,7 +41,7 @@ from evolve.controller.executor import Executor, Finished, Joined, Left
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.memory import StoreMemory
 from evolve.controller.proposals import ProposalDone, Proposals
-from evolve.controller.resume import StoreParents, recover, settings_from_config
+from evolve.controller.resume import StoreParents, judge, recover, settings_from_config
 from evolve.controller.upkeep import IslandUpkeep
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
@@ -410,8 +410,11 @@ class Controller:
 
     def _note(self, c: Candidate) -> None:
         """Keep the display's counters, the best and the memory's indexes without querying
-        the store per event."""
+        the store per event; a finished child (one read: its parent) teaches the core's
+        operator statistics before the event that frees its worker is handled."""
         self.memory.note(c)
+        if self._core is not None and (verdict := judge(self.store, c)) is not None:
+            self._core.learn(*verdict)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
             self._crashes += 1
         elif c.status is Status.REJECTED:

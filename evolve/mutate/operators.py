@@ -1,143 +1,100 @@
-"""Mixing mutation operators by weight, optionally adapting to which ones improve children.
+"""Mutation operators: building them from the config, and the statistics that adapt their mix.
 
-The choice for a proposal depends only on its seed and the recorded outcomes, so a run
-replays the same choices. Adaptive mode scales each weight by an upper confidence bound
-on that operator's rate of improving on its parent (UCB1), so a productive operator is
-used more while the others still get tried.
+The controller core picks the operator for each proposal by weight (`mix_weights`). In adaptive
+mode each configured weight is scaled by an upper confidence bound on that operator's rate of
+children that beat their parent (UCB1), so a productive operator is used more while the others
+still get tried. The statistics are a function of the store (`tally`), so a resumed run picks up
+exactly where it stopped and the choice for each proposal replays under the run's seed.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolve.mutate.base import MutationContext, Mutator, Proposal
+from evolve.mutate.base import Mutator
 from evolve.mutate.cost import PriceTable, SpendLedger
 from evolve.mutate.ratelimit import RateLimiter
+from population.candidate import Candidate, Status
+from population.store import MIGRATION, RAN
 
 
 def label_of(mutator: str, model: str = "") -> str:
-    """The name an operator goes by in stats: its kind, plus the model for LLM operators."""
-    return f"{mutator}:{model}" if model else mutator
+    """The key an operator's children are credited under: the mutator kind, plus the model for
+    LLM operators (so LLM operators on different models are told apart in the store)."""
+    return f"{mutator}:{model}" if mutator == "llm" and model else mutator
 
 
-@dataclass
-class Operator:
-    mutator: Mutator
-    weight: float
-    label: str = ""
+@dataclass(frozen=True)
+class OperatorStats:
+    """Finished children of one operator, and how many of them beat their parent."""
 
-    def __post_init__(self) -> None:
-        if self.weight < 0 or not math.isfinite(self.weight):
-            raise ValueError(f"operator weight must be finite and >= 0, got {self.weight}")
-        if not self.label:
-            self.label = label_of(self.mutator.name, getattr(self.mutator, "model", ""))
-
-    @property
-    def unavailable(self) -> str:
-        """Why this operator cannot be used now ('' when it can)."""
-        if getattr(self.mutator, "budget_exhausted", False):
-            return f"{self.label}: LLM budget spent"
-        if getattr(self.mutator, "is_down", False):
-            return f"{self.label}: {getattr(self.mutator, 'down_reason', '') or 'down'}"
-        return ""
-
-
-@dataclass
-class Stats:
     trials: int = 0
     improved: int = 0
 
+    def add(self, improved: bool) -> OperatorStats:
+        return OperatorStats(self.trials + 1, self.improved + int(improved))
 
-@dataclass
-class OperatorMix:
-    """A Mutator that delegates each proposal to one operator, chosen by weight."""
 
-    operators: Sequence[Operator]
-    adaptive: bool = False
-    exploration: float = 1.0
-    fallback: Mutator | None = None  # used when every weighted operator is down or spent
-    stats: dict[str, Stats] = field(default_factory=dict)
-    name: str = "mix"
+# ---------------------------------------------------------------- learning
 
-    def __post_init__(self) -> None:
-        labels = [op.label for op in self.operators]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"operator labels must differ, got {labels}")
-        if not any(op.weight > 0 for op in self.operators):
-            raise ValueError("every operator has weight 0; give at least one a weight > 0")
-        for label in labels:
-            self.stats.setdefault(label, Stats())
 
-    # ---------------------------------------------------------------- choosing
+def credit(child: Candidate, parent_val_bpb: float | None) -> tuple[str, bool] | None:
+    """(label, beat its parent) for a child that ran to the end (done, crashed, timed out);
+    None for anything that is not an operator's experiment (the root, migration copies,
+    children still running, rejected). A crash is a trial that did not improve."""
+    if child.parent_id is None or child.mutator == MIGRATION or child.status not in RAN:
+        return None
+    mine = child.val_bpb
+    improved = (child.status is Status.DONE and mine is not None and parent_val_bpb is not None
+                and mine < parent_val_bpb)
+    return label_of(child.mutator, child.model), improved
 
-    def weights(self) -> dict[str, float]:
-        """The current selection weights (after adaptation), by label."""
-        total = sum(s.trials for s in self.stats.values())
-        out = {}
-        for op in self.operators:
-            if not self.adaptive or op.weight == 0:
-                out[op.label] = op.weight
-                continue
-            s = self.stats[op.label]
-            rate = (s.improved + 1) / (s.trials + 2)  # a prior of one success in two
-            bonus = self.exploration * math.sqrt(math.log(total + 1) / (s.trials + 1))
-            out[op.label] = op.weight * (rate + bonus)
-        return out
 
-    def choose(self, seed: int) -> Operator | None:
-        """The operator for the proposal with this seed, skipping unavailable ones."""
-        weights = self.weights()
-        usable = [op for op in self.operators if weights[op.label] > 0 and not op.unavailable]
-        if not usable:
-            return None
-        rng = random.Random(seed)
-        return rng.choices(usable, weights=[weights[op.label] for op in usable])[0]
+def tally(candidates: Iterable[Candidate]) -> dict[str, OperatorStats]:
+    """The statistics of every label from a run's finished candidates (migration copies
+    included: they are parents too) — what the live run learned, rebuilt from the store."""
+    finished = list(candidates)
+    scores = {c.id: c.val_bpb for c in finished if c.status is Status.DONE}
+    stats: dict[str, OperatorStats] = {}
+    for child in finished:
+        judged = credit(child, scores.get(child.parent_id or ""))
+        if judged is not None:
+            label, improved = judged
+            stats[label] = stats.get(label, OperatorStats()).add(improved)
+    return stats
 
-    @property
-    def is_down(self) -> bool:
-        return self.fallback is None and all(
-            op.weight == 0 or op.unavailable for op in self.operators)
 
-    @property
-    def down_reason(self) -> str:
-        reasons = [op.unavailable for op in self.operators if op.weight > 0 and op.unavailable]
-        return "; ".join(reasons)
+# ---------------------------------------------------------------- choosing
 
-    async def propose(self, context: MutationContext) -> Proposal:
-        chosen = self.choose(context.seed)
-        if chosen is not None:
-            return await chosen.mutator.propose(context)
-        if self.fallback is not None:
-            return await self.fallback.propose(context)
-        return Proposal(files={}, description="", rationale="", mutator=self.name,
-                        error=f"no mutation operator is usable: {self.down_reason}")
 
-    # ---------------------------------------------------------------- learning
+def ucb_score(stats: OperatorStats, total_trials: int, exploration: float) -> float:
+    """UCB1 on the rate of improving on the parent: the rate (with a prior of one success in
+    two, so an untried operator starts at 1/2) plus an exploration bonus that shrinks as the
+    operator is tried and grows slowly with all trials."""
+    rate = (stats.improved + 1) / (stats.trials + 2)
+    bonus = exploration * math.sqrt(math.log(total_trials + 1) / (stats.trials + 1))
+    return rate + bonus
 
-    def record(self, label: str, improved: bool) -> None:
-        """One finished child of this operator: did it beat its parent?"""
-        stats = self.stats.setdefault(label, Stats())
-        stats.trials += 1
-        stats.improved += int(bool(improved))
 
-    def record_proposal(self, proposal: Proposal, improved: bool) -> None:
-        self.record(label_of(proposal.mutator, proposal.model), improved)
-
-    def state(self) -> dict[str, Any]:
-        """JSON-ready stats, for `store.set_meta("operator_stats", json.dumps(...))`."""
-        return {label: {"trials": s.trials, "improved": s.improved,
-                        "weight": self.weights().get(label, 0.0)}
-                for label, s in self.stats.items()}
-
-    def load_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
-        """Restore stats saved by `state()` (a resumed run keeps what it learned)."""
-        for label, entry in state.items():
-            self.stats[label] = Stats(int(entry.get("trials", 0)), int(entry.get("improved", 0)))
+def mix_weights(weights: Mapping[str, float], stats: Mapping[str, OperatorStats], *,
+                labels: Mapping[str, str] | None = None, adaptive: bool = False,
+                exploration: float = 1.0) -> dict[str, float]:
+    """The weight each operator (by name) is chosen by now. Fixed mode: the configured
+    weights. Adaptive: each configured weight times the UCB1 score of its label's stats
+    (`labels`: operator name -> label; operators sharing a label share its stats). A weight
+    of 0 stays 0: that operator is never chosen."""
+    if not adaptive:
+        return dict(weights)
+    labels = labels or {}
+    used = {labels.get(name, name) for name, weight in weights.items() if weight > 0}
+    total = sum(stats.get(label, OperatorStats()).trials for label in used)
+    return {name: weight * ucb_score(stats.get(labels.get(name, name), OperatorStats()), total,
+                                     exploration) if weight > 0 else 0.0
+            for name, weight in weights.items()}
 
 
 # ---------------------------------------------------------------- from the config
