@@ -173,6 +173,7 @@ def run_case(case: str, args: argparse.Namespace, work: Path) -> dict:
         profile="cpu-micro" if args.dry else "gpu-5min", data="synthetic", seed=0,
         timeout_s=args.timeout if case == "times_out" else 600.0, work_root=str(work),
         budget_fraction=args.fraction, cache_dir=args.cache_dir, network="isolate",
+        keep_workdir=True,  # the holders' pid files are read afterwards
     )
     before = gpu_used_mib()
     apps_before = compute_apps()

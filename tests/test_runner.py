@@ -38,7 +38,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_success_reads_the_result_file(tmp_path):
-    result = run_candidate(request(tmp_path))
+    result = run_candidate(request(tmp_path, keep_workdir=True))
     assert isinstance(result, RunResult)
     assert result.outcome == "done", result.reason
     directory = experiment_dir(request(tmp_path))
@@ -53,6 +53,28 @@ def test_success_reads_the_result_file(tmp_path):
     assert (directory / "train.py").read_text() == SEED
     assert not (directory / "train_cpu.py").exists() and not (directory / "program.md").exists()
 
+
+
+def test_a_finished_attempt_keeps_only_its_log_and_result(tmp_path):
+    # What a child writes (a checkpoint, a cache folder) and the harness copy would pile up on
+    # the worker's disk run after run; the log and the result file are what is read later.
+    source = SEED.replace("    steps = 0\n", (
+        "    import os\n"
+        "    open('checkpoint.pt', 'wb').write(os.urandom(1 << 20))\n"
+        "    os.makedirs('cache/inner')\n"
+        "    open('cache/inner/blob', 'w').write('x')\n"
+        "    os.symlink('/', 'root-link')\n"
+        "    steps = 0\n"))
+    result = run_candidate(request(tmp_path, source))
+    directory = experiment_dir(request(tmp_path))
+    assert result.outcome == "done", result.reason
+    assert sorted(p.name for p in directory.iterdir()) == ["result.json", "run.log"]
+    assert "val_bpb:" in Path(result.log_path).read_text()
+    crashed = run_candidate(request(tmp_path, SEED + "\n\ndef train(ctx):\n    raise SystemExit(3)\n",
+                                    attempt=2))
+    assert crashed.outcome == "crashed"
+    assert [p.name for p in experiment_dir(request(tmp_path, attempt=2)).iterdir()] == ["run.log"]
+    assert Path("/").is_dir()  # the symlink was removed, not followed
 
 def test_printed_fake_score_is_ignored(tmp_path):
     honest = run_candidate(request(tmp_path, candidate_id="honest"))
@@ -111,7 +133,7 @@ def test_timeout_kills_the_whole_group(tmp_path, leftovers):
         "    os.replace('pids.tmp', 'pids')\n"
         "    time.sleep(300)\n"
         "    steps = 0\n"))
-    result = run_candidate(request(tmp_path, source, timeout_s=3.0))
+    result = run_candidate(request(tmp_path, source, timeout_s=3.0, keep_workdir=True))
     pids = [int(p) for p in (experiment_dir(request(tmp_path)) / "pids").read_text().split()]
     leftovers.extend(pids)
     assert result.outcome == "timed_out" and "timed out" in result.reason
@@ -125,7 +147,7 @@ def test_background_child_of_a_finished_run_is_killed(tmp_path, leftovers):
         "    child = subprocess.Popen(['sleep', '300'])\n"
         "    open('bg.pid', 'w').write(str(child.pid))\n"
         "    steps = 0\n"))
-    result = run_candidate(request(tmp_path, source))
+    result = run_candidate(request(tmp_path, source, keep_workdir=True))
     assert result.outcome == "done"
     pid = int((experiment_dir(request(tmp_path)) / "bg.pid").read_text())
     leftovers.append(pid)
@@ -188,7 +210,7 @@ def _escaped_pids(req) -> list[int]:
 
 def test_processes_that_leave_the_group_die_with_a_finished_run(tmp_path, leftovers):
     source = SEED.replace("    steps = 0\n", ESCAPE + "    steps = 0\n")
-    result = run_candidate(request(tmp_path, source))
+    result = run_candidate(request(tmp_path, source, keep_workdir=True))
     pids = _escaped_pids(request(tmp_path))
     leftovers.extend(pids)
     assert result.outcome == "done", result.reason
@@ -202,7 +224,7 @@ def test_processes_that_leave_the_group_die_on_timeout(tmp_path, leftovers):
         "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + ESCAPE +
         "    time.sleep(300)\n"
         "    steps = 0\n"))
-    result = run_candidate(request(tmp_path, source, timeout_s=3.0))
+    result = run_candidate(request(tmp_path, source, timeout_s=3.0, keep_workdir=True))
     pids = _escaped_pids(request(tmp_path))
     leftovers.extend(pids)
     assert result.outcome == "timed_out"
@@ -240,7 +262,7 @@ def test_secrets_are_not_in_the_experiment_environment(tmp_path, monkeypatch):
         "    import json, os\n"
         "    open('env.json', 'w').write(json.dumps(dict(os.environ)))\n"
         "    steps = 0\n"))
-    result = run_candidate(request(tmp_path, source, seed=7, torch_threads=2))
+    result = run_candidate(request(tmp_path, source, seed=7, torch_threads=2, keep_workdir=True))
     assert result.outcome == "done"
     env = json.loads((experiment_dir(request(tmp_path)) / "env.json").read_text())
     assert sorted(set(secrets) & set(env)) == []
@@ -271,7 +293,7 @@ def test_a_rewritten_harness_does_not_reach_the_next_run(tmp_path):
     assert first.outcome == "done"
     # The same candidate's next attempt, and a rerun of the very same attempt.
     for attempt in (2, 1):
-        honest = run_candidate(request(tmp_path, SEED, attempt=attempt))
+        honest = run_candidate(request(tmp_path, SEED, attempt=attempt, keep_workdir=True))
         directory = experiment_dir(request(tmp_path, attempt=attempt))
         assert honest.outcome == "done" and honest.metrics["val_bpb"] > 1.4
         assert hashlib.sha256((directory / "prepare.py").read_bytes()).hexdigest() == pristine

@@ -58,6 +58,7 @@ class RunRequest:
     network: str = "isolate"     # workers.network: isolate | allow (evolve/workers/network.py)
     data_hash: str = ""          # the controller's data fingerprint ("" = this node's first)
     template_hash: str = ""      # the controller's harness hash ("" = not checked)
+    keep_workdir: bool = False   # keep the whole experiment directory (debugging), not just logs
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,28 @@ def run_candidate(request: RunRequest) -> RunResult:
     exit_code = process.returncode
     if timed_out:
         reason = f"timed out after {request.timeout_s:g} s (wall-clock limit); process group killed"
-        return _result(request, "timed_out", {}, reason, log_path, exit_code, started)
-    return _judge(request, directory, log_path, exit_code, started)
+        result = _result(request, "timed_out", {}, reason, log_path, exit_code, started)
+    else:
+        result = _judge(request, directory, log_path, exit_code, started)
+    if not request.keep_workdir:
+        tidy(directory)
+    return result
+
+
+def tidy(directory: Path) -> None:
+    """Keep only the log and the result file of a finished attempt.
+
+    The harness copy and the candidate's files (kept in the run's candidates/ folder) and
+    whatever the child wrote (checkpoints, caches) would otherwise pile up on every worker
+    node, experiment after experiment, through a night of runs.
+    """
+    for entry in directory.iterdir():
+        if entry.name in (LOG_FILE, RESULT_FILE):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def check_inputs(request: RunRequest) -> None:
