@@ -12,7 +12,7 @@ from population.candidate import Candidate, Status
 
 TSV_COLUMNS = (
     "commit", "val_bpb", "memory_gb", "status", "description",
-    "parent", "island", "seed", "cost_usd",
+    "parent", "island", "seed", "cost_usd", "device",
 )
 _FINISHED = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 
@@ -113,7 +113,9 @@ class RunDir:
 
 
 def tsv_row(candidate: Candidate, kept: bool) -> str:
-    """One results.tsv line. Crashes carry val_bpb 0 and memory 0, as the one-agent log does."""
+    """One results.tsv line. Crashes carry val_bpb 0 and memory 0, as the one-agent log does;
+    `device` (the GPU model or cpu, where the harness reported it) is what the score is tied to
+    under a time budget."""
     metrics = candidate.metrics
     if candidate.status is Status.DONE:
         status = "keep" if kept else "discard"
@@ -125,7 +127,7 @@ def tsv_row(candidate: Candidate, kept: bool) -> str:
         candidate.id, val_bpb, memory_gb, status,
         _one_line(candidate.description or candidate.reason),
         candidate.parent_id or "", str(candidate.island), str(candidate.seed),
-        f"{candidate.cost_usd:.4f}",
+        f"{candidate.cost_usd:.4f}", _one_line(str(metrics.get("device", ""))),
     ]
     return "\t".join(fields) + "\n"
 

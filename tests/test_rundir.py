@@ -29,11 +29,15 @@ def test_tsv_rows_keep_discard_crash(tmp_path):
                                  cost_usd=0.5), kept=True)
     run_dir.on_result(_candidate("a2", Status.DONE, 1.3), kept=False)
     run_dir.on_result(_candidate("a3", Status.CRASHED, reason="boom"), kept=False)
+    gpu = _candidate("a4", Status.DONE, 1.1)
+    gpu = Candidate(**{**gpu.__dict__, "metrics": {**gpu.metrics, "device": "NVIDIA H100 80GB HBM3"}})
+    run_dir.on_result(gpu, kept=False)
     lines = run_dir.tsv_path.read_text().splitlines()
     rows = [line.split("\t") for line in lines[1:]]
     assert all(len(row) == len(TSV_COLUMNS) for row in rows)
     assert rows[0][:5] == ["a1", "1.234568", "2.0", "keep", "x y z"]
-    assert rows[0][5:] == ["root0000", "1", "3", "0.5000"]
+    assert rows[0][5:] == ["root0000", "1", "3", "0.5000", ""]
+    assert rows[3][-1] == "NVIDIA H100 80GB HBM3"
     assert rows[1][3] == "discard"
     assert rows[2][1:5] == ["0.000000", "0.0", "crash", "boom"]
 
