@@ -40,13 +40,16 @@ def operator_table(config: Config, finished: list[Candidate]) -> Table:
     title = (f"operators: adaptive weights (UCB1, exploration {mutation.exploration:g})"
              if mutation.adaptive_weights else "operators: fixed weights")
     table = Table(title=title, title_justify="left")
-    for column in ("operator", "label", "weight", "trials", "improved", "rate", "next share"):
-        table.add_column(column)
+    table.add_column("operator", no_wrap=True)
+    for column in ("weight", "trials", "improved", "rate", "weight now", "next share"):
+        table.add_column(column, justify="right")
     for name in names:
         s = stats.get(labels[name])
         trials, improved = (s.trials, s.improved) if s is not None else (0, 0)
-        table.add_row(name, labels[name], f"{weights[name]:g}", str(trials), str(improved),
-                      f"{improved / trials:.0%}" if trials else "—", f"{now[name] / total:.1%}")
+        shown = name if labels[name] == name else f"{name} ({labels[name]})"
+        table.add_row(shown, f"{weights[name]:g}", str(trials), str(improved),
+                      f"{improved / trials:.0%}" if trials else "—", f"{now[name]:.4g}",
+                      f"{now[name] / total:.1%}")
     return table
 
 

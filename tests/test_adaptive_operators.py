@@ -360,5 +360,8 @@ def test_a_real_run_shifts_proposals_to_the_operator_that_improves(tmp_path):
     text = console.export_text()
     assert "adaptive weights (UCB1, exploration 0.3)" in text
     row = next(line for line in text.splitlines() if "command" in line)
-    assert f" {closer.trials} " in row and "100%" in row
+    weights = live.operator_weights()
+    share = weights["command"] / sum(weights.values())
+    assert f" {closer.trials} " in row and "100%" in row and f"{weights['command']:.4g}" in row
+    assert f"{share:.1%}" in row and share > 0.5
     store.close()
