@@ -61,3 +61,6 @@ def _unshare_problem() -> str:
         detail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return f"unprivileged user namespaces are not allowed here: {detail[:200]}"
     return ""
+
+
+unshare_problem = _unshare_problem  # public: workers report it when placed (evolve/workers/actor.py)
