@@ -214,6 +214,7 @@ class History:
     attempts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     operator_stats: Mapping[str, OperatorStats] = field(default_factory=dict)  # by label
+    island_devices: Mapping[int, str] = field(default_factory=dict)  # island -> first attempt's type
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,8 @@ class Scheduler:
         self._root_done = history.root_done
         self._workers: dict[str, str | None] = {}     # worker -> running candidate
         self._free: dict[str, None] = {}               # ordered set of idle workers
-        self._devices = DevicePolicy(settings.device_groups, pinned=settings.device_type)
+        self._devices = DevicePolicy.resumed(settings.device_groups, settings.device_type,
+                                             history.island_devices)
         self._running: dict[str, tuple[str, int]] = {}  # candidate -> (worker, island)
         self._ready: deque[tuple[str, int]] = deque(history.queued)
         self._proposing: dict[int, int] = {}           # ticket -> island

@@ -12,7 +12,7 @@ ever run on that type, so each island group compares like with like.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 _UNNAMED_GPU = re.compile(r"^gpu:[\d,]+$")  # a GPU without nvidia-smi is named by its id
@@ -43,6 +43,20 @@ class DevicePolicy:
     pinned: str | None = None                      # the run's one type (groups off)
     islands: dict[int, str] = field(default_factory=dict)  # island -> type (groups on)
     _types: dict[str, str] = field(default_factory=dict)  # worker -> type
+
+    @classmethod
+    def resumed(cls, groups: bool, pinned: str | None, bound: Mapping[int, str]) -> DevicePolicy:
+        """The policy of a run rebuilt from its store, deciding as it did before the restart.
+
+        `bound` is island -> the type its first attempt ran on (`first_types`). With groups
+        the islands keep those types; without, the run keeps `pinned` (the type it recorded),
+        else the type its first island was scored on (a run that used groups before).
+        """
+        if groups:
+            return cls(True, islands=dict(bound))
+        if pinned is None and bound:
+            pinned = bound[min(bound)]
+        return cls(False, pinned=pinned)
 
     def admit(self, worker_id: str, device: str) -> Admission:
         kind = device_type(device)
@@ -95,6 +109,15 @@ class DevicePolicy:
         for kind in self._types.values():
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+
+def first_types(attempts: Iterable[tuple[int, int, str]]) -> dict[int, str]:
+    """Island -> the device type of its first attempt, from (attempt order, island, device)
+    triples in any order: the binding `DevicePolicy.started` made when that attempt began."""
+    bound: dict[int, str] = {}
+    for _, island, device in sorted(attempts):
+        bound.setdefault(island, device_type(device))
+    return bound
 
 
 def island_groups(islands: int, bound: dict[int, str], groups: bool) -> list[list[int]]:

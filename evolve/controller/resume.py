@@ -8,10 +8,11 @@ from collections import Counter
 from typing import Any
 
 from evolve.controller.core import History, Settings
+from evolve.controller.devices import first_types
 from evolve.mutate.operators import credit, label_of, tally
 from population.candidate import Candidate, Status
 from population.selection import make_selector
-from population.store import Store
+from population.store import MIGRATION, Store
 from population.survival import lost_reason, lost_too_often, population_size
 
 RESUME_LOST = "the controller stopped while this attempt ran; it runs again on resume"
@@ -87,12 +88,14 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
     """The core's state from a store with history (empty for a new run).
 
     Attempts left open by a stopped or killed controller end as `lost`; their candidates run
-    again, first. A candidate already lost too often is recorded crashed instead.
+    again, first. A candidate already lost too often is recorded crashed instead. Each island
+    keeps the device type it was bound to (`island_devices`).
     """
     now = time.time() if now is None else now
     running, proposed = [], []
     lost_counts, attempts = {}, {}
-    for candidate in store.unfinished():
+    unfinished = store.unfinished()
+    for candidate in unfinished:
         history = store.attempts(candidate.id)
         for attempt in history:
             if attempt.outcome == "running":
@@ -108,6 +111,7 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
             attempts[candidate.id] = len(history)
         target = running if candidate.status is Status.RUNNING else proposed
         target.append((candidate.id, candidate.island))
+    ran = store.finished_in_order(include_copies=True)
     best = store.best()
     try:
         root_done = store.get(root_id).status.is_final
@@ -120,8 +124,16 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         best_val_bpb=best.val_bpb if best is not None else None,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
-        operator_stats=tally(store.finished_in_order(include_copies=True)),
+        operator_stats=tally(ran), island_devices=island_devices(store, [*ran, *unfinished]),
     )
+
+
+def island_devices(store: Store, candidates: list[Candidate]) -> dict[int, str]:
+    """Island -> the device type its first attempt ran on: with `workers.device_groups` the
+    island stays bound to it after a restart, so its scores keep comparing like with like."""
+    return first_types((attempt.id, candidate.island, attempt.device)
+                       for candidate in candidates if candidate.mutator != MIGRATION
+                       for attempt in store.attempts(candidate.id))
 
 
 def judge(store: Store, candidate: Candidate) -> tuple[str, bool] | None:
