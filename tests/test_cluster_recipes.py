@@ -101,6 +101,26 @@ def test_rayjob_secrets_are_readable_by_the_image_user() -> None:
             assert readable, f"{role}: secret {volume['name']} mode {mode:o} unreadable to ray"
 
 
+def test_rayjob_ray_containers_read_the_token_from_a_mounted_file() -> None:
+    """An empty RAY_AUTH_TOKEN stops the operator injecting the literal token into the Ray
+    containers' environment (readable in /proc by same-user experiments); Ray then reads
+    RAY_AUTH_TOKEN_PATH, which must name a file of a mounted, created secret."""
+    job, _ = _rayjob()
+    secrets = _created_secrets()
+    for role, template in _pod_specs(job).items():
+        if role == "submitter":
+            continue
+        spec = template["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_TOKEN") == "", role
+        path = Path(env["RAY_AUTH_TOKEN_PATH"])
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        secret = volumes[mounts[str(path.parent)]]["secret"]["secretName"]
+        assert path.name in secrets[secret], role
+
+
 def test_rayjob_token_auth_needs_a_ray_version_that_has_it() -> None:
     job, _ = _rayjob()
     version = tuple(int(x) for x in job["spec"]["rayClusterSpec"]["rayVersion"].split("."))
