@@ -137,7 +137,9 @@ class WorkersConfig(_Section):
     timeout_grace_s: NonNegative = 120.0
     max_lost_attempts: PositiveInt = 3
     torch_threads: PositiveInt = 1
-    network: Literal["isolate", "allow"] = "isolate"  # experiments without network where the OS allows
+    # isolate: no network where the OS allows (else the run log says so); require: never
+    # start an experiment with network access; allow: the normal network (evolve/workers/network.py)
+    network: Literal["isolate", "require", "allow"] = "isolate"
     device_groups: bool = False  # one island group per device type instead of refusing to mix them
 
     @field_validator("count", mode="before")

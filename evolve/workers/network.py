@@ -4,17 +4,24 @@ Linux lets an unprivileged user enter a new user + network namespace (`unshare -
 only a loopback device that is down exists, so no connection (to the internet, the Ray
 cluster, or a server on this machine) can be opened. Where the kernel or the container
 forbids unprivileged namespaces, `isolate` falls back to the normal network and says so in
-the run's log; `allow` never isolates (a template that must download at run time).
+the run's log, while `require` refuses to start the experiment (`IsolationUnavailable`: the
+node's fault, never the candidate's); `allow` never isolates (a template that must download
+at run time).
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
 
-MODES = ("isolate", "allow")
+MODES = ("isolate", "require", "allow")
+
+
+class IsolationUnavailable(RuntimeError):
+    """`workers.network: require` on a node that cannot isolate: no experiment may start here."""
 
 
 @dataclass(frozen=True)
@@ -30,16 +37,23 @@ class Isolation:
 
 
 def isolation(mode: str) -> Isolation:
-    """The isolation `workers.network: <mode>` gives on this machine."""
+    """The isolation `workers.network: <mode>` gives on this machine; with `require` where
+    there is none, raises IsolationUnavailable naming the node and the cause."""
     if mode not in MODES:
         raise ValueError(f"workers.network must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "allow":
         return Isolation((), "network: allowed (workers.network: allow)")
     problem = _unshare_problem()
+    if problem and mode == "require":
+        raise IsolationUnavailable(
+            f"network isolation required (workers.network: require) but unavailable on node "
+            f"{platform.node() or 'localhost'}: {problem}; enable unprivileged user namespaces "
+            "there, or set workers.network: isolate to run such nodes with the network")
     if problem:
         return Isolation((), f"network: NOT isolated ({problem}); the experiment can reach the network")
     return Isolation((_unshare(), "--user", "--map-root-user", "--net"),
-                     "network: isolated (own network namespace, no interfaces up)")
+                     f"network: isolated (workers.network: {mode}; own network namespace, "
+                     "no interfaces up)")
 
 
 def _unshare() -> str:

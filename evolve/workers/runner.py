@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from evolve.workers.device import detect_device
-from evolve.workers.network import isolation
+from evolve.workers.network import IsolationUnavailable, isolation
 from evolve.workers.pristine import pinned_harness, write_harness
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
 
@@ -55,7 +55,7 @@ class RunRequest:
     cache_dir: str | None = None
     torch_threads: int = 1
     attempt: int = 1
-    network: str = "isolate"     # workers.network: isolate | allow (evolve/workers/network.py)
+    network: str = "isolate"     # workers.network: isolate | require | allow (workers/network.py)
     data_hash: str = ""          # the controller's data fingerprint ("" = this node's first)
     template_hash: str = ""      # the controller's harness hash ("" = not checked)
     keep_workdir: bool = False   # keep the whole experiment directory (debugging), not just logs
@@ -113,13 +113,16 @@ def run_candidate(request: RunRequest) -> RunResult:
     started = time.time()
     directory = experiment_dir(request)
     log_path = directory / LOG_FILE
+    try:  # before anything is laid out: a node that cannot isolate runs nothing (require)
+        sandbox = isolation(request.network)
+    except IsolationUnavailable as exc:
+        raise TemplateError(str(exc)) from exc
     check_inputs(request)
     problem = materialise(request, directory)
     if problem:
         log_path.write_text(f"error: {problem}\n")
         return _result(request, "invalid", {}, problem, log_path, None, started)
 
-    sandbox = isolation(request.network)
     env = scrubbed_env(os.environ, threads=request.torch_threads, seed=request.seed)
     timed_out = False
     with open(log_path, "wb") as log:
