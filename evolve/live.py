@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from population.candidate import Candidate, Status
@@ -30,6 +31,7 @@ class LiveDisplay:
         self._snapshot: Any = None
         self._live: Live | None = None
         self._last_line = 0.0
+        self._noticed = 0  # notices (refused workers, network warnings) already printed
 
     def __enter__(self) -> LiveDisplay:
         if self.console.is_terminal:
@@ -48,6 +50,11 @@ class LiveDisplay:
 
     def on_progress(self, snapshot: Any) -> None:
         self._snapshot = snapshot
+        notices = tuple(getattr(snapshot, "notices", ()))
+        for message in notices[self._noticed:]:  # once each, above the panel / in the log
+            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True,
+                               highlight=False)
+        self._noticed = max(self._noticed, len(notices))
         if self._live is not None:
             self._live.update(self._render())
             return
@@ -99,6 +106,9 @@ class LiveDisplay:
                           + (f"  ({s.held} results being confirmed)" if s.held else ""))
         table.add_row("elapsed", _fmt_elapsed(s.elapsed_s))
         table.add_row("LLM spend", f"${s.llm_usd:.2f}")
+        notices = tuple(getattr(s, "notices", ()))
+        if notices:
+            table.add_row("warnings", f"{len(notices)} (printed above; `evolve status` lists them)")
         if s.stopping:
             table.add_row("stopping", str(s.stopping))
         return table

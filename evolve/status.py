@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evolve.config import Config, load_config
@@ -53,6 +54,19 @@ def operator_table(config: Config, finished: list[Candidate]) -> Table:
     return table
 
 
+def worker_notices(store: Store) -> list[str]:
+    """Workers the run refused (another device type, or a node whose harness or data differ
+    from the controller's) and nodes where experiments could not be network-isolated."""
+    lines = []
+    refused = [line for line in (store.get_meta("refused_workers") or "").splitlines() if line]
+    if refused:
+        lines.append(f"refused workers ({len(refused)}):")
+        lines += [f"  {escape(line)}" for line in refused]
+    network = [line for line in (store.get_meta("network_warnings") or "").splitlines() if line]
+    lines += [escape(line) for line in network]
+    return lines
+
+
 def render_status(run_dir: RunDir, console: Console, islands: int, population_size: int) -> None:
     """Print counts, each island's survivors and the best lineage; opens the store read-only."""
     store = Store.open(run_dir.store_path, readonly=True)
@@ -76,6 +90,8 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         if state is not None:
             reason = store.get_meta("stop_reason")
             console.print(f"run {state}" + (f": {reason}" if reason and state != "running" else ""))
+        for line in worker_notices(store):
+            console.print(line, highlight=False)
         trust = read_trust(store, store.finished_in_order())
         for line in trust.lines():
             console.print(line)

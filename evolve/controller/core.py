@@ -45,6 +45,16 @@ class WorkerLost:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkerRefused:
+    """The worker cannot score runs (its node's harness or data differ from the controller's):
+    it leaves, and a run it refused goes back to the queue without counting as lost."""
+
+    worker_id: str
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class ResultArrived:
     """An attempt ended. `outcome` is done/crashed/timed_out/invalid, or lost (worker lives)."""
 
@@ -100,8 +110,8 @@ class StopRequested:
     now: float
 
 
-Event = (WorkerJoined | WorkerLost | ResultArrived | ProposalReady | ProposalFailed | Tick
-         | StopRequested | ExtraRunsQueued)
+Event = (WorkerJoined | WorkerLost | WorkerRefused | ResultArrived | ProposalReady
+         | ProposalFailed | Tick | StopRequested | ExtraRunsQueued)
 
 
 # -------------------------------------------------------------------------- decisions
@@ -125,7 +135,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Requeue:
-    """An attempt was lost; the candidate goes back to the front of the queue."""
+    """An attempt was lost (or refused by its worker); the candidate goes back to the front of
+    the queue. `lost_count` counts lost attempts only."""
 
     candidate_id: str
     lost_count: int
@@ -299,7 +310,7 @@ class Scheduler:
                         self._free[event.worker_id] = None
                     else:
                         out.append(RefuseWorker(event.worker_id, admission.message))
-            case WorkerLost():
+            case WorkerLost() | WorkerRefused():
                 self._worker_lost(event, out)
             case ResultArrived():
                 self._result(event, out)
@@ -397,14 +408,20 @@ class Scheduler:
         while self._tokens and self._tokens[0][0] <= self._now - TOKEN_WINDOW_S:
             self._tokens_in_window -= self._tokens.popleft()[1]
 
-    def _worker_lost(self, event: WorkerLost, out: list[Decision]) -> None:
+    def _worker_lost(self, event: WorkerLost | WorkerRefused, out: list[Decision]) -> None:
         if event.worker_id not in self._workers:
             return
         candidate = self._workers.pop(event.worker_id)
         self._free.pop(event.worker_id, None)
         self._devices.forget(event.worker_id)
-        if candidate is not None:
-            self._attempt_lost(candidate, event.reason, out)
+        if candidate is None:
+            return
+        if isinstance(event, WorkerRefused):  # the node's fault: no lost attempt is charged
+            _, island = self._running.pop(candidate)
+            self._ready.appendleft((candidate, island))
+            out.append(Requeue(candidate, self._lost.get(candidate, 0)))
+            return
+        self._attempt_lost(candidate, event.reason, out)
 
     def _result(self, event: ResultArrived, out: list[Decision]) -> None:
         running = self._running.get(event.candidate_id)

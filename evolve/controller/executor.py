@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from evolve.workers.runner import RunRequest, RunResult, run_candidate
+from evolve.workers.runner import RunRequest, RunResult, TemplateError, run_candidate
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Joined:
     worker_id: str
     node: str
     device: str
+    ip: str = ""
+    isolation_problem: str = ""  # why experiments on its node cannot be network-isolated
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,24 @@ class Left:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """The worker refused to score a run: its node's harness or data differ from the
+    controller's (`TemplateError`). The run goes back to the queue, charged to no one; the
+    worker gets no more work. `fatal`: no worker can do better (the controller's own machine,
+    whose template or data changed under the running controller), so the run stops."""
+
+    worker_id: str
+    reason: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
 class Finished:
     worker_id: str
     result: RunResult
 
 
-ExecutorEvent = Joined | Left | Finished
+ExecutorEvent = Joined | Left | Refused | Finished
 Emit = Callable[[ExecutorEvent], None]
 
 
@@ -50,7 +64,7 @@ class Executor(Protocol):
         """Begin; announce every worker with `Joined` (now or later, as they come up)."""
 
     def submit(self, worker_id: str, request: RunRequest) -> None:
-        """Run `request` on the (idle) worker; its `Finished` or `Left` follows via `emit`."""
+        """Run `request` on the (idle) worker; its `Finished`, `Left` or `Refused` follows."""
 
     async def close(self, *, abandon: bool = False) -> None:
         """Release the workers; `abandon` kills experiments still running."""
@@ -75,10 +89,13 @@ class LocalExecutor:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, emit: Emit) -> None:
+        from evolve.workers.network import unshare_problem
+
         self._emit = emit
         node = platform.node() or "localhost"
+        problem = await asyncio.to_thread(unshare_problem)
         for i in range(self.count):
-            emit(Joined(f"{self.prefix}{i}", node, "cpu"))
+            emit(Joined(f"{self.prefix}{i}", node, "cpu", isolation_problem=problem))
 
     def submit(self, worker_id: str, request: RunRequest) -> None:
         task = asyncio.get_running_loop().create_task(self._run(worker_id, request))
@@ -87,11 +104,17 @@ class LocalExecutor:
 
     async def _run(self, worker_id: str, request: RunRequest) -> None:
         started = time.time()
+        assert self._emit is not None
         try:
             result = await asyncio.to_thread(run_candidate, request)
+        except TemplateError as exc:  # this machine is the controller's: nowhere else to go
+            self._emit(Refused(worker_id, (
+                f"stopped: worker {worker_id} on the controller's machine refused to score: {exc} "
+                "— the template or its data changed under the running controller; restore them "
+                "and `evolve resume` the run"), fatal=True))
+            return
         except Exception as exc:  # the runner itself broke: the candidate crashed, say why
             result = failed_result(request, f"the runner failed: {type(exc).__name__}: {exc}", started)
-        assert self._emit is not None
         self._emit(Finished(worker_id, result))
 
     async def close(self, *, abandon: bool = False) -> None:
@@ -108,20 +131,27 @@ class RayExecutor:
     Every `poll_s` it compares the cluster with its workers: actors on dead nodes are
     reported `Left`, and missing workers (lost ones, or more room when `count` is "auto")
     are started as resources allow.
+
+    A worker that refuses to score (its node's harness or data differ from the controller's)
+    is reported `Refused` and kept alive, idle: it goes on holding its CPUs/GPUs, so no new
+    worker is placed in its slot only to refuse again. It is let go when its node dies.
     """
 
     def __init__(self, count: int | str = "auto", *, gpus_per_worker: float = 0.0,
                  cpus_per_worker: float = 1.0, poll_s: float = 5.0, place_timeout_s: float = 600.0,
-                 prefix: str = "w") -> None:
+                 prefix: str = "w", runtime_env: dict[str, Any] | None = None) -> None:
         self.count = count
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_worker = cpus_per_worker
         self.poll_s = poll_s
         self.place_timeout_s = place_timeout_s
         self.prefix = prefix
+        self.runtime_env = runtime_env  # the workers' own (env_vars, working_dir), if any
         self._emit: Emit | None = None
         self._actors: dict[str, Any] = {}        # live, placed workers
         self._nodes: dict[str, str] = {}         # worker -> node id
+        self._ips: dict[str, str] = {}           # worker -> node IP
+        self._refused: dict[str, tuple[Any, str]] = {}  # idle refused worker -> (actor, node id)
         self._pending = 0                        # actors created, not yet placed
         self._next = 0
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -162,7 +192,9 @@ class RayExecutor:
 
         options = CandidateWorker.options(num_cpus=self.cpus_per_worker,
                                           num_gpus=self.gpus_per_worker,
-                                          scheduling_strategy="SPREAD", max_restarts=0)
+                                          scheduling_strategy="SPREAD", max_restarts=0,
+                                          **({"runtime_env": self.runtime_env}
+                                             if self.runtime_env else {}))
         for _ in range(max(0, n)):
             worker_id = f"{self.prefix}{self._next}"
             self._next += 1
@@ -185,8 +217,10 @@ class RayExecutor:
             return
         self._actors[worker_id] = actor
         self._nodes[worker_id] = info.node_id
+        self._ips[worker_id] = info.ip
         assert self._emit is not None
-        self._emit(Joined(worker_id, info.node_id, info.device))
+        self._emit(Joined(worker_id, info.node_id, info.device, ip=info.ip,
+                          isolation_problem=info.isolation_problem))
 
     async def _follow_cluster(self) -> None:
         import ray
@@ -199,7 +233,9 @@ class RayExecutor:
                 continue
             for worker_id in [w for w, node in self._nodes.items() if node in dead]:
                 self._lose(worker_id, f"its node {self._nodes[worker_id][:12]} died")
-            missing = self._wanted() - len(self._actors) - self._pending
+            for worker_id in [w for w, (_, node) in self._refused.items() if node in dead]:
+                self._refused.pop(worker_id)  # its slot is gone with the node; nothing to say
+            missing = self._wanted() - len(self._actors) - len(self._refused) - self._pending
             if missing > 0 and ray.available_resources().get("CPU", 0) >= self.cpus_per_worker:
                 self._spawn(min(missing, self._fits()))
 
@@ -217,6 +253,7 @@ class RayExecutor:
 
         actor = self._actors.pop(worker_id, None)
         self._nodes.pop(worker_id, None)
+        self._ips.pop(worker_id, None)
         run = self._runs.pop(worker_id, None)
         if run is not None:
             run.cancel()
@@ -226,6 +263,21 @@ class RayExecutor:
             ray.kill(actor)
         assert self._emit is not None
         self._emit(Left(worker_id, reason))
+
+    def _refuse(self, worker_id: str, exc: BaseException) -> None:
+        """Take a worker that refused to score out of the pool, keeping its actor (and slot)."""
+        actor = self._actors.pop(worker_id, None)
+        node = self._nodes.pop(worker_id, "")
+        ip = self._ips.pop(worker_id, "")
+        if actor is None:
+            return
+        self._refused[worker_id] = (actor, node)
+        cause = getattr(exc, "cause", None) or exc
+        detail = " ".join(str(cause).split())[:600]
+        assert self._emit is not None
+        self._emit(Refused(worker_id, (
+            f"worker {worker_id} on node {node[:12]}{f' ({ip})' if ip else ''} refused to "
+            f"score: {detail}; it gets no more work and holds its slot idle until the run ends")))
 
     def actor(self, worker_id: str) -> Any:
         """The live actor handle of a worker (operations, tests), or KeyError."""
@@ -238,7 +290,7 @@ class RayExecutor:
         self._runs[worker_id] = self._background(self._run(worker_id, actor, request))
 
     async def _run(self, worker_id: str, actor: Any, request: RunRequest) -> None:
-        from evolve.workers.actor import is_worker_lost
+        from evolve.workers.actor import is_refusal, is_worker_lost
 
         started = time.time()
         try:
@@ -246,6 +298,10 @@ class RayExecutor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_refusal(exc):
+                self._runs.pop(worker_id, None)
+                self._refuse(worker_id, exc)
+                return
             if is_worker_lost(exc):
                 self._runs.pop(worker_id, None)
                 self._lose(worker_id, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -263,9 +319,11 @@ class RayExecutor:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
-        for actor in list(self._actors.values()):
+        for actor in [*self._actors.values(), *(actor for actor, _ in self._refused.values())]:
             with contextlib.suppress(Exception):
                 ray.kill(actor)  # its experiment dies with it (parent-death signal)
         self._actors.clear()
+        self._refused.clear()
         self._nodes.clear()
+        self._ips.clear()
         self._runs.clear()

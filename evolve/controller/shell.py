@@ -35,9 +35,10 @@ from evolve.controller.core import (
     Tick,
     WorkerJoined,
     WorkerLost,
+    WorkerRefused,
 )
 from evolve.controller.devices import device_type
-from evolve.controller.executor import Executor, Finished, Joined, Left
+from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.memory import StoreMemory
 from evolve.controller.proposals import ProposalDone, Proposals
@@ -77,6 +78,7 @@ class Progress:
     stopping: str | None
     noise_sigma: float | None = None  # σ of val_bpb under seeds (the root's re-runs)
     held: int = 0                     # results waiting for their confirmation runs
+    notices: tuple[str, ...] = ()     # so far: refused workers, nodes without network isolation
 
 
 class RunRecorder(Protocol):
@@ -135,6 +137,8 @@ class Controller:
                                    post=self._queue.put_nowait, clock=clock)
         self._crashes = 0
         self._rejected = 0
+        self._notices: list[str] = []          # what the operator must hear about, once each
+        self._unisolated: set[str] = set()     # nodes already warned about
 
     # ------------------------------------------------------------------- run
 
@@ -182,13 +186,14 @@ class Controller:
             item = await self._queue.get()
             if item == "abandon":
                 return "abandoned: experiments still running were left for resume"
-            event = self._translate(item)
-            if event is None:
-                continue
-            for decision in core.handle(event):
-                if isinstance(decision, Stop):
-                    return decision.reason
-                self._carry_out(decision)
+            translated = self._translate(item)
+            for event in translated if isinstance(translated, list) else [translated]:
+                if event is None:
+                    continue
+                for decision in core.handle(event):
+                    if isinstance(decision, Stop):
+                        return decision.reason
+                    self._carry_out(decision)
             self._progress()
 
     async def _ticker(self) -> None:
@@ -211,16 +216,20 @@ class Controller:
             return StopRequested(now=now)
         if isinstance(item, Joined):
             self._workers[item.worker_id] = item
+            self._warn_isolation(item)
             return WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)
         if isinstance(item, Left):
-            self._workers.pop(item.worker_id, None)
-            run = self._running.pop(item.worker_id, None)
-            if run is not None and self.extra.owns(run.candidate_id):
-                self.extra.lost(run.attempt_id, item.reason, now)
-            elif run is not None:
-                self.store.finish_attempt(run.attempt_id, outcome="lost", reason=item.reason, now=now)
-                self._add_worker_seconds(now - run.started, wasted=False)
+            self._close_run(item.worker_id, item.reason, now)
             return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
+        if isinstance(item, Refused):
+            self._close_run(item.worker_id, f"refused: {item.reason}", now)
+            self._notice("refused_workers", item.reason)
+            refused = WorkerRefused(worker_id=item.worker_id, reason=item.reason, now=now)
+            if item.fatal:  # close first: the requeued run must not start on the next worker
+                return [StopRequested(reason=item.reason, now=now), refused]
+            return refused
+        if isinstance(item, StopRequested):
+            return item
         if isinstance(item, Finished):
             return self._finished(item.worker_id, item.result, now)
         if isinstance(item, ProposalDone):
@@ -228,6 +237,37 @@ class Controller:
         if isinstance(item, ExtraRunsQueued):
             return item
         raise TypeError(f"unexpected event {item!r}")
+
+    def _close_run(self, worker_id: str, reason: str, now: float) -> None:
+        """The worker is gone or refused: its attempt in flight (if any) ends as lost. (The
+        store knows no other outcome for it; the core does not charge a refusal.)"""
+        self._workers.pop(worker_id, None)
+        run = self._running.pop(worker_id, None)
+        if run is not None and self.extra.owns(run.candidate_id):
+            self.extra.lost(run.attempt_id, reason, now)
+        elif run is not None:
+            self.store.finish_attempt(run.attempt_id, outcome="lost", reason=reason, now=now)
+            self._add_worker_seconds(now - run.started, wasted=False)
+
+    def _warn_isolation(self, joined: Joined) -> None:
+        """Once per node: experiments there run with the network although isolation was asked."""
+        if (not joined.isolation_problem or self.config.workers.network == "allow"
+                or joined.node in self._unisolated):
+            return
+        self._unisolated.add(joined.node)
+        where = joined.node[:12] + (f" ({joined.ip})" if joined.ip else "")
+        self._notice("network_warnings", f"network: NOT isolated on node {where} "
+                                         f"({joined.isolation_problem}); its experiments can "
+                                         "reach the network")
+
+    def _notice(self, meta_key: str, message: str) -> None:
+        """Keep a message for the live output and for `evolve status` (store meta, one a line)."""
+        if message in self._notices:
+            return
+        self._notices.append(message)
+        kept = self.store.get_meta(meta_key, "") or ""
+        if message not in kept.splitlines():
+            self.store.set_meta(meta_key, (kept + message + "\n")[-20000:])
 
     def _finished(self, worker_id: str, result: RunResult, now: float) -> ResultArrived | None:
         run = self._running.get(worker_id)
@@ -322,8 +362,7 @@ class Controller:
             case Requeue():
                 pass  # the lost attempt is already closed in the store; the core re-runs it
             case RefuseWorker():  # another device type: kept for `evolve status` and the log
-                refused = self.store.get_meta("refused_workers", "") or ""
-                self.store.set_meta("refused_workers", (refused + decision.message + "\n")[-20000:])
+                self._notice("refused_workers", decision.message)
             case GiveUp() if self.extra.owns(decision.candidate_id):
                 now = self.clock()  # an extra run lost too often: decide without it
                 jobs = self.extra.after(decision.candidate_id, now)
@@ -442,5 +481,6 @@ class Controller:
             crashes=self._crashes, rejected=self._rejected, elapsed_s=status.elapsed_s,
             llm_usd=status.llm_usd, stopping=status.closing,
             noise_sigma=self.extra.sigma(), held=self.extra.pending(),
+            notices=tuple(self._notices),
         ))
 

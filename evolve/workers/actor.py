@@ -12,7 +12,8 @@ import ray
 import ray.exceptions as rex
 
 from evolve.workers.device import detect_device, visible_gpus
-from evolve.workers.runner import RunRequest, RunResult, run_candidate
+from evolve.workers.network import unshare_problem
+from evolve.workers.runner import RunRequest, RunResult, TemplateError, run_candidate
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class WorkerInfo:
     node_id: str
     ip: str
     device: str
+    isolation_problem: str = ""  # why experiments here cannot be network-isolated ("" = they can)
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -36,6 +38,7 @@ class CandidateWorker:
             node_id=context.get_node_id(),
             ip=ray.util.get_node_ip_address(),
             device=_assigned_device(),
+            isolation_problem=unshare_problem(),
         )
 
     def describe(self) -> WorkerInfo:
@@ -65,6 +68,15 @@ _LOST = (
     rex.ActorPlacementGroupRemoved,
     rex.ObjectLostError,
 )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True if `exc` (raised by ray.get on `run`) is the worker refusing to score: its node's
+    harness or data differ from the controller's (`TemplateError`). Neither the candidate's
+    fault nor a loss: the run belongs on another worker, and this worker on none."""
+    if isinstance(exc, TemplateError):  # Ray re-raises the cause as a subclass of its type
+        return True
+    return isinstance(exc, rex.RayTaskError) and isinstance(getattr(exc, "cause", None), TemplateError)
 
 
 def is_worker_lost(exc: BaseException) -> bool:
