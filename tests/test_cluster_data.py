@@ -47,3 +47,24 @@ def test_a_worker_refuses_a_template_that_is_not_the_controllers(tmp_path):
                          timeout_s=60, work_root=str(tmp_path / "work"), template_hash=expected)
     with pytest.raises(TemplateError, match="differs from the controller's"):
         run_candidate(request)
+
+
+def test_a_ray_worker_refusing_another_template_is_a_refusal_not_a_loss(tmp_path, ray_session):
+    from evolve.workers.actor import CandidateWorker, is_refusal, is_worker_lost
+    from evolve.workers.network import unshare_problem
+
+    template = tmp_path / "template"
+    shutil.copytree(SLEEP_TEMPLATE, template)
+    request = RunRequest(candidate_id="c", files={"train.py": (template / "train_cpu.py").read_text()},
+                         template_dir=str(template), profile="cpu-micro", data="synthetic", seed=0,
+                         timeout_s=60, work_root=str(tmp_path / "work"), template_hash="0" * 64)
+    worker = CandidateWorker.options(num_cpus=1).remote("w9")
+    try:
+        info = ray_session.get(worker.describe.remote(), timeout=120)
+        assert info.worker_id == "w9" and info.isolation_problem == unshare_problem()
+        with pytest.raises(Exception) as caught:
+            ray_session.get(worker.run.remote(request), timeout=120)
+        assert is_refusal(caught.value) and not is_worker_lost(caught.value)
+        assert "differs from the controller's" in str(caught.value)
+    finally:
+        ray_session.kill(worker)

@@ -5,8 +5,11 @@ Pure decisions (evolve/controller/devices.py and the scheduler core): millisecon
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
+
+from rich.console import Console
 
 from evolve.controller.core import (
     ProposalReady,
@@ -23,7 +26,10 @@ from evolve.controller.core import (
 from evolve.controller.devices import DevicePolicy, device_type
 from evolve.controller.executor import Joined, LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.live import LiveDisplay
 from evolve.mutate.heuristic import HeuristicMutator
+from evolve.rundir import RunDir
+from evolve.status import render_status
 from population.store import Store
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
@@ -138,7 +144,24 @@ class TwoModels(LocalExecutor):
             emit(Joined(f"{self.prefix}{i}", "node", H100 if i % 2 == 0 else A100))
 
 
-def _run(tmp_path, groups: bool):
+class Shown:
+    """A recorder that shows progress on a live display writing to a buffer (not a terminal)."""
+
+    def __init__(self) -> None:
+        self.out = io.StringIO()
+        self.display = LiveDisplay(Console(file=self.out, width=300), line_every_s=0.0)
+
+    def on_candidate(self, c) -> None:
+        pass
+
+    def on_result(self, c, kept: bool) -> None:
+        self.display.on_result(c, kept)
+
+    def on_progress(self, snapshot) -> None:
+        self.display.on_progress(snapshot)
+
+
+def _run(tmp_path, groups: bool, recorder=None):
     import asyncio
     import sys
 
@@ -148,15 +171,18 @@ def _run(tmp_path, groups: bool):
     config = make_config(make_template(tmp_path, 0.05), budget={"max_experiments": 12},
                          population={"islands": 4, "migration_interval": 3},
                          workers={"count": 4, "device_groups": groups})
-    store = Store.open(tmp_path / "store.sqlite")
+    run_dir = RunDir.create(tmp_path / "results", "t")
+    run_dir.config_path.write_text(config.to_yaml())
+    store = Store.open(run_dir.store_path)
     controller = Controller(config, store, TwoModels(4), {"heuristic": HeuristicMutator()},
-                            Recorder(), work_root=tmp_path / "work", tick_s=0.1)
+                            recorder or Recorder(), work_root=tmp_path / "work", tick_s=0.1)
     reason = asyncio.run(controller.run())
-    return store, reason
+    return store, reason, run_dir
 
 
 def test_a_run_on_two_gpu_models_uses_one_and_names_the_refused(tmp_path):
-    store, reason = _run(tmp_path, groups=False)
+    shown = Shown()
+    store, reason, run_dir = _run(tmp_path, groups=False, recorder=shown)
     try:
         assert reason == "max_experiments reached (12)"
         devices = {a.device for c in store.finished_in_order() for a in store.attempts(c.id)}
@@ -166,10 +192,19 @@ def test_a_run_on_two_gpu_models_uses_one_and_names_the_refused(tmp_path):
         assert store.get_meta("device_type") == H100
     finally:
         store.close()
+    # Said in the live output (once each) and listed by `evolve status`.
+    live = shown.out.getvalue()
+    for worker in ("local1", "local3"):
+        assert live.count(f"warning: worker {worker} not used: its device is {A100}") == 1, live
+    console = Console(file=io.StringIO(), width=300, record=True)
+    render_status(run_dir, console, islands=4, population_size=4)
+    text = console.export_text()
+    assert "refused workers (2):" in text
+    assert f"worker local1 not used: its device is {A100} but this run is scored on {H100}" in text
 
 
 def test_device_groups_keep_each_island_and_its_migrants_on_one_type(tmp_path):
-    store, reason = _run(tmp_path, groups=True)
+    store, reason, _ = _run(tmp_path, groups=True)
     try:
         assert reason == "max_experiments reached (12)"
         island_type: dict[int, set[str]] = {}
