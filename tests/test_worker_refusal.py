@@ -237,3 +237,26 @@ def test_no_warning_where_isolation_works_or_is_not_asked_for(tmp_path):
                 assert warned is None
         finally:
             store.close()
+
+
+def test_on_ray_a_run_no_worker_can_score_stops_and_blames_no_candidate(tmp_path, ray_session):
+    template = make_template(tmp_path, 0.05)
+    config = make_config(template, budget={"max_experiments": 4}, workers={"count": 2})
+    run_dir, store = open_run(tmp_path, config)
+    controller = Controller(config, store, RayExecutor(2, cpus_per_worker=1, poll_s=0.3),
+                            {"heuristic": HeuristicMutator()}, Watcher(),
+                            work_root=tmp_path / "work", tick_s=0.1)
+    controller.template_hash = "0" * 64  # no node has the controller's harness
+    try:
+        reason = asyncio.run(controller.run())
+        assert reason.startswith("stopped: every worker refused to score, the last w")
+        assert "differs from the controller's" in reason and "evolve resume" in reason
+        assert store.get("root").status is Status.RUNNING  # resume runs it again
+        assert store.count(Status.CRASHED, Status.TIMED_OUT, Status.DONE) == 0
+        outcomes = [a.outcome for a in store.attempts("root")]
+        assert outcomes == ["lost", "lost"]  # one refusal by each worker, both uncharged
+        refused = [line for line in store.get_meta("refused_workers").splitlines() if line]
+        assert len(refused) == 2
+    finally:
+        store.close()
+    assert "refused workers (2):" in status_text(run_dir)

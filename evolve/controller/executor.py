@@ -274,10 +274,18 @@ class RayExecutor:
         self._refused[worker_id] = (actor, node)
         cause = getattr(exc, "cause", None) or exc
         detail = " ".join(str(cause).split())[:600]
+        where = f"node {node[:12]}" + (f" ({ip})" if ip else "")
+        last = not self._actors and not self._pending  # nobody left who might score
         assert self._emit is not None
+        if last:
+            self._emit(Refused(worker_id, (
+                f"stopped: every worker refused to score, the last {worker_id} on {where}: "
+                f"{detail}; fix the nodes' template and data, then `evolve resume` the run"),
+                fatal=True))
+            return
         self._emit(Refused(worker_id, (
-            f"worker {worker_id} on node {node[:12]}{f' ({ip})' if ip else ''} refused to "
-            f"score: {detail}; it gets no more work and holds its slot idle until the run ends")))
+            f"worker {worker_id} on {where} refused to score: {detail}; it gets no more work "
+            "and holds its slot idle until the run ends")))
 
     def actor(self, worker_id: str) -> Any:
         """The live actor handle of a worker (operations, tests), or KeyError."""
