@@ -48,22 +48,21 @@ class RunRecorder:
             self.display.on_progress(snapshot)
 
 
-def take_secrets_out_of_environment(names: Sequence[str]) -> dict[str, str]:
-    """Remove API keys from this process's environment (before Ray starts, so no worker ever
-    inherits them) and return them to whoever needs them in the driver."""
-    from evolve.environ_scrub import blank_initial_environ
+def take_secrets_out_of_environment(needed: Sequence[str]) -> dict[str, str]:
+    """Remove every credential from this process's environment (before Ray starts, so no worker
+    ever inherits one, and from /proc/<driver>/environ) and return those in `needed`, the
+    only ones the driver keeps: the LLM client's settings, handed to it at construction.
+    Ray's own settings (token mode and path, TLS key path) stay; see `evolve.environ_scrub`."""
+    from evolve.environ_scrub import take_secrets
 
-    taken = {}
-    for name in names:
-        value = os.environ.pop(name, None)
-        if value is not None:
-            taken[name] = value
-    blank_initial_environ(taken)  # /proc/<driver>/environ would still show them
-    return taken
+    return take_secrets(needed)
 
 
 def _secret_names(config: Config) -> list[str]:
+    """What the LLM client reads from the environment: its key variables and, as the Anthropic
+    SDK does, ANTHROPIC_* (base URL, auth token) when no base_url is configured."""
     names = list(SECRET_ENV_VARS)
+    names += [name for name in os.environ if name.startswith("ANTHROPIC_") and name not in names]
     for op in config.mutation.operators:
         env = getattr(op, "api_key_env", None)
         if env and env not in names:

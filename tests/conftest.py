@@ -53,14 +53,20 @@ def _wait_for_head(log_path: Path, head: subprocess.Popen, timeout: float = 120.
 
 
 @pytest.fixture(scope="session")
-def ray_address(tmp_path_factory: pytest.TempPathFactory):
+def ray_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session head's --temp-dir: its session directories (logs, sockets) are under it."""
+    return tmp_path_factory.mktemp("ray")
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_temp_dir: Path):
     """Start one `ray start --head` for the session (4 logical CPUs, 2 fake GPUs) and attach.
 
     Tests and CLI subprocesses reach it through RAY_ADDRESS, as they would a real cluster.
     """
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    temp_dir = tmp_path_factory.mktemp("ray")
+    temp_dir = ray_temp_dir
     # --block keeps the head tied to this process group, so teardown stops only our head
     # (never `ray stop`, which would stop every Ray on the machine).
     log_path = temp_dir / "head.log"

@@ -1,7 +1,8 @@
 """Containing LLM-written code: no secret to find, no network, nothing that outlives its run.
 
 Every child here is a real train.py run by the real runner (under a real Ray worker where the
-secret search needs the whole path: `evolve run --address auto` on the session's head).
+secret search needs the whole path: `evolve run` attached to the session's head, and one that
+starts its own Ray, so that the driver is the child's ancestor).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -27,19 +29,25 @@ SLEEP_TEMPLATE = REPO / "tests" / "fixtures" / "sleep_template"
 TRAIN_TEMPLATE = REPO / "train_template"
 SLEEP_SEED = (SLEEP_TEMPLATE / "train_cpu.py").read_text().replace("SLEEP_S = 0.5 ", "SLEEP_S = 0.01")
 
-# Appended to the stand-in seed: at import, look for the key everywhere a same-user process
-# can, and write what was searched and found to REPORT.
-SPY = r'''
+# Appended to the stand-in seed: at import, look for the secrets everywhere a same-user process
+# can, and write what was searched and found to the report. `_SPEC` holds the secrets reversed
+# and hex-encoded (the source itself lands in the work directory, which the search reads):
+# "anywhere" ones must be in no environment and no file; "environ" ones (the Ray token, which
+# by design lives in a token file) in no environment.
+SPY = r"""
 import os as _os, pathlib as _pl, json as _json
-_KEY = bytes.fromhex({key_hex!r})[::-1]  # the source itself must not hold the key
-_found, _scanned, _ancestors = [], [], []
-if _KEY in "\0".join(f"{{k}}={{v}}" for k, v in _os.environ.items()).encode():
-    _found.append("own environment")
+def _key(h):
+    return bytes.fromhex(h)[::-1]
+_ANY = {n: _key(h) for n, h in _SPEC["anywhere"].items()}
+_ENV = {n: _key(h) for n, h in _SPEC["environ"].items()}
+_found, _scanned, _ancestors, _token_paths, _token_files = [], [], [], [], []
+_own = "\0".join(f"{k}={v}" for k, v in _os.environ.items()).encode()
+_found += [f"{n} in own environment" for n, k in {**_ANY, **_ENV}.items() if k in _own]
 _pid = _os.getppid()
 while _pid > 1:
     _ancestors.append(_pid)
     try:
-        _pid = int(_pl.Path(f"/proc/{{_pid}}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        _pid = int(_pl.Path(f"/proc/{_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         break
 for _entry in _pl.Path("/proc").iterdir():
@@ -50,36 +58,53 @@ for _entry in _pl.Path("/proc").iterdir():
     except OSError:
         continue
     _scanned.append(int(_entry.name))
-    if _KEY in _data:
-        _found.append(f"/proc/{{_entry.name}}/environ")
-_files = 0
-for _root in {roots!r}:
+    _found += [f"{n} in /proc/{_entry.name}/environ" for n, k in {**_ANY, **_ENV}.items()
+               if k in _data]
+    if int(_entry.name) in _ancestors:  # follow the token file an ancestor points Ray to
+        for _var in _data.split(b"\0"):
+            if _var.startswith(b"RAY_AUTH_TOKEN_PATH="):
+                _token_paths.append(_var.split(b"=", 1)[1].decode())
+_roots = list(_SPEC["roots"]) + sorted({str(_pl.Path(p).parent) for p in _token_paths})
+_files = {}
+for _root in _roots:
+    _files[_root] = 0
     for _path in _pl.Path(_root).expanduser().rglob("*"):
         try:
             if _path.is_file() and not _path.is_symlink() and _path.stat().st_size < 20_000_000:
-                _files += 1
-                if _KEY in _path.read_bytes():
-                    _found.append(str(_path))
+                _files[_root] += 1
+                _bytes = _path.read_bytes()
+                _found += [f"{n} in {_path}" for n, k in _ANY.items() if k in _bytes]
+                if any(k in _bytes for k in _ENV.values()):
+                    _token_files.append(str(_path))
         except OSError:
             pass
-_pl.Path({report!r}).write_text(_json.dumps({{"found": _found, "scanned": _scanned,
-                                             "ancestors": _ancestors, "files": _files}}))
-'''
+_pl.Path(_SPEC["report"]).write_text(_json.dumps({
+    "found": _found, "scanned": _scanned, "ancestors": _ancestors, "files": _files,
+    "token_paths": _token_paths, "token_files": _token_files}))
+"""
+
+# What a user's shell may hold beside the LLM key; the driver must drop them all before Ray
+# starts (experiments get a scrubbed environment, but their ancestors' environ is readable).
+OTHER_SECRETS = ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN")
 
 
-def test_the_api_key_is_nowhere_a_child_can_look(ray_address, tmp_path):
-    """`evolve run --address auto` with ANTHROPIC_API_KEY set in the driver: the child finds
-    the key in no environment (its own, any ancestor's, any process's), no Ray token file and
-    no file of Ray's session directories."""
-    key = "sk-ant-fake-" + secrets.token_hex(16)
+def _hidden(value: str) -> str:
+    return value.encode()[::-1].hex()
+
+
+def _spy_run(tmp_path: Path, env: dict[str, str], roots: list[str], ray_token: str = "",
+             address: str | None = None) -> tuple[dict, dict[str, str], int]:
+    """Run `evolve run` (one experiment: the spy) as a real subprocess with the LLM key and
+    OTHER_SECRETS in its environment; (the spy's report, the secrets planted, the driver pid)."""
+    planted = {"ANTHROPIC_API_KEY": "sk-ant-fake-" + secrets.token_hex(16)}
+    planted.update({name: f"fake-{name.lower()}-{secrets.token_hex(16)}" for name in OTHER_SECRETS})
     report = tmp_path / "spy.json"
-    token_path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
-    roots = [str(token_path.parent), "~/.ray", "/tmp/ray/session_latest", str(tmp_path / "results")]
+    spec = {"anywhere": {name: _hidden(value) for name, value in planted.items()},
+            "environ": {"RAY_AUTH_TOKEN": _hidden(ray_token)} if ray_token else {},
+            "roots": [*roots, str(tmp_path / "results")], "report": str(report)}
     template = tmp_path / "template"
     shutil.copytree(SLEEP_TEMPLATE, template)
-    (template / "train_cpu.py").write_text(
-        SLEEP_SEED + SPY.format(key_hex=key.encode()[::-1].hex(), roots=roots,
-                                report=str(report)))
+    (template / "train_cpu.py").write_text(SLEEP_SEED + f"\n_SPEC = {spec!r}\n" + SPY)
     config = {
         "name": "spy", "template": str(template), "profile": "cpu-micro",
         # network: allow, so the child is a plain same-user process (inside the isolating user
@@ -88,25 +113,74 @@ def test_the_api_key_is_nowhere_a_child_can_look(ray_address, tmp_path):
         "budget": {"max_experiments": 1}, "output": {"results_dir": str(tmp_path / "results")},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, ANTHROPIC_API_KEY=key, OMP_NUM_THREADS="1")
-    driver = subprocess.Popen([sys.executable, "-m", "evolve.cli", "run", str(tmp_path / "run.yaml"),
-                               "--address", "auto"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = driver.communicate(timeout=240)[0]
+    argv = [sys.executable, "-m", "evolve.cli", "run", str(tmp_path / "run.yaml")]
+    argv += ["--address", address] if address else []
+    driver = subprocess.Popen(argv, cwd=tmp_path, env={**env, **planted, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        output = driver.communicate(timeout=240)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a driver stuck past the limit, its Ray
+            os.killpg(driver.pid, 9)
     assert driver.returncode == 0, output[-3000:]
     assert "max_experiments reached" in output, output[-2000:]
-    seen = json.loads(report.read_text())
+    return json.loads(report.read_text()), planted, driver.pid
+
+
+def test_no_secret_is_anywhere_a_child_can_look(ray_address, ray_temp_dir, tmp_path):
+    """`evolve run --address auto` on the session's token-auth head, with the LLM key, HF_TOKEN,
+    AWS and GitHub secrets in the driver's environment, and the Ray token as a literal
+    RAY_AUTH_TOKEN: the driver still attaches (the token reaches Ray through a private file),
+    and the child finds none of the planted secrets in any environment (its own, any
+    ancestor's, any process's, the driver's included), the Ray token file, or any file of the
+    head's session directory; nor the Ray token in any environment."""
+    token_path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    env["RAY_AUTH_TOKEN"] = token_path.read_text()
+    session = ray_temp_dir / "session_latest"
+    seen, _, driver_pid = _spy_run(tmp_path, env, [str(token_path.parent), "~/.ray", str(session)],
+                                   ray_token=env["RAY_AUTH_TOKEN"], address="auto")
     assert seen["found"] == []
-    # The search could have found it: it read the driver's /proc environ and walked Ray's files.
-    assert driver.pid in seen["scanned"]
+    # The search could have found them: it read the driver's /proc environ, every ancestor's,
+    # and the files of this head's own session (not some other Ray's /tmp/ray/session_latest).
+    assert driver_pid in seen["scanned"]
     assert len(seen["ancestors"]) >= 3 and set(seen["ancestors"]) <= set(seen["scanned"])
-    assert seen["files"] > 0
+    assert seen["files"][str(session)] > 0, seen["files"]
+    assert str(token_path) in seen["token_files"]
+
+
+def test_a_driver_that_starts_ray_itself_leaves_no_secret_to_its_descendants(tmp_path):
+    """`evolve run` with no address starts Ray itself, token auth on, the Ray token given as a
+    literal RAY_AUTH_TOKEN: the driver is now an ancestor of every experiment. Its Ray still
+    works (the token reaches Ray through a private token file), and the child finds the
+    planted secrets nowhere, the Ray token in no environment, only in that file."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="evr-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        ray_token = secrets.token_hex(32)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+        env.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token)
+        session = ray_tmp / "ray" / "session_latest"
+        seen, _, driver_pid = _spy_run(tmp_path, env, ["~/.ray", str(session)],
+                                       ray_token=ray_token)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert seen["found"] == []
+    assert driver_pid in seen["ancestors"] and driver_pid in seen["scanned"]
+    assert set(seen["ancestors"]) <= set(seen["scanned"])
+    assert seen["files"][str(session)] > 0, seen["files"]
+    # The literal token went to a file of the driver's (Ray read it there: the run finished).
+    assert len(seen["token_paths"]) >= 1 and "evolve-ray-auth-" in seen["token_paths"][0]
+    assert seen["token_paths"][0] in seen["token_files"]
 
 
 def _request(tmp_path: Path, template: Path, source: str, candidate: str, **overrides) -> RunRequest:
+    # keep_workdir: these tests read what the child left in its directory after the run
     fields = dict(candidate_id=candidate, files={"train.py": source}, template_dir=str(template),
                   profile="cpu-micro", data="synthetic", seed=0, timeout_s=120.0,
-                  work_root=str(tmp_path / "work"), cache_dir=str(tmp_path / "cache"))
+                  work_root=str(tmp_path / "work"), cache_dir=str(tmp_path / "cache"),
+                  keep_workdir=True)
     fields.update(overrides)
     return RunRequest(**fields)
 
