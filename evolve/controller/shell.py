@@ -251,7 +251,7 @@ class Controller:
 
     def _warn_isolation(self, joined: Joined) -> None:
         """Once per node: experiments there run with the network although isolation was asked."""
-        if (not joined.isolation_problem or self.config.workers.network == "allow"
+        if (not joined.isolation_problem or self.config.workers.network != "isolate"
                 or joined.node in self._unisolated):
             return
         self._unisolated.add(joined.node)
