@@ -88,7 +88,11 @@ def _recorded_costs(store: Store) -> list[float]:
 
 
 def connect_ray(config: Config, address: str | None) -> Any:
-    """Attach to a cluster (`--address`, the config, RAY_ADDRESS) or start a local Ray."""
+    """Attach to a cluster (`--address`, the config, RAY_ADDRESS) or start a local Ray.
+
+    The local case says `address="local"`: a bare `ray.init()` would attach to whatever cluster
+    this machine last recorded in /tmp/ray (someone else's, possibly gone or needing another
+    token) and hang there retrying."""
     import ray
 
     if ray.is_initialized():
@@ -96,10 +100,7 @@ def connect_ray(config: Config, address: str | None) -> Any:
     target = address or config.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
-    if target:
-        ray.init(address=target, **kwargs)
-    else:
-        ray.init(**kwargs)
+    ray.init(address=target or "local", **kwargs)
     return ray
 
 

@@ -151,8 +151,8 @@ def test_no_secret_is_anywhere_a_child_can_look(ray_address, ray_temp_dir, tmp_p
 
 
 def test_a_driver_that_starts_ray_itself_leaves_no_secret_to_its_descendants(tmp_path):
-    """`evolve run` with no address starts Ray itself, token auth on, the Ray token given as a
-    literal RAY_AUTH_TOKEN: the driver is now an ancestor of every experiment. Its Ray still
+    """`evolve run` with no address starts a Ray of its own (not the cluster last recorded in
+    Ray's temp folder), token auth on, the Ray token given as a literal RAY_AUTH_TOKEN: the driver is now an ancestor of every experiment. Its Ray still
     works (the token reaches Ray through a private token file), and the child finds the
     planted secrets nowhere, the Ray token in no environment, only in that file."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="evr-", dir="/tmp"))  # short: Ray's socket paths
@@ -162,6 +162,9 @@ def test_a_driver_that_starts_ray_itself_leaves_no_secret_to_its_descendants(tmp
                if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
         env.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token)
         session = ray_tmp / "ray" / "session_latest"
+        # A cluster this machine ran before, long gone: a bare ray.init() would attach to it.
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
         seen, _, driver_pid = _spy_run(tmp_path, env, ["~/.ray", str(session)],
                                        ray_token=ray_token)
     finally:
