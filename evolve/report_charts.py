@@ -52,6 +52,30 @@ def format_delta(delta: float) -> str:
     return f"{delta:+.3f}" if delta == 0 or abs(delta) >= 0.0005 else f"{delta:+.1e}"
 
 
+def mark_floor(axes, floor: float | None) -> None:
+    """The entropy floor as a dashed line when it lies within the axis (set to the scores
+    first); otherwise a labelled arrow at the edge it lies beyond, so the axis is not
+    stretched to reach it (which would flatten gains of a few hundredths into one line)."""
+    if floor is None:
+        return
+    bottom, top = axes.get_ylim()
+    if bottom <= floor <= top:
+        axes.axhline(floor, color=FLOOR, linestyle="--", linewidth=1.2, zorder=1,
+                     label=f"entropy floor ({floor:.3f})")
+        return
+    below = floor < bottom
+    edge = blended_transform_factory(axes.transAxes, axes.transAxes)
+    y_tip, y_text = (0.0, 0.09) if below else (1.0, 0.91)
+    # at the left edge: the scores start high there, so the corner is usually empty
+    axes.annotate(f"floor {floor:.3f} {'below' if below else 'above'}", xy=(0.012, y_tip),
+                  xycoords=edge, xytext=(0.012, y_text), textcoords=edge, ha="left",
+                  va="bottom" if below else "top", fontsize=8, color=FLOOR, zorder=6,
+                  gid="entropy-floor",
+                  arrowprops={"arrowstyle": "-|>", "color": FLOOR, "linewidth": 1.1})
+    axes.plot([], [], color=FLOOR, linestyle="--", linewidth=1.2,
+              label=f"entropy floor ({floor:.3f}, off the axis)")
+
+
 def _empty(figure: Figure, title: str, message: str) -> Figure:
     axes = figure.add_subplot()
     axes.set_axis_off()
@@ -72,7 +96,7 @@ def progress_chart(run: RunSnapshot) -> Figure:
             return _empty(figure, title, "no finished experiment with a score yet")
         axes = figure.add_subplot()
         values = sorted(c.val_bpb for _, c in scored)
-        low = min(values[0], run.floor if run.floor is not None else values[0])
+        low = values[0]
         top = max(scored[0][1].val_bpb, values[int(0.9 * (len(values) - 1))])
         pad = max(top - low, 1e-3) * 0.08
         ceiling = top + pad
@@ -105,13 +129,12 @@ def progress_chart(run: RunSnapshot) -> Figure:
         last = len(run.experiments)
         axes.step([*steps_x, last], [*steps_y, steps_y[-1]], where="post", color=BEST,
                   linewidth=1.6, zorder=4, label="running best")
-        if run.floor is not None:
-            axes.axhline(run.floor, color=FLOOR, linestyle="--", linewidth=1.2, zorder=1,
-                         label=f"entropy floor ({run.floor:.3f})")
+        # the axis fits the scores, not the floor: a floor far below would flatten every gain
+        room = (ceiling - low) * 0.3 if improvements else 0.0  # where descriptions hang
+        bottom = min(low - pad * 1.6, low - room)
+        axes.set_ylim(bottom, ceiling + pad * 0.4)
+        mark_floor(axes, run.floor)
         axes.set_xlim(0.3, last + 0.7)
-        # room below the staircase, where the descriptions of the improvements hang
-        room = (ceiling - values[0]) * 0.3 if improvements else 0.0
-        axes.set_ylim(min(low - pad * 1.6, values[0] - room), ceiling + pad * 0.4)
         axes.set_xlabel("experiment (in order of completion)")
         axes.set_ylabel(BPB_LABEL)
         axes.set_title(title)
@@ -151,7 +174,8 @@ def _annotate(figure: Figure, axes, improvements: list[tuple[int, Candidate, flo
     def extent(note):
         return Text.get_window_extent(note, renderer).expanded(1.0, 1.0).padded(margin)
 
-    placed = []
+    # the floor's edge marker is an obstacle too
+    placed = [extent(t) for t in axes.texts if t.get_gid() == "entropy-floor"]
     for note in notes:
         for _ in range(30):
             box = extent(note)
@@ -197,9 +221,10 @@ def island_chart(run: RunSnapshot) -> Figure:
         xs, ys = overall
         axes.step([*xs, last], [*ys, ys[-1]], where="post", color=BEST, linewidth=1.0,
                   linestyle=":", label="whole run")
-        if run.floor is not None:
-            axes.axhline(run.floor, color=FLOOR, linestyle="--", linewidth=1.2,
-                         label=f"entropy floor ({run.floor:.3f})")
+        scores = [y for _, ys in curves.values() for y in ys]  # the curves drawn, no more
+        pad = max(max(scores) - min(scores), 1e-3)
+        axes.set_ylim(min(scores) - 0.15 * pad, max(scores) + 0.08 * pad)
+        mark_floor(axes, run.floor)
         axes.set_xlim(0, last + 0.5)
         axes.set_xlabel("experiments finished (whole run)")
         axes.set_ylabel(BPB_LABEL)

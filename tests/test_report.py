@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import shutil
 
@@ -13,7 +14,7 @@ from report_browser import INSTALL_HINT, chromium, dump_dom, screenshot
 from run_builder import FLOOR, build_run
 
 from evolve.report import ReportError, build_report
-from evolve.report_charts import lineage_chart, progress_chart
+from evolve.report_charts import island_chart, lineage_chart, progress_chart
 from evolve.report_data import read_run
 from evolve.rundir import RunDir
 from population.candidate import Candidate, Status
@@ -74,13 +75,44 @@ def test_progress_chart_holds_every_experiment_and_the_running_best(run):
     axes = progress_chart(snapshot).axes[0]
     labels = {t.get_label() for t in axes.get_lines() + list(axes.collections)}
     assert {"kept", "discarded", "crashed / timed out", "running best"} <= labels
-    floor = [line for line in axes.get_lines() if line.get_label().startswith("entropy floor")]
-    assert floor and floor[0].get_ydata()[0] == FLOOR
+    # the floor (1.25) lies below the fitted axis: an arrow at the edge, not a stretched axis
+    assert axes.get_ylim()[0] > FLOOR
+    assert [t.get_text() for t in axes.texts if t.get_gid() == "entropy-floor"] == [
+        f"floor {FLOOR:.3f} below"]
     best = next(line for line in axes.get_lines() if line.get_label() == "running best")
     assert min(best.get_ydata()) == 1.55 and best.get_ydata()[0] == 2.10
-    notes = [t.get_text().replace("\n", " ") for t in axes.texts]
+    notes = [t.get_text().replace("\n", " ") for t in axes.texts if t.get_gid() is None]
     assert notes == ["Deepen to 4 blocks", "Raise the Muon LR to 0.03",
                      "Switch the MLP to SwiGLU", "Add a 5% warmup"]
+
+
+def _ylim(figure) -> tuple[float, float]:
+    return figure.axes[0].get_ylim()
+
+
+@pytest.mark.parametrize("chart", [progress_chart, island_chart])
+def test_val_bpb_axes_fit_the_scores_and_mark_a_distant_floor_at_the_edge(run, chart):
+    """A floor far below (as the synthetic data's 0.965 under scores near 1.0 and gains of
+    0.06) must not flatten the curve: the axis spans about the scores, the floor is a label."""
+    snapshot = read_run(run.path)
+    scores = [c.val_bpb for c in snapshot.done_with_copies]
+    span = max(scores) - min(scores)
+    for floor, side in ((0.5, "below"), (9.0, "above")):
+        axes = chart(dataclasses.replace(snapshot, floor=floor)).axes[0]
+        bottom, top = axes.get_ylim()
+        assert bottom >= min(scores) - 0.5 * span and top <= max(scores) + 0.2 * span
+        assert bottom < min(scores) and top >= 2.10  # every drawn best inside
+        marks = [t.get_text() for t in axes.texts if t.get_gid() == "entropy-floor"]
+        assert marks == [f"floor {floor:.3f} {side}"]
+        assert not [line for line in axes.get_lines() if line.get_label().startswith(
+            "entropy floor") and len(line.get_ydata())]
+    # a floor within the scores is the dashed line, and the axis is not moved for it
+    axes = chart(dataclasses.replace(snapshot, floor=1.8)).axes[0]
+    floor = [line for line in axes.get_lines() if line.get_label().startswith("entropy floor")]
+    assert floor and floor[0].get_ydata()[0] == 1.8
+    assert not [t for t in axes.texts if t.get_gid() == "entropy-floor"]
+    no_floor = chart(dataclasses.replace(snapshot, floor=None)).axes[0].get_ylim()
+    assert axes.get_ylim() == pytest.approx(no_floor)
 
 
 def test_lineage_tree_puts_the_best_path_on_one_trunk(run):
