@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from evolve.runview import (
     RunViewError,
+    edits_from_seed,
     find_candidate,
     load_config,
     open_run_dir,
@@ -30,6 +31,7 @@ from evolve.trust import read_trust, with_test_scores
 from population.candidate import Candidate, Status
 
 FORMATS = ("git", "patches", "dir")
+RUN_NOTE = "RUN.md"  # written into a `dir` export: the command that reproduces the score
 # Template files that are not harness: the seed scripts stand in for the candidate's own.
 SEED_SCRIPTS = frozenset({"train.py", "train_cpu.py"})
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".ruff_cache")
@@ -60,7 +62,7 @@ class ExportSummary:
         score = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else self.status
         what = {"git": f"git repository, template + {self.steps} commit(s)",
                 "patches": f"{len(self.files)} patch file(s) for `git am`",
-                "dir": "runnable directory"}[self.fmt]
+                "dir": f"runnable directory (how to run it: {RUN_NOTE})"}[self.fmt]
         tags = f", tagged {', '.join(self.tags)}" if self.tags else ""
         return f"exported {self.candidate_id} ({score}) to {self.path}: {what}{tags}"
 
@@ -93,6 +95,7 @@ def export_run(run_dir: Path, to: Path, *, candidate: str = "best", fmt: str = "
         build = tmp / "out"
         if fmt == "dir":
             _write_tree(build, _harness(template), target.files)
+            (build / RUN_NOTE).write_text(run_note(target, config), encoding="utf-8")
             summary = ExportSummary(fmt, to, target.id, target.status.value, target.val_bpb, 0)
         elif fmt == "git":
             steps, tags = _build_repo(build, template, lineage, best, base="harness")
@@ -106,6 +109,44 @@ def export_run(run_dir: Path, to: Path, *, candidate: str = "best", fmt: str = "
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def run_note(target: Candidate, config: Mapping[str, object]) -> str:
+    """RUN.md of a `dir` export: the harness command that scored the candidate, with the
+    score and device it recorded (the profile, data and seed it ran under, from its result)."""
+    metrics = target.metrics
+    profile = str(metrics.get("profile") or config.get("profile") or "cpu-tiny")
+    data = str(metrics.get("data") or config.get("data") or "synthetic")
+    seed = metrics.get("seed", target.seed)
+    command = (f"python prepare.py run --profile {profile} --data {data} --seed {seed} "
+               "--result result.json")
+    lines = [f"# Candidate {target.id}", "",
+             target.description or "The run's seed training script.", "",
+             "Run it from this folder (Python with torch; the harness prepares the data on "
+             "first use, cached in $EVOLVE_CACHE_DIR or ~/.cache/evolve):", "",
+             f"    {command}", "",
+             "The score is printed and written to result.json (`val_bpb`, lower is better)."]
+    if target.val_bpb is not None:
+        lines += ["", "Recorded by the run:", "",
+                  f"- val_bpb: {target.val_bpb:.6f}"]
+        first = _metric(target, "val_bpb_first")
+        if first is not None and first != target.val_bpb:
+            lines.append(f"  (the credited score, a mean over confirmation re-runs; this seed "
+                         f"alone gave {first:.6f})")
+        lines.append(f"- device: {metrics.get('device') or 'not recorded'}")
+        if metrics.get("budget_kind") == "time":
+            lines.append("- the budget is wall-clock time, so the score depends on the device: "
+                         "expect it only on the same kind of device")
+        else:
+            lines.append("- the budget is a token count; on another device expect the same "
+                         "score within seed noise")
+    else:
+        reason = f": {target.reason}" if target.reason else ""
+        lines += ["", f"The run recorded no score: the candidate {target.status.value}{reason}."]
+    if data.startswith("text:"):
+        lines += ["", f"`--data {data}` names a file on the machine the run used; point it at "
+                  "your copy."]
+    return "\n".join(lines) + "\n"
 
 
 def _check_exportable(target: Candidate, force: bool) -> None:
@@ -218,12 +259,13 @@ def _build_repo(repo: Path, template: Path, lineage: list[Candidate], best: Cand
             steps += 1
     commit_of = {root.id: head}
     previous, moves = root, []
-    for step in lineage[1:]:
+    for upto, step in enumerate(lineage[1:], start=2):
         if dict(step.files) == dict(previous.files):  # a migration copy: no edit to commit
             moves.append(step)
         else:
             _write_files(repo, previous.files, step.files)
-            head = _commit(repo, _step_message(previous, step, moves),
+            generation = edits_from_seed(lineage[:upto])
+            head = _commit(repo, _step_message(previous, step, moves, generation),
                            step.finished_at or step.created_at)
             steps += 1
             previous, moves = step, []
@@ -302,7 +344,8 @@ def _one_line(text: str, limit: int = 72) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate]) -> str:
+def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate],
+                  generation: int) -> str:
     """Description; rationale; before → after; id, mutator/model, cost."""
     subject = _one_line(step.description or f"Candidate {step.id}")
     lines = [subject, ""]
@@ -327,7 +370,7 @@ def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate]) ->
     if isinstance(confirm, dict) and confirm.get("reason"):  # the re-run evidence behind it
         lines += textwrap.wrap(f"evidence: {confirm['reason']}", 72)
     lines.append(f"candidate: {step.id} (parent {step.parent_id}, island {step.island}, "
-                 f"generation {step.generation})")
+                 f"generation {generation}: edits from the seed)")
     for move in moves:
         lines.append(f"moved to island {move.island} via {move.id}")
     mutator = step.mutator or "unknown"

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from evolve.report_data import RunSnapshot
+from evolve.runview import edits_from_seed
 from population.candidate import Candidate, Status
 
 CSS = """
@@ -39,6 +40,15 @@ pre.diff .meta { color: #6e7781; }
 .step { border-left: 3px solid #1f77b4; padding-left: 14px; margin: 18px 0 26px; }
 .metrics { color: #333; font-size: 14px; } .rationale { color: #333; font-style: italic; }
 """
+
+
+LEGEND = (
+    '<p class="sub" id="legend"><b>gen.</b>: edits from the seed (a migration or '
+    "island-seeding copy has its source's code and adds none). "
+    "<b>keep</b>: the experiment entered its island's population, i.e. it ranked among the "
+    "island's survivors when it finished (as in results.tsv); it need not beat the run's best "
+    "or even its parent. <b>discard</b>: it finished outside the population. "
+    "<b>improved</b> ✓: it beat its parent's val_bpb (what a one-agent loop calls keep).</p>")
 
 
 def _e(text: object) -> str:
@@ -127,17 +137,21 @@ def _top_table(run: RunSnapshot) -> str:
         test = _metric(c, "test_bpb")
         model = f"{c.mutator} ({c.model})" if c.model else c.mutator
         best = ' class="best"' if run.best is not None and c.id == run.best.id else ""
+        kept = "keep" if run.kept.get(c.id) else "discard"
+        improved = "✓" if cls == "better" else ""
         rows.append(
             f"<tr{best}><td class=num>{rank}</td><td><code>{_e(c.id)}</code></td>"
-            f"<td class=num>{c.island}</td><td class=num>{c.generation}</td>"
+            f"<td class=num>{c.island}</td><td class=num>{edits_from_seed(run.lineage_of(c))}</td>"
             f"<td class=num>{_bpb(c.val_bpb)}</td><td class=num>{_bpb(test)}</td>"
-            f'<td class="num {cls}">{delta}</td><td>{_e(c.description)}</td>'
+            f'<td class="num {cls}">{delta}</td><td class="better">{improved}</td>'
+            f"<td>{kept}</td><td>{_e(c.description)}</td>"
             f"<td>{_e(model)}</td><td class=num>${c.cost_usd:.4f}</td></tr>")
     if not rows:
         return "<p>No candidate has finished with a score yet.</p>"
     return ("<table><tr><th>#</th><th>id</th><th>island</th><th>gen.</th><th>val_bpb</th>"
-            "<th>test_bpb</th><th>Δ vs parent</th><th>description</th><th>mutator</th>"
-            "<th>cost</th></tr>" + "".join(rows) + "</table>")
+            "<th>test_bpb</th><th>Δ vs parent</th><th>improved</th><th>status</th>"
+            "<th>description</th><th>mutator</th><th>cost</th></tr>" + "".join(rows)
+            + f"</table>{LEGEND}")
 
 
 def _lineage_steps(run: RunSnapshot) -> str:
@@ -200,12 +214,15 @@ def render_html(run: RunSnapshot, charts: Mapping[str, Path]) -> str:
 <h2 id="charts">Progress</h2>
 {_image(charts["progress"], "search progress chart",
         "Validation bits per byte of every finished experiment in order of completion; "
-        "filled: kept in the population, hollow: discarded, red crosses: crashed or timed out; "
-        "the black step line is the best so far.")}
-{_image(charts["islands"], "per-island best curves", "Best validation bpb on each island.")}
+        "filled: kept (entered its island's population, not necessarily a new best), hollow: "
+        "discarded, red crosses: crashed or timed out; the black step line is the best so far. "
+        "The axis fits the scores; an entropy floor beyond it is an arrow at the edge.")}
+{_image(charts["islands"], "per-island best curves",
+        "Best validation bpb on each island (migrations included); axis fitted to the curves.")}
 {_image(charts["lineage"], "lineage tree of the best candidates",
-        "Ancestry of the best candidates; edges carry the change in validation bpb "
-        "(negative is better).")}
+        "Ancestry of the best candidates, one row per generation (edits from the seed; "
+        "migration copies fold into their original); edges carry the change in validation "
+        "bpb (negative is better).")}
 <h2 id="top">Top candidates</h2>
 {_top_table(run)}
 <h2 id="lineage">The best lineage, step by step</h2>

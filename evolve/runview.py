@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -165,3 +165,10 @@ def file_diff(before: dict[str, str] | None, after: dict[str, str]) -> str:
 def is_copy(candidate: Candidate) -> bool:
     """A migration copy: the same experiment moved to another island, not a new edit."""
     return candidate.mutator == MIGRATION
+
+
+def edits_from_seed(chain: Sequence[Candidate]) -> int:
+    """The generation every output shows: edits from the seed along `chain` (root first,
+    ending at the candidate). A migration or island-seeding copy has its source's code, so
+    it adds none; the store's `generation` field counts copies too and is not shown."""
+    return sum(1 for step in chain[1:] if not is_copy(step))

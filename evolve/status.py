@@ -10,6 +10,7 @@ from evolve.config import Config, load_config
 from evolve.controller.resume import operator_labels, operator_names
 from evolve.mutate.operators import mix_weights, tally
 from evolve.rundir import RunDir
+from evolve.runview import edits_from_seed
 from evolve.trust import mark, read_trust
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -24,6 +25,20 @@ def _delta(child: Candidate, parent: Candidate | None) -> str:
     if parent is None or child.val_bpb is None or parent.val_bpb is None:
         return ""
     return f"{child.val_bpb - parent.val_bpb:+.6f}"
+
+
+def print_phrases(console: Console, phrases: list[str], indent: str = "  ") -> None:
+    """Print phrases two spaces apart, breaking lines only between phrases (never inside
+    one, as plain wrapping at the terminal's width would: "(waste\npre-flight ...")."""
+    line = ""
+    for phrase in (p for p in phrases if p):
+        joined = f"{line}  {phrase}" if line else phrase
+        if line and len(joined) > console.width:
+            console.print(line, soft_wrap=True)
+            joined = indent + phrase
+        line = joined
+    if line:
+        console.print(line, soft_wrap=True)
 
 
 def operator_table(config: Config, finished: list[Candidate]) -> Table:
@@ -74,18 +89,20 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         counts = {status: store.count(status) for status in Status}
         finished = counts[Status.DONE] + counts[Status.CRASHED] + counts[Status.TIMED_OUT]
         console.print(f"[bold]{run_dir.path}[/bold]")
-        console.print(
-            f"finished {finished}  (done {counts[Status.DONE]}, crashed {counts[Status.CRASHED]}, "
-            f"timed out {counts[Status.TIMED_OUT]})  running {counts[Status.RUNNING]}  "
-            f"proposed {counts[Status.PROPOSED]}  rejected {counts[Status.REJECTED]}"
-        )
+        print_phrases(console, [
+            f"finished {finished}", f"(done {counts[Status.DONE]}, crashed "
+            f"{counts[Status.CRASHED]}, timed out {counts[Status.TIMED_OUT]})",
+            f"running {counts[Status.RUNNING]}", f"proposed {counts[Status.PROPOSED]}",
+            f"rejected {counts[Status.REJECTED]}"])
         spend = store.get_meta("llm_usd_total")
         if spend is not None:
             console.print(f"LLM spend ${float(spend):.2f}")
         waste = store.get_meta("early_failure_share")
         if waste is not None:
-            console.print(f"worker time on children that failed in their first seconds: "
-                          f"{100 * float(waste):.1f}% (waste pre-flight should catch)")
+            print_phrases(console, [
+                f"early failures: {100 * float(waste):.1f}% of worker time",
+                "(children that failed in their first seconds:",
+                "waste that pre-flight should catch)"])
         state = store.get_meta("status")
         if state is not None:
             reason = store.get_meta("stop_reason")
@@ -100,9 +117,11 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
             for column in ("id", "val_bpb", "gen", "mutator", "description"):
-                table.add_column(column)
+                table.add_column(column, no_wrap=column != "description")
             for candidate in store.survivors(island, population_size):
-                table.add_row(candidate.id, _bpb(candidate), str(candidate.generation),
+                # gen: edits from the seed (island-seeding and migration copies add none)
+                gen = edits_from_seed(store.lineage(candidate.id))
+                table.add_row(candidate.id, _bpb(candidate), str(gen),
                               candidate.mutator, candidate.description[:70])
             console.print(table)
         best = store.best()
