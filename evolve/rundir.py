@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from population.candidate import Candidate, Status
+from population.store import Store, StoreError
 
 TSV_COLUMNS = (
     "commit", "val_bpb", "memory_gb", "status", "description",
     "parent", "island", "seed", "cost_usd", "device",
 )
 _FINISHED = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
+LOG_NAME = "run.log"  # candidates/<id>/run.log: the tail the controller received
 
 
 class RunDirError(Exception):
@@ -99,11 +102,44 @@ class RunDir:
             _write_atomic(folder / "reason.txt", candidate.reason + "\n")
 
     def on_result(self, candidate: Candidate, kept: bool) -> None:
-        """Append one finished experiment to results.tsv (the one-agent loop's columns)."""
+        """Append one finished experiment to results.tsv (the one-agent loop's columns) and
+        keep the log tail its worker sent as candidates/<id>/run.log."""
         with open(self.tsv_path, "a", newline="") as handle:
             handle.write(tsv_row(candidate, kept))
             handle.flush()
             os.fsync(handle.fileno())
+        folder = self.candidate_dir(candidate.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / LOG_NAME, self.log_text(candidate))
+
+    def log_text(self, candidate: Candidate) -> str:
+        """The log tail under a first line that says it is a tail and where the whole log is:
+        the last attempt's directory under work/, on the node that ran it (full logs stay
+        there; only the tail travels to the controller)."""
+        attempt, node = self._last_attempt(candidate.id)
+        if attempt:
+            where = self.work_dir / f"{_safe_id(candidate.id)}-a{attempt}" / LOG_NAME
+            on = f" on node {node}" if node else ""
+            header = (f"# the last lines of attempt {attempt}'s log, as the controller received "
+                      f"them; the full log is {where}{on}")
+        else:
+            header = ("# the last lines of the log, as the controller received them; the full "
+                      f"log is under {self.work_dir}/ on the node that ran it")
+        body = candidate.log_tail if candidate.log_tail.strip() else (
+            "(no log reached the controller" + (f": {candidate.reason}" if candidate.reason
+                                                else "") + ")")
+        return f"{header}\n{body.rstrip(chr(10))}\n"
+
+    def _last_attempt(self, candidate_id: str) -> tuple[int, str]:
+        """(attempt number, node) of the candidate's last attempt; (0, "") when unknown."""
+        if not self.store_path.exists():
+            return 0, ""
+        try:
+            with Store.open(self.store_path, readonly=True) as store:
+                attempts = store.attempts(candidate_id)
+        except (StoreError, OSError, sqlite3.Error):
+            return 0, ""
+        return (len(attempts), attempts[-1].node) if attempts else (0, "")
 
     def rewrite_tsv(self, rows: list[tuple[Candidate, bool]]) -> None:
         """Rebuild results.tsv from the store (on resume), so a kill between the store's commit
@@ -130,6 +166,11 @@ def tsv_row(candidate: Candidate, kept: bool) -> str:
         f"{candidate.cost_usd:.4f}", _one_line(str(metrics.get("device", ""))),
     ]
     return "\t".join(fields) + "\n"
+
+
+def _safe_id(candidate_id: str) -> str:
+    """The candidate's directory name under work/ (as workers/runner.py experiment_dir)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", candidate_id) or "candidate"
 
 
 def _one_line(text: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from run_builder import SEED, build_run
 
 from evolve.export import ExportError, export_run
+from evolve.report_data import read_run
 
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
        "-c", "core.autocrlf=false")
@@ -91,8 +92,19 @@ def test_dir_export_is_the_runnable_directory(run, tmp_path):
     out.mkdir()  # an empty directory is fine
     export_run(run.path, out, candidate=run.ids["c"], fmt="dir")
     found = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert found == {"prepare.py", "lib/helper.py", "program.md", "train.py"}
+    assert found == {"prepare.py", "lib/helper.py", "program.md", "train.py", "RUN.md"}
     assert (out / "train.py").read_bytes() == run.files["c"]["train.py"].encode()
+    note = (out / "RUN.md").read_text()
+    seed = read_run(run.path).by_id[run.ids["c"]].seed  # no seed in its metrics: the candidate's
+    assert (f"    python prepare.py run --profile cpu-micro --data synthetic --seed {seed} "
+            "--result result.json\n") in note
+    assert "val_bpb: 1.610000" in note and "device: not recorded" in note
+
+
+def test_forced_dir_export_of_a_crash_says_it_has_no_score(run, tmp_path):
+    export_run(run.path, tmp_path / "d", candidate=run.ids["crashed"], fmt="dir", force=True)
+    note = (tmp_path / "d" / "RUN.md").read_text()
+    assert "The run recorded no score: the candidate crashed: RuntimeError: shape mismatch" in note
 
 
 def test_refusals_name_the_problem_and_write_nothing(run, tmp_path):

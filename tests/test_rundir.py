@@ -76,3 +76,33 @@ def test_open_writes_nothing_and_ensure_layout_restores_scratch_folders(tmp_path
     assert not opened.candidates_dir.exists() and not opened.work_dir.exists()
     opened.ensure_layout()  # the writer, on resume
     assert opened.candidates_dir.is_dir() and opened.work_dir.is_dir()
+
+
+def test_result_leaves_the_log_tail_with_a_header_naming_the_full_log(tmp_path):
+    """candidates/<id>/run.log: the tail the controller got, under a line naming the node and
+    the work folder of the last attempt (from the store's attempts table)."""
+    from population.store import Store
+
+    run_dir = RunDir.create(tmp_path, "t")
+    done = _candidate("a1/x", Status.PROPOSED, 1.0)
+    with Store.open(run_dir.store_path) as store:
+        store.add(done.replace(status=Status.PROPOSED, metrics={}))
+        store.set_status("a1/x", Status.RUNNING)
+        for _ in range(2):  # the first attempt was lost with its node
+            store.finish_attempt(store.start_attempt("a1/x", worker="w0", node="node-7",
+                                                     device="cpu"), outcome="lost")
+        store.record_result("a1/x", status=Status.DONE, metrics={"val_bpb": 1.0},
+                            log_tail="step 9\nval_bpb: 1.0\n")
+        run_dir.on_result(store.get("a1/x"), kept=True)  # the writer is open, as in a run
+    text = (run_dir.candidate_dir("a1/x") / "run.log").read_text()
+    assert text == (f"# the last lines of attempt 2's log, as the controller received them; the "
+                    f"full log is {run_dir.work_dir / 'a1_x-a2' / 'run.log'} on node node-7\n"
+                    "step 9\nval_bpb: 1.0\n")
+
+    run_dir.on_result(_candidate("c3", Status.CRASHED, reason="gave up after 3 lost attempts"),
+                      kept=False)
+    text = (run_dir.candidate_dir("c3") / "run.log").read_text()
+    assert text.splitlines() == [
+        "# the last lines of the log, as the controller received them; the full log is under "
+        f"{run_dir.work_dir}/ on the node that ran it",
+        "(no log reached the controller: gave up after 3 lost attempts)"]
