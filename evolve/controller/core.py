@@ -63,15 +63,21 @@ class ResultArrived:
     outcome: str
     val_bpb: float | None = None
     then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
+    islands: Mapping[str, int] = field(default_factory=dict)  # extra job -> island (below)
     now: float
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtraRunsQueued:
     """Runs that are not experiments (seed re-runs, test-split scoring): they run before any
-    child, do not count against max_experiments, and still run while the run is closing."""
+    child, do not count against max_experiments, and still run while the run is closing.
+
+    `islands` names the island of the candidate each job re-scores, so with device groups it
+    runs on that island's device type; a job left out runs on the island its candidate last
+    ran on here, else island 0 (the root's)."""
 
     job_ids: tuple[str, ...]
+    islands: Mapping[str, int] = field(default_factory=dict)
     now: float
 
 
@@ -285,6 +291,7 @@ class Scheduler:
         self._no_proposals: str | None = None   # proposals closed (LLM budget), runs go on
         self._stopped = False
         self._extra: set[str] = set()           # queued or running jobs that are extra runs
+        self._islands: dict[str, int] = {}      # candidate -> island it was queued on
         self._finalizing = False                # Finalize said; waiting for the shell's answer
         self._finalized = False
         if not self._root_done and all(cid != root_id for cid, _ in self._ready):
@@ -336,7 +343,7 @@ class Scheduler:
             case ExtraRunsQueued():
                 if self._finalizing:
                     self._finalizing, self._finalized = False, True
-                self._queue_extra(event.job_ids)
+                self._queue_extra(event.job_ids, event.islands)
             case Tick():
                 pass
         self._fill(out)
@@ -437,11 +444,11 @@ class Scheduler:
         self._island_load[island] -= 1
         if event.candidate_id in self._extra:  # not an experiment: nothing to count
             self._extra.discard(event.candidate_id)
-            self._queue_extra(event.then_run)
+            self._queue_extra(event.then_run, event.islands)
             if event.val_bpb is not None:  # the best after a decision it completed
                 self._note_best(event.val_bpb)
             return
-        self._queue_extra(event.then_run)
+        self._queue_extra(event.then_run, event.islands)
         self._count_finished(out)
         if event.candidate_id == self._root_id:
             self._root_done = True
@@ -499,12 +506,18 @@ class Scheduler:
         if cap is not None and self._llm_usd >= cap and self._no_proposals is None:
             self._no_proposals = f"LLM budget spent (${self._llm_usd:.2f} of ${cap:g})"
 
-    def _queue_extra(self, job_ids: Sequence[str]) -> None:
-        """Extra runs go to the front of the queue, in the order given."""
+    def _queue_extra(self, job_ids: Sequence[str], islands: Mapping[str, int]) -> None:
+        """Extra runs go to the front of the queue, in the order given, each on the island of
+        the candidate it re-scores: with device groups a re-run or test run must use the
+        device type its candidate was scored on, or it compares unlike hardware."""
         for job in reversed(job_ids):
+            island = islands.get(job)
+            if island is None:
+                island = self._islands.get(job.rpartition("@x")[0] or job, 0)
+            island %= len(self._island_load)
             self._extra.add(job)
-            self._ready.appendleft((job, 0))
-            self._island_load[0] += 1
+            self._ready.appendleft((job, island))
+            self._island_load[island] += 1
 
     def _close(self, reason: str) -> None:
         if self._closing is None:
@@ -560,6 +573,8 @@ class Scheduler:
                 waiting.append(picked)
                 continue
             self._devices.started(island, worker)
+            if candidate not in self._extra:
+                self._islands[candidate] = island
             del self._free[worker]
             self._workers[worker] = candidate
             self._running[candidate] = (worker, island)
