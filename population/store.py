@@ -31,7 +31,12 @@ _RANK = {
     Status.TIMED_OUT: 2,
     Status.REJECTED: 2,
 }
-ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost")
+# `lost`: the worker went away (counts against workers.max_lost_attempts). `refused`: the
+# worker would not score it (another harness or data on its node) and `abandoned`: the
+# controller stopped on purpose with it in flight; neither is the candidate's doing, so
+# neither counts as lost. The column is free text: older stores need no migration.
+ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost", "refused",
+                    "abandoned")
 FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
@@ -289,7 +294,8 @@ class Store:
 
     def finish_attempt(self, attempt_id: int, *, outcome: str, reason: str = "",
                        now: float | None = None) -> None:
-        """Close an attempt with its outcome (done, crashed, timed_out, invalid, lost)."""
+        """Close an attempt with its outcome (done, crashed, timed_out, invalid, lost,
+        refused, abandoned)."""
         if outcome not in ATTEMPT_OUTCOMES or outcome == "running":
             raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES[1:]}, "
                              f"not {outcome!r}")
@@ -303,6 +309,27 @@ class Store:
             self._conn.execute(
                 "UPDATE attempts SET outcome=?, reason=?, ended_at=? WHERE id=?",
                 (outcome, reason, time.time() if now is None else now, attempt_id))
+
+    def requeue(self, candidate_id: str, *, reason: str = "") -> Candidate:
+        """Move a running candidate back to proposed: the controller stopped on purpose
+        before its result was recorded, and a resume runs it again. The one backward move,
+        allowed only while none of its attempts is still open."""
+        with self._write():
+            row = self._conn.execute(
+                "SELECT status FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no candidate {candidate_id!r} in the store")
+            if row[0] != Status.RUNNING.value:
+                raise StatusError(f"only a running candidate is requeued; {candidate_id} is "
+                                  f"{row[0]}")
+            if self._conn.execute(
+                    "SELECT 1 FROM attempts WHERE candidate_id=? AND outcome='running'",
+                    (candidate_id,)).fetchone() is not None:
+                raise StatusError(f"candidate {candidate_id} still has a running attempt; "
+                                  "close it before requeueing")
+            self._conn.execute("UPDATE candidates SET status=?, reason=? WHERE id=?",
+                               (Status.PROPOSED.value, reason, candidate_id))
+        return self.get(candidate_id)
 
     def set_meta(self, key: str, value: str) -> None:
         """Remember a run-level fact (seed, counters) across restarts."""
@@ -406,7 +433,8 @@ class Store:
         return [Attempt(*row) for row in rows]
 
     def lost_count(self, candidate_id: str) -> int:
-        """How many attempts at this candidate were lost with their worker."""
+        """How many attempts at this candidate were lost with their worker (refused and
+        abandoned attempts are not the candidate's doing and do not count)."""
         row = self._conn.execute(
             "SELECT COUNT(*) FROM attempts WHERE candidate_id=? AND outcome='lost'",
             (candidate_id,)).fetchone()

@@ -83,3 +83,35 @@ def test_operator_names_number_repeated_kinds(tmp_path):
     assert list(settings.operators) == [("heuristic", 1.0), ("llm0", 2.0), ("llm1", 0.5)]
     assert settings.tokens_per_minute == 50000
     assert settings.max_lost_attempts == 2 and settings.seed == 3
+
+
+def test_recover_charges_only_lost_attempts_and_reruns_abandoned_ones_first(tmp_path):
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.add(Candidate(id="root", parent_id=None, island=0, generation=0,
+                            files={"train.py": "X = 0\n"}))
+        store.record_result("root", status=Status.DONE, metrics={"val_bpb": 1.5})
+        for cid in ("waiting", "stopped_twice", "refused_often"):
+            store.add(child(cid))
+        # Three deliberate stops and one worker loss: within max_lost_attempts=1.
+        store.set_status("stopped_twice", Status.RUNNING)
+        for outcome in ("abandoned", "lost", "abandoned", "abandoned"):
+            attempt = store.start_attempt("stopped_twice", worker="w0", node="n", device="cpu")
+            store.finish_attempt(attempt, outcome=outcome, reason=outcome)
+        store.requeue("stopped_twice", reason="abandoned")
+        # Refused by three workers with another harness, then left running by a kill -9.
+        store.set_status("refused_often", Status.RUNNING)
+        for _ in range(3):
+            attempt = store.start_attempt("refused_often", worker="w1", node="n", device="cpu")
+            store.finish_attempt(attempt, outcome="refused", reason="refused: harness differs")
+        store.start_attempt("refused_often", worker="w2", node="n", device="cpu")
+
+        history = recover(store, "root", max_lost_attempts=1)
+
+        assert store.get("stopped_twice").status is Status.PROPOSED
+        assert store.get("refused_often").status is Status.RUNNING
+        assert store.attempts("refused_often")[-1].outcome == "lost"  # the kill -9 still counts
+        assert history.lost_counts == {"stopped_twice": 1, "refused_often": 1}
+        # What had started runs again before what never did.
+        assert history.queued == [("stopped_twice", 0), ("refused_often", 0), ("waiting", 0)]
+        assert history.attempts == {"stopped_twice": 4, "refused_often": 4}
+        assert [c.id for c in store.unfinished()] == ["waiting", "stopped_twice", "refused_often"]

@@ -70,12 +70,14 @@ def run(config, store, executor, recorder, tmp_path, mutators=None, stop=None, a
 
 
 def finished_once(store: Store) -> list[Candidate]:
-    """Every finished candidate has exactly one non-lost attempt, ended with its outcome."""
+    """Every finished candidate has exactly one attempt that ran to its outcome (lost,
+    refused and abandoned ones aside)."""
     done = [c for c in store.finished_in_order()]
     for c in done:
         if c.mutator == "migration":
             continue
-        outcomes = [a.outcome for a in store.attempts(c.id) if a.outcome != "lost"]
+        outcomes = [a.outcome for a in store.attempts(c.id)
+                    if a.outcome not in ("lost", "refused", "abandoned")]
         assert len(outcomes) == 1, (c.id, outcomes)
     return done
 
@@ -180,10 +182,13 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
         assert store.count(Status.RUNNING) == 0
         first = store.count(*FINISHED)
         assert 2 <= first <= 8  # what finished by the stop, and what was running then
-    # Second stop abandons what runs: it stays `running` for the resume to re-run.
+    # Second stop abandons what runs: back to proposed, its attempt abandoned, for the
+    # resume to re-run.
     assert asyncio.run(stop_after(1, abandon=True)).startswith("abandoned")
     with Store.open(path) as store:
-        left_running = [c.id for c in store.unfinished() if c.status is Status.RUNNING]
+        assert store.count(Status.RUNNING) == 0
+        left_running = [c.id for c in store.unfinished()
+                        if any(a.outcome == "abandoned" for a in store.attempts(c.id))]
         assert left_running
         recorder = Recorder()
         assert run(config, store, LocalExecutor(2), recorder, tmp_path) == \
@@ -192,7 +197,7 @@ def test_stop_then_resume_counts_every_result_once(tmp_path):
         finished_once(store)
         for cid in left_running:
             outcomes = [a.outcome for a in store.attempts(cid)]
-            assert outcomes[0] == "lost" and outcomes[-1] != "lost"
+            assert outcomes[0] == "abandoned" and outcomes[-1] not in ("lost", "abandoned")
         assert len({c.id for c, _ in recorder.results}) == len(recorder.results)
 
 

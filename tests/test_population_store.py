@@ -240,3 +240,36 @@ def test_per_experiment_queries_read_only_indexes(store: Store) -> None:
                 assert "PRIMARY KEY" in step, (sql, plan)
             else:
                 assert "COVERING INDEX" in step, (sql, plan)
+
+
+def test_refused_and_abandoned_attempts_are_history_but_not_lost(store: Store) -> None:
+    store.add(make("a"))
+    store.set_status("a", Status.RUNNING)
+    for outcome in ("refused", "abandoned", "lost"):
+        attempt = store.start_attempt("a", worker="w", node="n", device="cpu", now=1.0)
+        store.finish_attempt(attempt, outcome=outcome, reason=outcome, now=2.0)
+    assert [a.outcome for a in store.attempts("a")] == ["refused", "abandoned", "lost"]
+    assert store.lost_count("a") == 1
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        store.finish_attempt(store.start_attempt("a", worker="w", node="n", device="cpu"),
+                             outcome="vanished")
+
+
+def test_requeue_puts_a_stopped_running_candidate_back_to_proposed(store: Store) -> None:
+    store.add(make("a"))
+    with pytest.raises(StatusError, match="only a running candidate"):
+        store.requeue("a")
+    store.set_status("a", Status.RUNNING)
+    attempt = store.start_attempt("a", worker="w", node="n", device="cpu")
+    with pytest.raises(StatusError, match="still has a running attempt"):
+        store.requeue("a")
+    store.finish_attempt(attempt, outcome="abandoned", reason="second stop")
+    again = store.requeue("a", reason="second stop")
+    assert again.status is Status.PROPOSED and again.reason == "second stop"
+    assert [c.id for c in store.unfinished()] == ["a"] and store.count(Status.RUNNING) == 0
+    store.set_status("a", Status.RUNNING)
+    store.record_result("a", status=Status.CRASHED, metrics={})
+    with pytest.raises(StatusError):
+        store.requeue("a")
+    with pytest.raises(KeyError, match="nope"):
+        store.requeue("nope")

@@ -142,7 +142,8 @@ def test_on_ray_a_worker_with_another_harness_leaves_and_the_run_finishes_elsewh
         # Each refused attempt went back to the queue and finished on the good worker; no
         # replacement worker was placed in a refused one's slot (it would refuse again).
         refused_attempts = [a for c in finished for a in store.attempts(c.id)
-                            if a.outcome == "lost"]
+                            if a.outcome == "refused"]
+        assert all(store.lost_count(c.id) == 0 for c in finished)
         assert len(refused_attempts) == 2 and all(a.reason.startswith("refused:")
                                                   for a in refused_attempts)
         assert all(a.worker in {"w0", "w1", "w2"} for c in finished for a in store.attempts(c.id))
@@ -171,9 +172,10 @@ def test_locally_a_template_changed_under_the_controller_stops_the_run(tmp_path)
         assert "changed under the running controller" in reason and "evolve resume" in reason
         assert store.get_meta("stop_reason") == reason
         root = store.get("root")
-        assert root.status is Status.RUNNING  # not crashed: `evolve resume` runs it again
+        assert root.status is Status.PROPOSED  # not crashed: `evolve resume` runs it again
         assert store.count(Status.CRASHED, Status.TIMED_OUT, Status.DONE) == 0
-        assert [a.outcome for a in store.attempts("root")] == ["lost"]
+        assert [a.outcome for a in store.attempts("root")] == ["refused"]
+        assert store.lost_count("root") == 0  # resume does not charge it either
     finally:
         store.close()
     assert "warning: stopped: worker local" in watcher.out.getvalue()
@@ -251,10 +253,11 @@ def test_on_ray_a_run_no_worker_can_score_stops_and_blames_no_candidate(tmp_path
         reason = asyncio.run(controller.run())
         assert reason.startswith("stopped: every worker refused to score, the last w")
         assert "differs from the controller's" in reason and "evolve resume" in reason
-        assert store.get("root").status is Status.RUNNING  # resume runs it again
+        assert store.get("root").status is Status.PROPOSED  # resume runs it again
         assert store.count(Status.CRASHED, Status.TIMED_OUT, Status.DONE) == 0
         outcomes = [a.outcome for a in store.attempts("root")]
-        assert outcomes == ["lost", "lost"]  # one refusal by each worker, both uncharged
+        assert outcomes == ["refused", "refused"]  # one by each worker, both uncharged
+        assert store.lost_count("root") == 0
         refused = [line for line in store.get_meta("refused_workers").splitlines() if line]
         assert len(refused) == 2
     finally:

@@ -87,9 +87,11 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
             now: float | None = None) -> History:
     """The core's state from a store with history (empty for a new run).
 
-    Attempts left open by a stopped or killed controller end as `lost`; their candidates run
-    again, first. A candidate already lost too often is recorded crashed instead. Each island
-    keeps the device type it was bound to (`island_devices`).
+    Attempts left open by a killed controller end as `lost`; their candidates run again,
+    first — as do those a deliberate stop put back to proposed (attempts `abandoned`). A
+    candidate lost too often is recorded crashed instead; only `lost` attempts count
+    (`Store.lost_count`): a refused or abandoned one was not the candidate's doing. Each
+    island keeps the device type it was bound to (`island_devices`).
     """
     now = time.time() if now is None else now
     running, proposed = [], []
@@ -109,7 +111,8 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
             lost_counts[candidate.id] = lost
         if history:
             attempts[candidate.id] = len(history)
-        target = running if candidate.status is Status.RUNNING else proposed
+        started = candidate.status is Status.RUNNING or history
+        target = running if started else proposed
         target.append((candidate.id, candidate.island))
     ran = store.finished_in_order(include_copies=True)
     best = store.best()

@@ -54,6 +54,9 @@ ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
 TOKENS_BUDGET_TIMEOUT_S = 900.0  # wall-clock allowance for token-budgeted (CPU) profiles
 TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted profiles
+ABANDONED_STOP = "abandoned"  # the stop reason's first word after a second stop signal
+ABANDONED = "abandoned by the controller (second stop signal); resume runs it again"
+STOPPED_BEFORE_RUN = "the run stopped before this ran again; resume runs it"
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
 
@@ -145,7 +148,7 @@ class Controller:
     async def run(self, stop: asyncio.Event | None = None,
                   abandon: asyncio.Event | None = None) -> str:
         """Run until a budget is spent or `stop` is set (then running experiments finish;
-        setting `abandon` too leaves them `running` in the store for resume)."""
+        setting `abandon` too stops them, their attempts `abandoned`, for resume to re-run)."""
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
@@ -162,17 +165,21 @@ class Controller:
             watchers.append(asyncio.create_task(self._on_set(stop, "stop")))
         if abandon is not None:
             watchers.append(asyncio.create_task(self._on_set(abandon, "abandon")))
-        reason = "stopped"
+        reason, stopped = "stopped", False
         try:
             await self.executor.start(self._queue.put_nowait)
             reason = await self._loop()
+            stopped = True
         finally:
             for task in watchers + list(self.proposals.tasks):
                 task.cancel()
             for task in watchers + list(self.proposals.tasks):
                 with contextlib.suppress(BaseException):
                     await task
-            await self.executor.close(abandon=bool(self._running))
+            in_flight = bool(self._running)
+            if stopped:  # not after an error: that stays as it was for resume to sort out
+                self._leave_for_resume(reason.startswith(ABANDONED_STOP), self.clock())
+            await self.executor.close(abandon=in_flight)
             self._save_clock()
             self.store.set_meta("status", "stopped")
             self.store.set_meta("stop_reason", reason)
@@ -185,7 +192,7 @@ class Controller:
         while True:
             item = await self._queue.get()
             if item == "abandon":
-                return "abandoned: experiments still running were left for resume"
+                return f"{ABANDONED_STOP}: experiments still running were left for resume"
             translated = self._translate(item)
             for event in translated if isinstance(translated, list) else [translated]:
                 if event is None:
@@ -222,7 +229,7 @@ class Controller:
             self._close_run(item.worker_id, item.reason, now)
             return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
         if isinstance(item, Refused):
-            self._close_run(item.worker_id, f"refused: {item.reason}", now)
+            self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome="refused")
             self._notice("refused_workers", item.reason)
             refused = WorkerRefused(worker_id=item.worker_id, reason=item.reason, now=now)
             if item.fatal:  # close first: the requeued run must not start on the next worker
@@ -238,16 +245,39 @@ class Controller:
             return item
         raise TypeError(f"unexpected event {item!r}")
 
-    def _close_run(self, worker_id: str, reason: str, now: float) -> None:
-        """The worker is gone or refused: its attempt in flight (if any) ends as lost. (The
-        store knows no other outcome for it; the core does not charge a refusal.)"""
+    def _close_run(self, worker_id: str, reason: str, now: float, *,
+                   outcome: str = "lost") -> None:
+        """The worker is gone (`lost`) or refused to score (`refused`, not charged to the
+        candidate on resume either): its attempt in flight, if any, ends so. An extra run's
+        row has no refused outcome; the core does not charge it either way."""
         self._workers.pop(worker_id, None)
         run = self._running.pop(worker_id, None)
         if run is not None and self.extra.owns(run.candidate_id):
             self.extra.lost(run.attempt_id, reason, now)
         elif run is not None:
-            self.store.finish_attempt(run.attempt_id, outcome="lost", reason=reason, now=now)
+            self.store.finish_attempt(run.attempt_id, outcome=outcome, reason=reason, now=now)
             self._add_worker_seconds(now - run.started, wasted=False)
+
+    def _leave_for_resume(self, abandoned: bool, now: float) -> None:
+        """The run stopped on purpose: nothing of it runs any more, and the store says so.
+
+        Experiments still in flight (a second stop signal) end `abandoned` — not lost, so
+        resume does not charge them against max_lost_attempts. Every candidate still
+        `running` (those, results held for extra runs, runs requeued after a refusal) goes
+        back to proposed for resume to run once more. A controller killed without this step
+        leaves them for `recover` as before."""
+        why = ABANDONED if abandoned else STOPPED_BEFORE_RUN
+        for worker_id in list(self._running):
+            run = self._running.pop(worker_id)
+            if self.extra.owns(run.candidate_id):
+                self.extra.lost(run.attempt_id, ABANDONED, now)
+            else:
+                self.store.finish_attempt(run.attempt_id, outcome="abandoned", reason=ABANDONED,
+                                          now=now)
+                self._add_worker_seconds(now - run.started, wasted=False)
+        for candidate in self.store.unfinished():
+            if candidate.status is Status.RUNNING:
+                self.recorder.on_candidate(self.store.requeue(candidate.id, reason=why))
 
     def _warn_isolation(self, joined: Joined) -> None:
         """Once per node: experiments there run with the network although isolation was asked."""
@@ -293,11 +323,13 @@ class Controller:
         held = self.extra.intercept(result.candidate_id, status, metrics, reason, result.log_tail, now)
         if held is not None:  # recorded once its extra runs (stages, noise, confirmation) are in
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                                 outcome=outcome, val_bpb=None, then_run=tuple(held), now=now)
+                                 outcome=outcome, val_bpb=None, then_run=tuple(held),
+                                 islands=self._islands_of(held), now=now)
         then_run = self._record(result.candidate_id, status, metrics, reason, result.log_tail, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
                              val_bpb=float(bpb) if status is Status.DONE else None,
-                             then_run=tuple(then_run), now=now)
+                             then_run=tuple(then_run), islands=self._islands_of(then_run),
+                             now=now)
 
     def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
                 log_tail: str, now: float) -> list[str]:
@@ -333,7 +365,8 @@ class Controller:
         jobs = self.extra.after(result.candidate_id, now) if outcome != "lost" else []
         best = self._best.val_bpb if self._best is not None else None  # for target_val_bpb
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                             outcome=result.outcome, val_bpb=best, then_run=tuple(jobs), now=now)
+                             outcome=result.outcome, val_bpb=best, then_run=tuple(jobs),
+                             islands=self._islands_of(jobs), now=now)
 
     def _proposal_done(self, done: ProposalDone, now: float) -> ProposalReady | ProposalFailed:
         child = self.proposals.child(done, now)
@@ -366,7 +399,8 @@ class Controller:
             case GiveUp() if self.extra.owns(decision.candidate_id):
                 now = self.clock()  # an extra run lost too often: decide without it
                 jobs = self.extra.after(decision.candidate_id, now)
-                self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(jobs), now=now))
+                self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(jobs),
+                                                       islands=self._islands_of(jobs), now=now))
             case GiveUp():
                 now = self.clock()
                 candidate = self.store.record_result(decision.candidate_id, status=Status.CRASHED,
@@ -379,8 +413,9 @@ class Controller:
                 self.upkeep.migrate(self._island_devices())
             case Finalize():  # the last extra runs: the final best lineage on the test split
                 now = self.clock()
+                jobs = self.extra.final_jobs(now)
                 self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(self.extra.final_jobs(now)), now=now))
+                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _run(self, decision: Run) -> None:
         now = self.clock()
@@ -415,6 +450,11 @@ class Controller:
             request = dataclasses.replace(
                 request, budget_fraction=self.extra.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
+
+    def _islands_of(self, jobs: list[str] | tuple[str, ...]) -> dict[str, int]:
+        """Extra job -> the island of the candidate it re-scores: it runs on that island's
+        device type (device groups), so its score compares with the candidate's own."""
+        return {job: self.store.get(job.rpartition("@x")[0]).island for job in jobs}
 
     def _island_devices(self) -> dict[int, str]:
         return self._core.island_devices() if self._core is not None else {}
