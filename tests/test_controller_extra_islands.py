@@ -3,7 +3,10 @@ a confirmation or test run of island 1's candidate never runs on island 0's hard
 
 from __future__ import annotations
 
+import json
 import random
+
+from test_controller_shell import make_config, make_template
 
 from evolve.controller.core import (
     ExtraRunsQueued,
@@ -14,6 +17,10 @@ from evolve.controller.core import (
     Settings,
     WorkerJoined,
 )
+from evolve.controller.evidence import NOISE_META, Evidence
+from population.candidate import Candidate, Status
+from population.extra_runs import parse_job_id
+from population.store import Store
 
 
 class Root:
@@ -76,3 +83,32 @@ def test_queued_extra_runs_of_a_candidate_not_run_here_use_the_named_island():
     out = core.handle(ResultArrived(candidate_id="c1", worker_id="wb", outcome="done",
                                     val_bpb=1.4, now=5.0))
     assert runs(out)[0] == Run("old@x7", "wb", 1)
+
+
+def test_with_device_groups_a_new_best_is_confirmed_against_its_own_types_best(tmp_path):
+    """Island 0 (type A) holds the run's best; island 1 (type B) a worse one. A child on
+    island 1 beating island 1's best is a new best for type B: confirmed against island 1's
+    best, never against island 0's — scores from other hardware."""
+    config = make_config(make_template(tmp_path, 0.1), noise={"seeds": 3}, confirm={"seeds": 2},
+                         population={"islands": 2}, workers={"device_groups": True})
+    with Store.open(tmp_path / "store.sqlite") as store:
+        for cid, parent, island, bpb in (("root", None, 0, 1.0), ("b1", "root", 1, 1.3),
+                                         ("c", "b1", 1, None)):
+            store.add(Candidate(id=cid, parent_id=parent, island=island, generation=0,
+                                files={"train.py": f"X = '{cid}'\n"}, seed=3, created_at=1.0))
+            store.set_status(cid, Status.RUNNING)
+            if bpb is not None:
+                store.record_result(cid, status=Status.DONE, metrics={"val_bpb": bpb}, now=2.0)
+        store.set_meta(NOISE_META, json.dumps({"sigma": 0.01, "mean": 1.0, "seeds": [],
+                                               "runs": []}))
+
+        grouped = Evidence(store, config, size=4, peers=lambda island: [island])
+        jobs = grouped.hold("c", Status.DONE, {"val_bpb": 1.2}, "", "", now=3.0)
+        assert jobs and grouped.held["c"].trigger == "new best"
+        assert grouped.held["c"].incumbent_id == "b1"
+        rescored = {store.extra_run(parse_job_id(job)).candidate_id for job in jobs}
+        assert rescored == {"c", "b1"}  # nothing of island 0's hardware
+
+        # Without groups every island is one comparison: 1.2 is no new best against 1.0.
+        assert Evidence(store, config, size=4).hold("c", Status.DONE, {"val_bpb": 1.2}, "", "",
+                                                    now=3.0) is None

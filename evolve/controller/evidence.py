@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,12 @@ class Record:
 class Evidence:
     """Holds results, plans extra runs and decides, over one writable store."""
 
-    def __init__(self, store: Store, config: Any, *, size: int, root_id: str = "root") -> None:
+    def __init__(self, store: Store, config: Any, *, size: int, root_id: str = "root",
+                 peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
+        # island -> the islands scored on its device type (workers.device_groups), or None
+        # for all: a "new best" is judged, and its incumbent re-run, within that group only
+        self.peers = peers
         self.root_id = root_id
         self.size = size
         self.run_seed = int(config.seed)
@@ -137,7 +141,7 @@ class Evidence:
     def _screen(self, held: Held, now: float) -> list[str] | None:
         candidate = self.store.get(held.candidate_id)
         bpb = float(held.metrics["val_bpb"])
-        best = self.store.best()
+        best = self._best_comparable(candidate.island)
         survivors = [s for s in self.store.survivors(candidate.island, self.size) if is_ranked(s)]
         displaced = survivors[-1] if len(survivors) >= self.size else None
         trigger = needs_confirmation(
@@ -154,6 +158,15 @@ class Evidence:
         wanted += [(incumbent.id, s, "confirm")
                    for s in missing_seeds(seeds, self.runs_by_seed(incumbent))]
         return self._plan(held, wanted, now)
+
+    def _best_comparable(self, island: int) -> Candidate | None:
+        """The best scored on the island's device type (every island without groups): an
+        incumbent from other hardware would compare unlike scores."""
+        group = self.peers(island) if self.peers is not None else None
+        if group is None:
+            return self.store.best()
+        bests = [b for i in group if (b := self.store.best(i)) is not None and b.val_bpb is not None]
+        return min(bests, key=lambda b: (b.val_bpb, b.finished_at or 0.0)) if bests else None
 
     def _plan(self, held: Held, wanted: list[tuple[str, int, str]], now: float) -> list[str]:
         """Queue the wanted runs, reusing any already queued or running for another decision."""

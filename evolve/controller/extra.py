@@ -28,9 +28,10 @@ class ExtraRuns:
     """Queues, starts and closes extra runs and turns their results into recorded decisions."""
 
     def __init__(self, store: Store, config: Any, *, size: int, root_id: str,
-                 record: RecordResult) -> None:
+                 record: RecordResult,
+                 peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
-        self.evidence = Evidence(store, config, size=size, root_id=root_id)
+        self.evidence = Evidence(store, config, size=size, root_id=root_id, peers=peers)
         self.stages = Stages(store, config, root_id=root_id)
         self._record = record
         self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)

@@ -37,7 +37,7 @@ from evolve.controller.core import (
     WorkerLost,
     WorkerRefused,
 )
-from evolve.controller.devices import device_type
+from evolve.controller.devices import device_type, island_groups
 from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.memory import StoreMemory
@@ -125,7 +125,8 @@ class Controller:
         self.clock = clock
         self.size = population_size(config.selection.strategy, config.population.size)
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
-        self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record)
+        self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record,
+                               peers=self._peers)
         self.upkeep = IslandUpkeep(store, config, size=self.size,
                                    on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
@@ -455,6 +456,13 @@ class Controller:
         """Extra job -> the island of the candidate it re-scores: it runs on that island's
         device type (device groups), so its score compares with the candidate's own."""
         return {job: self.store.get(job.rpartition("@x")[0]).island for job in jobs}
+
+    def _peers(self, island: int) -> list[int] | None:
+        """The islands scored on `island`'s device type (device groups), else None (all)."""
+        if not self.config.workers.device_groups:
+            return None
+        groups = island_groups(self.config.population.islands, self._island_devices(), True)
+        return next((group for group in groups if island in group), [island])
 
     def _island_devices(self) -> dict[int, str]:
         return self._core.island_devices() if self._core is not None else {}
