@@ -366,3 +366,97 @@ def test_bad_override_value_names_the_override(tmp_path: Path, template: Path) -
     message = error_of(path, ["population.size=0"])
     assert f"{path} (--set population.size=0): population.size: " in message
     assert "greater than 0" in message
+
+
+# ---- duplicate keys, list overrides, paths, text data ------------------------------------
+
+
+def test_a_duplicate_key_is_an_error_naming_the_file_line_and_key(
+    tmp_path: Path, template: Path
+) -> None:
+    path = write(tmp_path, f"""\
+        name: dup
+        template: {template}
+        population:
+          size: 4
+          islands: 2
+          size: 8
+        """)
+    message = error_of(path)
+    assert f"{path}:6: population.size: duplicate key (first on line 4)" in message
+
+
+def test_a_duplicate_key_inside_a_list_item_is_caught_too(tmp_path: Path, template: Path) -> None:
+    path = write(tmp_path, f"""\
+        name: dup
+        template: {template}
+        mutation:
+          operators:
+            - kind: heuristic
+              weight: 1.0
+              weight: 2.0
+        """)
+    assert f"{path}:7: mutation.operators[0].weight: duplicate key" in error_of(path)
+
+
+def test_a_single_value_sets_a_list_key(tmp_path: Path, template: Path) -> None:
+    (template / "model.py").write_text("# stand-in\n")
+    path = write(tmp_path, f"name: one\ntemplate: {template}\n")
+    assert load_config(path, ["mutable_files=train.py"]).mutable_files == ["train.py"]
+    assert load_config(path, ["mutable_files=[train.py, model.py]"]).mutable_files == [
+        "train.py", "model.py"]
+    # one value that the list then refuses gets the list's own rule, not a type error
+    assert "must include train.py" in error_of(path, ["mutable_files=model.py"])
+
+
+def test_a_list_written_as_a_mapping_shows_the_list_form(tmp_path: Path, template: Path) -> None:
+    path = write(tmp_path, f"name: one\ntemplate: {template}\nmutable_files: {{a: b}}\n")
+    assert "write a list as [a, b]" in error_of(path)
+
+
+def test_a_copied_default_config_finds_the_bundled_template(tmp_path: Path) -> None:
+    copy = tmp_path / "r1.yaml"
+    copy.write_text((REPO / "configs" / "default.yaml").read_text())
+    outside = subprocess.run(
+        [sys.executable, "-c", f"from evolve.config import load_config; "
+                               f"print(load_config({str(copy)!r}).template)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 0, outside.stderr
+    assert outside.stdout.strip() == str(REPO / "train_template")
+
+
+def test_a_missing_relative_template_says_where_it_looked_and_how_to_fix_it(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "name: x\ntemplate: ../train_template\n")
+    message = error_of(path)
+    assert f"next to the config file ({tmp_path.parent / 'train_template'})" in message
+    assert "then in the working directory" in message
+    assert "absolute path" in message and "template: builtin" in message
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda d: d.mkdir(), "is an empty folder"),
+        (lambda d: (d.mkdir(), (d / "a.txt").write_text("\n  \n")), "holds no text"),
+        (lambda d: d.write_text(""), "is an empty file"),
+    ],
+    ids=["empty-folder", "blank-files", "empty-file"],
+)
+def test_text_data_without_text_is_refused_at_validation(
+    tmp_path: Path, template: Path, make, fragment: str
+) -> None:
+    target = tmp_path / "corpus"
+    make(target)
+    path = write(tmp_path, f"name: x\ntemplate: {template}\n")
+    message = error_of(path, [f"data=text:{target}"])
+    assert f"data: text:{target} {fragment}" in message
+
+
+def test_text_data_with_text_in_a_subfolder_is_accepted(tmp_path: Path, template: Path) -> None:
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    (tmp_path / "corpus" / "empty.txt").write_text("")
+    (tmp_path / "corpus" / "sub" / "a.txt").write_text("some words\n")
+    path = write(tmp_path, f"name: x\ntemplate: {template}\ndata: text:corpus\n")
+    assert load_config(path).data == f"text:{tmp_path / 'corpus'}"

@@ -34,12 +34,33 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    _refuse_duplicate_keys(root, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, not {_kind(data)}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9._-]", "-", path.stem))
     return config_from_dict(data, overrides, source=str(path), base_dir=path.parent, _root=root)
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, path: Path, keys: Sequence[Any] = ()) -> None:
+    """YAML lets a key repeat (the last one silently wins); in a config that is a mistake."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = getattr(key_node, "value", None)
+            if not isinstance(key, str) or key == "<<":
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(
+                    f"{path}:{line}: {_dotted([*keys, key])}: duplicate key (first on line "
+                    f"{first[key]}); YAML would silently keep only the last one: remove one")
+            first[key] = line
+            _refuse_duplicate_keys(value_node, path, [*keys, key])
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, [*keys, index])
 
 
 def config_from_dict(
@@ -82,7 +103,10 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> tuple[Any, 
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
     parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
-    _check_override_path(parts, data, item, source)
+    target = _check_override_path(parts, data, item, source)
+    if _list_item(target) is not None and _list_item(target) is not Any \
+            and _as_model(_list_item(target)) is None and _is_scalar(value):
+        value = [value]  # `--set mutable_files=x.py` means the list [x.py]
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         child = node[part] if isinstance(node, list) else node.get(part)
@@ -97,8 +121,13 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> tuple[Any, 
     return tuple(parts)
 
 
-def _check_override_path(parts: Sequence[Any], data: Any, item: str, source: str) -> None:
-    """Walk the config's types along the path so a typo fails naming the allowed keys."""
+def _is_scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
+
+
+def _check_override_path(parts: Sequence[Any], data: Any, item: str, source: str) -> Any:
+    """Walk the config's types along the path so a typo fails naming the allowed keys; returns
+    the type at the end of the path (None where it cannot be told)."""
     tp: Any = Config
     node: Any = data
     for depth, part in enumerate(parts):
@@ -118,7 +147,7 @@ def _check_override_path(parts: Sequence[Any], data: Any, item: str, source: str
         if model is None and _union_members(tp):
             model = _member_for_tag(tp, node.get("kind") if isinstance(node, dict) else None)
             if model is None:
-                return  # an operator without a valid kind: validation reports it
+                return None  # an operator without a valid kind: validation reports it
         if model is None:
             raise ConfigError(f"--set {item!r}: {where} is a value, not a section with keys")
         if part not in model.model_fields:
@@ -128,6 +157,7 @@ def _check_override_path(parts: Sequence[Any], data: Any, item: str, source: str
             )
         tp = model.model_fields[part].annotation
         node = node.get(part) if isinstance(node, dict) else None
+    return tp
 
 
 def _explain(
@@ -173,6 +203,9 @@ def _problem(error: Mapping[str, Any]) -> str:
     if kind == "union_tag_not_found":
         return "an operator needs a kind: heuristic, llm, crossover or command"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "list_type":
+        return (f"{message[0].lower()}{message[1:]}, got {value!r} ({_kind(value)}); "
+                "write a list as [a, b] (in --set too: --set 'key=[a, b]')")
     if kind.endswith("_type") or kind in ("literal_error", "model_type", "list_type"):
         return f"{message[0].lower()}{message[1:]}, got {value!r} ({_kind(value)})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short"):

@@ -22,6 +22,10 @@ PROFILE_SEED_SCRIPTS: Mapping[str, str] = {
     "gpu-5min": "train.py",
 }
 HARNESS_FILE = "prepare.py"
+# `template: builtin` names the train_template/ shipped beside this package, wherever the
+# config file was copied to.
+BUILTIN_TEMPLATE = "builtin"
+BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "train_template"
 
 Profile = Literal["cpu-micro", "cpu-tiny", "cpu-bench", "gpu-5min"]
 Positive = Annotated[float, Field(gt=0)]
@@ -278,9 +282,18 @@ class Config(_Section):
     @field_validator("template")
     @classmethod
     def _template(cls, value: str, info: Any) -> str:
-        path = _resolve(value, info.context)
+        if value == BUILTIN_TEMPLATE:
+            path = BUILTIN_TEMPLATE_DIR
+            if not path.is_dir():
+                raise ValueError(f"'builtin' names {path}, which is not there in this install; "
+                                 "give the template's path instead")
+        else:
+            path = _resolve(value, info.context)
         if not path.is_dir():
-            raise ValueError(f"{value!r} is not a directory (looked in {_where(info.context)})")
+            raise ValueError(
+                f"{value!r} is not a directory; a relative path is looked up "
+                f"{_where(info.context, value)}. Give an absolute path, or `template: builtin` "
+                "for the train_template/ that ships with evolve")
         seed_script = PROFILE_SEED_SCRIPTS.get(info.data.get("profile", ""), "train.py")
         needed = [HARNESS_FILE, seed_script]
         needed += [f for f in info.data.get("mutable_files", []) if f != "train.py"]
@@ -297,7 +310,12 @@ class Config(_Section):
         if value.startswith("text:") and value[5:]:
             path = _resolve(value[5:], info.context)
             if not path.exists():
-                raise ValueError(f"{value[5:]!r} does not exist (looked in {_where(info.context)})")
+                raise ValueError(f"{value[5:]!r} does not exist; a relative path is looked up "
+                                 f"{_where(info.context, value[5:])}")
+            problem = _text_problem(path)
+            if problem:
+                raise ValueError(f"text:{path} {problem}; point it at a .txt file or a folder "
+                                 "of text files")
             return f"text:{path}"
         raise ValueError(f"{value!r} is not one of synthetic, climbmix, text:<path>")
 
@@ -346,7 +364,30 @@ def _resolve(value: str, context: Mapping[str, Any] | None) -> Path:
     return (Path.cwd() / path).resolve()
 
 
-def _where(context: Mapping[str, Any] | None) -> str:
+def _where(context: Mapping[str, Any] | None, value: str) -> str:
+    """How `_resolve` looked for a relative path, with the places it tried."""
     base = (context or {}).get("base_dir")
     cwd = Path.cwd().resolve()
-    return f"{base} and {cwd}" if base is not None and Path(base) != cwd else str(cwd)
+    tried = f"in the working directory ({(cwd / value).resolve()})"
+    if base is not None and Path(base) != cwd:
+        return f"next to the config file ({(Path(base) / value).resolve()}), then {tried}"
+    return tried
+
+
+def _text_problem(path: Path, probe_bytes: int = 1 << 16) -> str:
+    """Why a `text:` path gives the harness nothing to train on ("" when it holds text): it
+    reads every file under a folder and needs some non-blank content."""
+    files = (p for p in sorted(path.rglob("*")) if p.is_file()) if path.is_dir() else iter([path])
+    seen = 0
+    for file in files:
+        seen += 1
+        try:
+            with file.open("rb") as handle:
+                if handle.read(probe_bytes).strip():
+                    return ""
+        except OSError:
+            continue
+    if path.is_dir() and not seen:
+        return "is an empty folder (no files in it)"
+    return "holds no text (its files are empty or blank)" if seen > 1 or path.is_dir() \
+        else "is an empty file"
