@@ -22,6 +22,21 @@ from population.candidate import Candidate, Status
 from population.store import Store
 
 SECRET_ENV_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+FIRST_SIGNAL_HINT = ("stopping: no new experiments; running ones finish — Ctrl-C again to stop "
+                     "now (resume re-runs them)")
+# Keys a resumed run may not change: its stored results were produced and compared under them.
+FROZEN_ON_RESUME: Mapping[str, str] = {
+    "name": "the run directory is already named",
+    "output.results_dir": "the run directory already exists",
+    "profile": "every stored score was trained under it",
+    "template": "every stored candidate descends from it",
+    "data": "every stored score was measured on it",
+    "mutable_files": "every stored candidate is a set of these files",
+    "seed": "the run's seeds and proposals derive from it",
+    "population.islands": "the stored candidates are assigned to its islands",
+    "noise.seeds": "σ was measured with it",
+    "confirm.seeds": "past confirmations were decided with it",
+}
 
 
 @dataclass
@@ -125,6 +140,42 @@ class Run:
         run_dir.ensure_layout()
         return cls(run_dir, load_config(run_dir.config_path))
 
+    @classmethod
+    def resume(cls, path: str | Path, overrides: Sequence[str] = ()) -> Run:
+        """A stopped run, its stored config changed by `overrides` (`key=value`, as for `run`).
+
+        Raises ConfigError for an override of a frozen key, and BudgetSpent (before anything
+        starts) when a budget is already spent: only then is the changed config written back."""
+        run_dir = RunDir.open(path)
+        stored = load_config(run_dir.config_path)
+        config = load_config(run_dir.config_path, overrides) if overrides else stored
+        _refuse_frozen(stored, config, overrides, run_dir.config_path)
+        run = cls(run_dir, config)
+        spent = run.budget_spent()
+        if spent is not None:
+            raise BudgetSpent(
+                f"{run_dir.path}: nothing to resume: {spent}, and the run finished there. Extend "
+                f"it, e.g. evolve resume {run_dir.path} {_extend_hint(spent, config)}")
+        if overrides:
+            _write_config(run_dir.config_path, config, overrides)
+        run_dir.ensure_layout()
+        return run
+
+    def budget_spent(self) -> str | None:
+        """Which budget of the config the stored run has used up, if it stopped cleanly with
+        nothing left to run (None otherwise: then resume has work to do)."""
+        if not self.run_dir.store_path.exists():
+            return None
+        store = Store.open(self.run_dir.store_path, readonly=True)
+        try:
+            if store.get_meta("status") != "stopped" or store.unfinished():
+                return None
+            if any(run.outcome in ("queued", "running") for run in store.extra_runs()):
+                return None
+            return spent_budget(self.config, store)
+        finally:
+            store.close()
+
     def execute(self, *, address: str | None = None, display: LiveDisplay | None = None,
                 executor: Any = None, install_signals: bool = True,
                 on_store: Callable[[Store], None] | None = None) -> str:
@@ -162,12 +213,13 @@ class Run:
                 store, self.config.template_dir, self.config.profile, self.config.data)
             if on_store is not None:
                 on_store(store)
-            return asyncio.run(self._drive(controller, mutators, install_signals))
+            notify = _notifier(display)
+            return asyncio.run(self._drive(controller, mutators, install_signals, notify))
         finally:
             store.close()
 
     async def _drive(self, controller: Controller, mutators: Mapping[str, Mutator],
-                     install_signals: bool) -> str:
+                     install_signals: bool, notify: Callable[[str], None] = print) -> str:
         stop, abandon = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         outage: list[str] = []
@@ -176,7 +228,11 @@ class Run:
             watcher = asyncio.create_task(stop_when_down(mutators, stop, outage.append))
 
         def on_signal() -> None:
-            (abandon if stop.is_set() else stop).set()
+            if stop.is_set():
+                abandon.set()
+                return
+            stop.set()
+            notify(FIRST_SIGNAL_HINT)
 
         installed = []
         if install_signals:
@@ -200,3 +256,91 @@ class Run:
         rows = [(c, bool(c.metrics.get("kept", False))) for c in store.finished_in_order()
                 if c.status in (Status.DONE, Status.CRASHED, Status.TIMED_OUT)]
         self.run_dir.rewrite_tsv(rows)
+
+
+class BudgetSpent(Exception):
+    """`resume` of a run whose budget is used up: the message says how to extend it."""
+
+
+def spent_budget(config: Config, store: Store) -> str | None:
+    """The first budget in `config` the stored run has reached, phrased as the controller's
+    stop reason; None when every budget has room left (or there is none)."""
+    budget = config.budget
+    finished = store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT)
+    if budget.max_experiments is not None and finished >= budget.max_experiments:
+        return f"max_experiments reached ({finished} of {budget.max_experiments})"
+    elapsed = float(store.get_meta("elapsed_s", "0") or 0)
+    if budget.max_hours is not None and elapsed >= budget.max_hours * 3600.0:
+        return f"max_hours reached ({elapsed / 3600:.2f} h of {budget.max_hours:g} h)"
+    best = store.best()
+    if budget.target_val_bpb is not None and best is not None and best.val_bpb is not None \
+            and best.val_bpb <= budget.target_val_bpb:
+        return f"target_val_bpb reached ({best.val_bpb:.6f} <= {budget.target_val_bpb:g})"
+    spent = float(store.get_meta("llm_usd_total", "0") or 0)
+    if budget.max_llm_usd is not None and spent >= budget.max_llm_usd:
+        return f"max_llm_usd reached (${spent:.2f} of ${budget.max_llm_usd:g})"
+    return None
+
+
+def extend_hint(reason: str, config: Config) -> str | None:
+    """`--set ...` that lifts the budget a stop reason names (None for other stops)."""
+    budget = config.budget
+    if reason.startswith("max_experiments") and budget.max_experiments is not None:
+        return f"--set budget.max_experiments={2 * budget.max_experiments}"
+    if reason.startswith("max_hours") and budget.max_hours is not None:
+        return f"--set budget.max_hours={2 * budget.max_hours:g}"
+    if reason.startswith("target") and budget.target_val_bpb is not None:
+        return "--set budget.target_val_bpb=null"
+    if reason.startswith(("max_llm_usd", "LLM budget")) and budget.max_llm_usd is not None:
+        return f"--set budget.max_llm_usd={2 * budget.max_llm_usd:g}"
+    return None
+
+
+def _extend_hint(spent: str, config: Config) -> str:
+    return extend_hint(spent, config) or "--set budget.<key>=<larger value>"
+
+
+def _refuse_frozen(stored: Config, config: Config, overrides: Sequence[str], path: Path) -> None:
+    for key, why in FROZEN_ON_RESUME.items():
+        old, new = _get(stored, key), _get(config, key)
+        if old == new:
+            continue
+        item = next((o for o in overrides
+                     if o.partition("=")[0].strip().split(".")[: key.count(".") + 1]
+                     == key.split(".")), key)
+        from evolve.config import ConfigError
+
+        raise ConfigError(
+            f"--set {item}: {key} cannot change when resuming ({why}; it is {old!r} in {path}); "
+            "start a new run with `evolve run` for that")
+
+
+def _get(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _write_config(path: Path, config: Config, overrides: Sequence[str]) -> None:
+    """The changed config, its earlier `# resumed ... with` lines kept above it: on record."""
+    import shlex
+    import time
+
+    history = [line for line in path.read_text().splitlines() if line.startswith("# resumed ")]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    history.append(f"# resumed {stamp} with " + " ".join(f"--set {shlex.quote(o)}"
+                                                        for o in overrides))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(history) + "\n" + config.to_yaml())
+    os.replace(tmp, path)
+
+
+def _notifier(display: LiveDisplay | None) -> Callable[[str], None]:
+    """One line to the user: above the live panel when there is one, else to stderr."""
+    if display is not None:
+        return lambda message: display.console.print(message, soft_wrap=True, highlight=False,
+                                                     markup=False)
+    import sys
+
+    return lambda message: print(message, file=sys.stderr, flush=True)

@@ -21,21 +21,32 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from evolve.app import Run
+    from evolve.app import BudgetSpent, Run
 
-    run = Run.open(args.run_dir)
+    try:
+        run = Run.resume(args.run_dir, args.set or [])
+    except BudgetSpent as exc:  # said at once, before Ray starts
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.set:
+        console.print(f"config changed: {', '.join(args.set)} (recorded in "
+                      f"{run.run_dir.config_path})", highlight=False, markup=False)
     console.print(f"resuming [bold]{run.run_dir.path}[/bold]")
     return _execute(run, args, console)
 
 
 def _execute(run, args: argparse.Namespace, console: Console) -> int:
+    from evolve.app import extend_hint
     from evolve.live import LiveDisplay
 
     with LiveDisplay(console, title=f"evolve · {run.config.name}") as display:
         reason = run.execute(address=args.address, display=display)
     console.print(f"stopped: {reason}")
     console.print(f"results: {run.run_dir.tsv_path}")
-    console.print(f"go on with: evolve resume {run.run_dir.path}")
+    hint = extend_hint(reason, run.config)
+    more = f" {hint}  (raise the budget: it was reached)" if hint else ""
+    console.print(f"go on with: evolve resume {run.run_dir.path}{more}", highlight=False,
+                  markup=False, soft_wrap=True)
     return 0
 
 
@@ -83,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", help="continue a stopped or killed run")
     resume.add_argument("run_dir")
+    resume.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="change a key of the run's stored config, e.g. "
+                             "--set budget.max_experiments=40 (repeatable; written back to "
+                             "RUN_DIR/config.yaml; profile, data, template, mutable_files, seed "
+                             "and population.islands cannot change)")
     resume.add_argument("--address", help="Ray cluster to attach to (as for run)")
     resume.set_defaults(handler=_cmd_resume)
 

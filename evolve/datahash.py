@@ -62,6 +62,10 @@ class DataMismatch(RuntimeError):
     """This node's data or harness differs from the controller's: no run may be scored here."""
 
 
+class DataPrepareError(DataMismatch):
+    """The harness could not prepare the data at all (a bad path, no text, no download)."""
+
+
 @dataclass(frozen=True)
 class DataState:
     """A verified cache: its fingerprint and the stat of every file at verification."""
@@ -127,7 +131,8 @@ def _prepare(template_dir: str | Path, profile: str, data: str, cache: str) -> D
                               timeout=PREPARE_TIMEOUT_S, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise DataMismatch(f"preparing data {data!r} for {profile} on this node failed: {last[:300]}")
+        raise DataPrepareError(
+            f"preparing data {data!r} for {profile} on this node failed: {last[:300]}")
     found = json.loads(done.stdout.strip().splitlines()[-1])
     if found["kind"] == "none":
         return DataState("", "", ())
@@ -181,7 +186,11 @@ def reference_hashes(store: object, template_dir: str | Path, profile: str, data
     pinned = store.get_meta("data_hash")  # type: ignore[attr-defined]
     try:
         data_hash = data_fingerprint(template_dir, profile, data, cache_dir, expected=pinned or "")
+    except DataPrepareError as exc:
+        raise DataPrepareError(f"preparing the data failed: {exc}") from exc
     except DataMismatch as exc:
+        if not pinned:  # a new run has no earlier results to differ from
+            raise
         raise DataMismatch(f"this run's results were scored on other data: {exc}") from exc
     store.set_meta("data_hash", data_hash)  # type: ignore[attr-defined]
     store.set_meta("template_hash", template)  # type: ignore[attr-defined]

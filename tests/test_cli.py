@@ -135,6 +135,9 @@ def test_sigint_stops_cleanly_and_resume_continues(ray_address, tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "stopped:" in output and "evolve resume" in output
+    # the first Ctrl-C says what it does and that a second one stops at once
+    assert "stopping: no new experiments; running ones finish — Ctrl-C again to stop now" in output
+    assert "--set budget.max_experiments" not in output  # a user stop is no budget to raise
     finished = len(_tsv_rows(run_dir))
     assert 2 <= finished < 40
     with sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True) as db:
@@ -161,4 +164,24 @@ def test_a_bad_config_is_one_clear_line_and_writes_nothing(tmp_path):
 def test_status_of_a_missing_run_dir_is_a_clear_error(tmp_path):
     result = subprocess.run([*EVOLVE, "status", str(tmp_path / "nope")], env=_env(),
                             capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no such run directory" in result.stderr
+
+
+def test_text_data_without_text_fails_before_a_run_directory_is_made(tmp_path):
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    result = subprocess.run(
+        [*EVOLVE, "run", str(_sleep_config(tmp_path, max_experiments=2)),
+         "--set", f"data=text:{empty}"],
+        env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"(--set data=text:{empty}): data: text:{empty} is an empty folder" in result.stderr
+    assert "scored on other data" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_resume_of_a_missing_run_dir_takes_set_and_is_a_clear_error(tmp_path):
+    result = subprocess.run([*EVOLVE, "resume", str(tmp_path / "nope"), "--set",
+                             "budget.max_experiments=6"], env=_env(), capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 2 and "no such run directory" in result.stderr
