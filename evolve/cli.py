@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="change a key of the run's stored config, e.g. "
                              "--set budget.max_experiments=40 (repeatable; written back to "
-                             "RUN_DIR/config.yaml; profile, data, template, mutable_files, seed "
-                             "and population.islands cannot change)")
+                             "RUN_DIR/config.yaml; keys its results depend on, such as profile, data, "
+                             "template, mutable_files, seed, population.islands, cannot change)")
     resume.add_argument("--address", help="Ray cluster to attach to (as for run)")
     resume.set_defaults(handler=_cmd_resume)
 
