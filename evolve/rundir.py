@@ -34,7 +34,8 @@ class RunDir:
     def create(cls, results_dir: str | Path, name: str) -> RunDir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-        base = Path(results_dir) / f"{safe}-{stamp}"
+        # absolute: remote workers lay experiments out under work/ by this path, from their cwd
+        base = Path(results_dir).resolve() / f"{safe}-{stamp}"
         path, n = base, 1
         while path.exists():  # two runs started in the same second
             n += 1
@@ -50,7 +51,7 @@ class RunDir:
     def open(cls, path: str | Path) -> RunDir:
         """An existing run directory, checked without writing anything into it (readers of a
         live run, such as status, export and report, use this too)."""
-        run_dir = cls(Path(path))
+        run_dir = cls(Path(path).resolve())
         if not run_dir.path.is_dir():
             raise RunDirError(f"{path}: no such run directory")
         for required in (run_dir.config_path, run_dir.store_path):

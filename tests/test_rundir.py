@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evolve.rundir import TSV_COLUMNS, RunDir, RunDirError
@@ -106,3 +108,14 @@ def test_result_leaves_the_log_tail_with_a_header_naming_the_full_log(tmp_path):
         "# the last lines of the log, as the controller received them; the full log is under "
         f"{run_dir.work_dir}/ on the node that ran it",
         "(no log reached the controller: gave up after 3 lost attempts)"]
+
+
+def test_paths_are_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    # Workers on other nodes lay experiments out under work/ by this path, from their own cwd.
+    monkeypatch.chdir(tmp_path)
+    created = RunDir.create("results", "rel")
+    assert created.path.is_absolute() and created.work_dir.parent == tmp_path / "results" / created.path.name
+    created.config_path.write_text("name: rel\n")
+    created.store_path.write_text("")
+    opened = RunDir.open(Path("results") / created.path.name)
+    assert opened.path == created.path and opened.work_dir.is_absolute()
