@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 
 from evolve.runview import (
     RunViewError,
-    edits_from_seed,
     find_candidate,
     load_config,
     open_run_dir,
@@ -29,6 +28,7 @@ from evolve.runview import (
 )
 from evolve.trust import read_trust, with_test_scores
 from population.candidate import Candidate, Status
+from population.store import edits_from_seed
 
 FORMATS = ("git", "patches", "dir")
 RUN_NOTE = "RUN.md"  # written into a `dir` export: the command that reproduces the score

@@ -10,7 +10,6 @@ from evolve.runview import (
     all_candidates,
     config_get,
     file_diff,
-    is_copy,
     kept_flags,
     load_config,
     open_run_dir,
@@ -18,6 +17,7 @@ from evolve.runview import (
 )
 from evolve.trust import Trust, read_trust, with_test_scores
 from population.candidate import Candidate, Status
+from population.store import is_copy
 
 TOP_IN_TABLE = 15
 TOP_IN_TREE = 6

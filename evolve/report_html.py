@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from evolve.report_data import RunSnapshot
-from evolve.runview import edits_from_seed
 from population.candidate import Candidate, Status
+from population.store import edits_from_seed
 
 CSS = """
 body { font: 15px/1.45 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import yaml
 
 from evolve.rundir import RunDir, RunDirError
 from population.candidate import Candidate, Status
-from population.store import MIGRATION, Store, StoreError
+from population.store import Store, StoreError, is_copy
 
 
 class RunViewError(Exception):
@@ -160,15 +160,3 @@ def file_diff(before: dict[str, str] | None, after: dict[str, str]) -> str:
         for line in lines:
             parts.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return "".join(parts)
-
-
-def is_copy(candidate: Candidate) -> bool:
-    """A migration copy: the same experiment moved to another island, not a new edit."""
-    return candidate.mutator == MIGRATION
-
-
-def edits_from_seed(chain: Sequence[Candidate]) -> int:
-    """The generation every output shows: edits from the seed along `chain` (root first,
-    ending at the candidate). A migration or island-seeding copy has its source's code, so
-    it adds none; the store's `generation` field counts copies too and is not shown."""
-    return sum(1 for step in chain[1:] if not is_copy(step))

@@ -10,10 +10,9 @@ from evolve.config import Config, load_config
 from evolve.controller.resume import operator_labels, operator_names
 from evolve.mutate.operators import mix_weights, tally
 from evolve.rundir import RunDir
-from evolve.runview import edits_from_seed
 from evolve.trust import mark, read_trust
 from population.candidate import Candidate, Status
-from population.store import Store
+from population.store import Store, edits_from_seed
 
 
 def _bpb(candidate: Candidate) -> str:

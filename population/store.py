@@ -13,7 +13,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,18 @@ FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
 WRITER_LOCK_WAIT_S = 5.0  # see _take_writer_lock
+
+
+def is_copy(candidate: Candidate) -> bool:
+    """A migration copy: the same experiment moved to another island, not a new edit."""
+    return candidate.mutator == MIGRATION
+
+
+def edits_from_seed(chain: Sequence[Candidate]) -> int:
+    """The generation every output shows: edits from the seed along `chain` (root first,
+    ending at the candidate). A migration or island-seeding copy has its source's code, so
+    it adds none; the store's `generation` field counts copies too and is not shown."""
+    return sum(1 for step in chain[1:] if not is_copy(step))
 
 
 class StoreError(Exception):

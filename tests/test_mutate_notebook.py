@@ -112,3 +112,18 @@ def test_prompt_does_not_repeat_what_the_notebook_lists(store):
     # best results, the path to the best, tried-with-outcome; not a fourth time
     assert text.count("add warmup") == 3
     assert "# Already tried on this parent (do not repeat)\n- x" in text
+
+
+def test_prompt_generations_count_edits_not_island_copies(store):
+    # root -> a copy of root on island 1 (migration) -> an edit of that copy: one edit deep.
+    copy = done("root@i1", "root", 1.50, island=1, what="copy", t=7).replace(
+        mutator="migration", generation=1)
+    store.add(copy)
+    child = done("d", "root@i1", 1.45, island=1, what="wider MLP", t=8).replace(generation=2)
+    store.add(child)
+    context = MutationContext(parent=store.get("d"), lineage=store.lineage("d"), inspirations=[],
+                              tried_on_parent=[], notebook="", program_md="",
+                              mutable_files=["train.py"], seed=0)
+    text = build_prompt(context).text()
+    assert "(island 1, generation 1)" in text
+    assert "- gen 0: copy" in text and "- gen 1: wider MLP" in text

@@ -14,6 +14,7 @@ from typing import Any
 
 from evolve.mutate.base import MutationContext, unified_diff
 from population.candidate import Candidate
+from population.store import edits_from_seed
 
 ANSWER_FORMAT = """\
 ## How to answer
@@ -132,9 +133,10 @@ def format_lineage(lineage: Sequence[Candidate], steps: int) -> str:
     if skipped:
         lines.append(f"({skipped} earlier steps not shown)")
     previous = lineage[skipped - 1] if skipped else None
-    for step in shown:
+    for index, step in enumerate(shown, start=skipped):
         what = step.description or ("seed" if step.parent_id is None else "(no description)")
-        lines.append(f"- gen {step.generation}: {what[:160]} -> {_delta(step, previous)}")
+        gen = edits_from_seed(lineage[:index + 1])
+        lines.append(f"- gen {gen}: {what[:160]} -> {_delta(step, previous)}")
         previous = step
     return "\n".join(lines)
 
@@ -151,7 +153,8 @@ def build_prompt(context: MutationContext, limits: PromptLimits = PromptLimits()
                              context.program_md.strip(), "", ANSWER_FORMAT])
     system = [{"type": "text", "text": system_text, "cache_control": _CACHE}]
     head = "\n\n".join([
-        f"# The parent: {parent.id} (island {parent.island}, generation {parent.generation})",
+        f"# The parent: {parent.id} (island {parent.island}, "
+        f"generation {edits_from_seed(context.lineage)})",  # lineage ends at the parent
         f"Metrics: {format_metrics(parent.metrics)}",
         "## Its lineage (root first; Δ is the change in val_bpb from the step before)\n"
         + format_lineage(context.lineage, limits.lineage_steps),
