@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from evolve.app import RunRecorder
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.shell import Controller, Progress
+from evolve.controller.shell import Controller
 from evolve.export import RUN_NOTE, export_run
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.report import build_report
@@ -32,20 +33,6 @@ from population.store import MIGRATION, Store
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "sleep_template"
 LEARNING_RATES = ["0.03", "0.05", "0.035", "0.045", "0.025", "0.06"]
-
-
-class Recorder:
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-
-    def on_candidate(self, c: Candidate) -> None:
-        self.run_dir.on_candidate(c)
-
-    def on_result(self, c: Candidate, kept: bool) -> None:
-        self.run_dir.on_result(c, kept)
-
-    def on_progress(self, snapshot: Progress) -> None:
-        pass
 
 
 class LearningRates:
@@ -81,7 +68,7 @@ def run(tmp_path_factory) -> RunDir:
     run_dir.config_path.write_text(config.to_yaml())
     with Store.open(run_dir.store_path) as store:
         controller = Controller(config, store, LocalExecutor(1), {"heuristic": LearningRates()},
-                                Recorder(run_dir), work_root=run_dir.work_dir, tick_s=0.1)
+                                RunRecorder(run_dir), work_root=run_dir.work_dir, tick_s=0.1)
         asyncio.run(controller.run(None, None))
         # the share status prints as a sentence (set here so the line is always there)
         store.set_meta("early_failure_share", "0.123")

@@ -8,36 +8,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from evolve.app import RunRecorder
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.shell import Controller, Progress
+from evolve.controller.shell import Controller
 from evolve.export import export_run
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.report import build_report
 from evolve.rundir import RunDir
-from population.candidate import Candidate
 from population.store import Store
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "sleep_template"
 OPTIMUM = {"MATRIX_LR": 0.03, "EMBED_LR": 0.5, "WARMDOWN_FRAC": 0.4, "DEPTH": 4, "BATCH_SIZE": 16,
            "SCALAR_LR": 1.0, "FINAL_LR_FRAC": 0.2, "ADAM_BETA1": 0.85, "GRAD_CLIP": 1.0,
            "WEIGHT_DECAY": 0.01, "UNEMBED_LR": 0.008, "LOGIT_SOFTCAP": 7.5}
-
-
-class RunDirRecorder:
-    """What `evolve run` does with the controller's news: the run directory's files."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-
-    def on_candidate(self, c: Candidate) -> None:
-        self.run_dir.on_candidate(c)
-
-    def on_result(self, c: Candidate, kept: bool) -> None:
-        self.run_dir.on_result(c, kept)
-
-    def on_progress(self, snapshot: Progress) -> None:
-        pass
 
 
 def test_export_and_report_on_an_engine_run(tmp_path):
@@ -66,7 +50,7 @@ def test_export_and_report_on_an_engine_run(tmp_path):
     run_dir.config_path.write_text(config.to_yaml())
     with Store.open(run_dir.store_path) as store:
         controller = Controller(config, store, LocalExecutor(2),
-                                {"heuristic": HeuristicMutator()}, RunDirRecorder(run_dir),
+                                {"heuristic": HeuristicMutator()}, RunRecorder(run_dir),
                                 work_root=run_dir.work_dir, tick_s=0.2)
         asyncio.run(controller.run(None, None))
         best = store.best()

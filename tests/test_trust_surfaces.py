@@ -9,8 +9,9 @@ import subprocess
 from rich.console import Console
 from test_confirmation_e2e import make_config, make_template
 
+from evolve.app import RunRecorder
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.shell import Controller, Progress
+from evolve.controller.shell import Controller
 from evolve.export import export_run
 from evolve.live import LiveDisplay
 from evolve.mutate.base import MutationContext, Proposal
@@ -18,23 +19,7 @@ from evolve.report import build_report
 from evolve.report_data import read_run
 from evolve.rundir import RunDir
 from evolve.status import render_status
-from population.candidate import Candidate
 from population.store import Store
-
-
-class RunDirRecorder:
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-        self.last: Progress | None = None
-
-    def on_candidate(self, c: Candidate) -> None:
-        self.run_dir.on_candidate(c)
-
-    def on_result(self, c: Candidate, kept: bool) -> None:
-        self.run_dir.on_result(c, kept)
-
-    def on_progress(self, snapshot: Progress) -> None:
-        self.last = snapshot
 
 
 class TowardsOptimum:
@@ -64,7 +49,7 @@ def test_status_report_and_export_show_noise_decisions_and_test(tmp_path):
                          test={"every_new_best": True})
     run_dir = RunDir.create(tmp_path / "results", "trust")
     run_dir.config_path.write_text(config.to_yaml())
-    recorder = RunDirRecorder(run_dir)
+    recorder = RunRecorder(run_dir)
     with Store.open(run_dir.store_path) as store:
         controller = Controller(config, store, LocalExecutor(1), {"heuristic": TowardsOptimum()},
                                 recorder, work_root=run_dir.work_dir, tick_s=0.2)
