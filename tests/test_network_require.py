@@ -2,7 +2,7 @@
 
 Real runner, real harness subprocesses. A node without isolation is a node whose PATH has
 python but no `unshare` (util-linux); the runner runs in a child process there, since the
-probe is cached once per process (`_unshare_problem`).
+probe is cached once per process (`unshare_problem`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from evolve.config import ConfigError, config_from_dict
-from evolve.workers.network import _unshare_problem
+from evolve.workers.network import unshare_problem
 from evolve.workers.runner import RunRequest, TemplateError, experiment_dir, run_candidate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,8 +86,8 @@ def test_isolate_falls_back_to_the_network_and_says_so_in_the_run_log(tmp_path):
 
 
 def test_require_runs_isolated_where_the_node_allows_it(tmp_path):
-    _unshare_problem.cache_clear()  # probe this process's own PATH
-    problem = _unshare_problem()
+    unshare_problem.cache_clear()  # probe this process's own PATH
+    problem = unshare_problem()
     request = RunRequest(**_fields(tmp_path, "require"))
     if problem:  # a CI box without user namespaces: refused, for the reason the probe found
         with pytest.raises(TemplateError, match="workers.network: require") as refused:

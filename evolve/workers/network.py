@@ -43,7 +43,7 @@ def isolation(mode: str) -> Isolation:
         raise ValueError(f"workers.network must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "allow":
         return Isolation((), "network: allowed (workers.network: allow)")
-    problem = _unshare_problem()
+    problem = unshare_problem()
     if problem and mode == "require":
         raise IsolationUnavailable(
             f"network isolation required (workers.network: require) but unavailable on node "
@@ -61,7 +61,7 @@ def _unshare() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _unshare_problem() -> str:
+def unshare_problem() -> str:
     """Why `unshare -rn` cannot be used here ("" when it works); probed once per process."""
     binary = shutil.which("unshare")
     if binary is None:
@@ -76,5 +76,3 @@ def _unshare_problem() -> str:
         return f"unprivileged user namespaces are not allowed here: {detail[:200]}"
     return ""
 
-
-unshare_problem = _unshare_problem  # public: workers report it when placed (evolve/workers/actor.py)
