@@ -75,6 +75,11 @@ def parse_job_id(job: str) -> int | None:
     return int(tail) if sep and head and tail.isdigit() else None
 
 
+def job_candidate(job: str) -> str:
+    """The candidate a scheduler job trains: its own id, or the one an extra run re-scores."""
+    return job.rpartition("@x")[0] if parse_job_id(job) is not None else job
+
+
 def create(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA)
     conn.execute(INDEX)

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from population.candidate import Candidate
-from population.extra_runs import job_id, parse_job_id
+from population.extra_runs import job_candidate, job_id, parse_job_id
 from population.store import Store
 
 
@@ -53,3 +53,5 @@ def test_job_ids_name_the_run():
     assert parse_job_id(job_id("c00001", 12)) == 12
     assert parse_job_id("c00001") is None
     assert parse_job_id("root") is None
+    assert job_candidate(job_id("root@i1.2", 3)) == "root@i1.2"
+    assert job_candidate("c00001") == "c00001" and job_candidate("c@xy") == "c@xy"

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from evolve.controller.devices import DevicePolicy
 from evolve.mutate.operators import OperatorStats, mix_weights
+from population.extra_runs import job_candidate
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
@@ -513,7 +514,7 @@ class Scheduler:
         for job in reversed(job_ids):
             island = islands.get(job)
             if island is None:
-                island = self._islands.get(job.rpartition("@x")[0] or job, 0)
+                island = self._islands.get(job_candidate(job), 0)
             island %= len(self._island_load)
             self._extra.add(job)
             self._ready.appendleft((job, island))

@@ -47,6 +47,7 @@ from evolve.controller.upkeep import IslandUpkeep
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
+from population.extra_runs import job_candidate
 from population.store import Store
 from population.survival import population_size, verdict
 
@@ -455,7 +456,7 @@ class Controller:
     def _islands_of(self, jobs: list[str] | tuple[str, ...]) -> dict[str, int]:
         """Extra job -> the island of the candidate it re-scores: it runs on that island's
         device type (device groups), so its score compares with the candidate's own."""
-        return {job: self.store.get(job.rpartition("@x")[0]).island for job in jobs}
+        return {job: self.store.get(job_candidate(job)).island for job in jobs}
 
     def _peers(self, island: int) -> list[int] | None:
         """The islands scored on `island`'s device type (device groups), else None (all)."""
