@@ -17,7 +17,7 @@ from evolve.controller.shell import Controller, Progress
 from evolve.live import LiveDisplay
 from evolve.mutate.base import Mutator
 from evolve.outage import stop_when_down, with_fallback
-from evolve.rundir import RunDir
+from evolve.rundir import RunDir, write_atomic
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -331,9 +331,7 @@ def _write_config(path: Path, config: Config, overrides: Sequence[str]) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     history.append(f"# resumed {stamp} with " + " ".join(f"--set {shlex.quote(o)}"
                                                         for o in overrides))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(history) + "\n" + config.to_yaml())
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(history) + "\n" + config.to_yaml())
 
 
 def _notifier(display: LiveDisplay | None) -> Callable[[str], None]:

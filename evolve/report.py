@@ -6,13 +6,13 @@ told otherwise, and a report made again replaces the files of the one before.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from evolve.report_charts import island_chart, lineage_chart, progress_chart, save
 from evolve.report_data import read_run
 from evolve.report_html import render_html
+from evolve.rundir import write_atomic
 from evolve.runview import RunViewError
 
 
@@ -55,7 +55,5 @@ def build_report(run_dir: Path, out: Path | None = None) -> ReportPaths:
     save(island_chart(run), paths.islands)
     html = render_html(run, {"progress": paths.progress, "lineage": paths.lineage,
                              "islands": paths.islands})
-    tmp = paths.html.with_name(f".{paths.html.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, paths.html)
+    write_atomic(paths.html, html)
     return paths

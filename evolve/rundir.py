@@ -96,11 +96,11 @@ class RunDir:
         folder = self.candidate_dir(candidate.id)
         folder.mkdir(parents=True, exist_ok=True)
         for name, source in candidate.files.items():
-            _write_atomic(folder / name, source)
+            write_atomic(folder / name, source)
         if candidate.diff:
-            _write_atomic(folder / "diff.patch", candidate.diff)
+            write_atomic(folder / "diff.patch", candidate.diff)
         if candidate.reason and candidate.status in (Status.REJECTED, Status.CRASHED, Status.TIMED_OUT):
-            _write_atomic(folder / "reason.txt", candidate.reason + "\n")
+            write_atomic(folder / "reason.txt", candidate.reason + "\n")
 
     def on_result(self, candidate: Candidate, kept: bool) -> None:
         """Append one finished experiment to results.tsv (the one-agent loop's columns) and
@@ -111,7 +111,7 @@ class RunDir:
             os.fsync(handle.fileno())
         folder = self.candidate_dir(candidate.id)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / LOG_NAME, self.log_text(candidate))
+        write_atomic(folder / LOG_NAME, self.log_text(candidate))
 
     def log_text(self, candidate: Candidate) -> str:
         """The log tail under a first line that says it is a tail and where the whole log is:
@@ -146,7 +146,7 @@ class RunDir:
         """Rebuild results.tsv from the store (on resume), so a kill between the store's commit
         and the append can neither lose nor duplicate a row."""
         text = "\t".join(TSV_COLUMNS) + "\n" + "".join(tsv_row(c, kept) for c, kept in rows)
-        _write_atomic(self.tsv_path, text)
+        write_atomic(self.tsv_path, text)
 
 
 def tsv_row(candidate: Candidate, kept: bool) -> str:
@@ -179,7 +179,8 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once: a reader (or a kill) never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
