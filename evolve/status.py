@@ -12,7 +12,7 @@ from evolve.mutate.operators import mix_weights, tally
 from evolve.rundir import RunDir
 from evolve.trust import mark, read_trust
 from population.candidate import Candidate, Status
-from population.store import Store, edits_from_seed
+from population.store import Store, edits_from_seed, is_copy
 
 
 def _bpb(candidate: Candidate) -> str:
@@ -108,11 +108,11 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
             console.print(f"run {state}" + (f": {reason}" if reason and state != "running" else ""))
         for line in worker_notices(store):
             console.print(line, highlight=False)
-        trust = read_trust(store, store.finished_in_order())
+        finished_all = store.finished_in_order(include_copies=True)  # loaded once: big runs
+        trust = read_trust(store, [c for c in finished_all if not is_copy(c)])
         for line in trust.lines():
             console.print(line)
-        console.print(operator_table(load_config(run_dir.config_path),
-                                     store.finished_in_order(include_copies=True)))
+        console.print(operator_table(load_config(run_dir.config_path), finished_all))
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
             for column in ("id", "val_bpb", "gen", "mutator", "description"):
