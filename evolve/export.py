@@ -369,8 +369,12 @@ def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate],
     confirm = step.metrics.get("confirm")
     if isinstance(confirm, dict) and confirm.get("reason"):  # the re-run evidence behind it
         lines += textwrap.wrap(f"evidence: {confirm['reason']}", 72)
-    lines.append(f"candidate: {step.id} (parent {step.parent_id}, island {step.island}, "
+    donor = f", donor {step.donor_id}" if step.donor_id else ""
+    lines.append(f"candidate: {step.id} (parent {step.parent_id}{donor}, island {step.island}, "
                  f"generation {generation}: edits from the seed)")
+    if step.donor_id:  # a merge: the second parent, whose winning edit this commit carries
+        lines.append(f"merged from: {step.donor_id} (its edit over its own parent, carried "
+                     "onto this line by a three-way merge)")
     for move in moves:
         lines.append(f"moved to island {move.island} via {move.id}")
     mutator = step.mutator or "unknown"

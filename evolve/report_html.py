@@ -136,6 +136,8 @@ def _top_table(run: RunSnapshot) -> str:
         delta, cls = _delta(run, c)
         test = _metric(c, "test_bpb")
         model = f"{c.mutator} ({c.model})" if c.model else c.mutator
+        if c.donor_id:
+            model += f" ← {c.donor_id}"
         best = ' class="best"' if run.best is not None and c.id == run.best.id else ""
         kept = "keep" if run.kept.get(c.id) else "discard"
         improved = "✓" if cls == "better" else ""
@@ -173,6 +175,8 @@ def _lineage_steps(run: RunSnapshot) -> str:
             bits.append(f"trained {seconds:.0f} s" if seconds >= 10 else f"trained {seconds:.1f} s")
         bits.append(f"island {c.island}")
         bits.append(_e(f"{c.mutator or 'seed'}" + (f" ({c.model})" if c.model else "")))
+        if c.donor_id:
+            bits.append(f"donor <code>{_e(c.donor_id)}</code>")
         if c.cost_usd:
             bits.append(f"${c.cost_usd:.4f}")
         title = "Seed" if n == 0 else f"Step {n}: {c.description or c.id}"

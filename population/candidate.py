@@ -51,6 +51,7 @@ class Candidate:
     seed: int = 0
     created_at: float = 0.0
     finished_at: float | None = None
+    donor_id: str | None = None  # a merge: the candidate whose winning edit was carried here
 
     @property
     def val_bpb(self) -> float | None:

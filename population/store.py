@@ -21,7 +21,15 @@ from typing import Any
 from population import extra_runs
 from population.candidate import Candidate, Status
 from population.extra_runs import ExtraRun
-from population.schema import COLUMNS, SCHEMA, candidate_from_row
+from population.schema import (
+    COLUMNS,
+    COLUMNS_V1,
+    MIGRATIONS,
+    SCHEMA,
+    candidate_from_row,
+    has_column,
+)
+from population.wins import Win
 
 _RANK = {
     Status.PROPOSED: 0,
@@ -92,7 +100,7 @@ def _finite_bpb(metrics: Mapping[str, Any]) -> float | None:
 class Store:
     """The population's memory: every candidate and every attempt of a run."""
 
-    SCHEMA_VERSION: int = 1
+    SCHEMA_VERSION: int = 2
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool,
                  lock_fd: int | None) -> None:
@@ -100,6 +108,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._lock_fd = lock_fd
+        self._columns = COLUMNS  # COLUMNS_V1 for a read-only open of a version-1 store
 
     # ---- opening and closing -------------------------------------------------------------
 
@@ -187,6 +196,21 @@ class Store:
                 self._conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(self.SCHEMA_VERSION),))
+        elif found < self.SCHEMA_VERSION:
+            self._migrate(found)
+
+    def _migrate(self, found: int) -> None:
+        """Bring an older store up to this version, one step per version (the writer), or
+        read it as it is (read-only: a live run of an older evolve may be writing it)."""
+        if self.readonly:
+            if not has_column(self._conn, "candidates", "donor_id"):
+                self._columns = COLUMNS_V1
+            return
+        for version in range(found + 1, self.SCHEMA_VERSION + 1):
+            with self._write():
+                MIGRATIONS[version](self._conn)
+                self._conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                                   (str(version),))
 
     def close(self) -> None:
         """Close the connection and release the writer lock (idempotent)."""
@@ -231,7 +255,7 @@ class Store:
         try:
             self._conn.execute(
                 f"INSERT INTO candidates ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
                  candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
                  candidate.description, candidate.rationale, candidate.mutator,
@@ -239,7 +263,7 @@ class Store:
                  json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
                  Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
                  candidate.reason, candidate.log_tail, int(candidate.seed), created,
-                 finished))
+                 finished, candidate.donor_id))
         except sqlite3.IntegrityError:
             raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
 
@@ -368,7 +392,7 @@ class Store:
             parent_id=source_id, island=island, generation=source.generation + 1,
             description=description or f"copy of {source_id} from island {source.island}",
             rationale="", mutator=MIGRATION, model="", raw_answer="", applied_edit="", diff="",
-            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp)
+            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp, donor_id=None)
         self._insert(copy, source.val_bpb, stamp, stamp)
         return self.get(copy.id)
 
@@ -429,7 +453,7 @@ class Store:
 
     def get(self, candidate_id: str) -> Candidate:
         row = self._conn.execute(
-            f"SELECT {COLUMNS} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+            f"SELECT {self._columns} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
         if row is None:
             raise KeyError(f"no candidate {candidate_id!r} in the store")
         return candidate_from_row(row)
@@ -505,6 +529,23 @@ class Store:
             "SELECT seq FROM candidates WHERE parent_id=? ORDER BY seq", (parent_id,))]
         return self._load(seqs)
 
+    def wins(self, limit: int = 50) -> list[Win]:
+        """Children that beat their parent (both done; migration copies are not edits),
+        largest gain first: the edits the merge operator may carry to other lines."""
+        rows = self._conn.execute(
+            "SELECT c.seq, p.seq FROM candidates c JOIN candidates p ON p.id = c.parent_id "
+            "WHERE c.status='done' AND p.status='done' AND c.mutator != ? "
+            "AND c.val_bpb < p.val_bpb ORDER BY p.val_bpb - c.val_bpb DESC, c.seq LIMIT ?",
+            (MIGRATION, limit)).fetchall()
+        loaded = self._load([seq for row in rows for seq in row])
+        return [Win(donor=loaded[2 * i], base=loaded[2 * i + 1]) for i in range(len(rows))]
+
+    def donors_into(self, target_id: str) -> list[str]:
+        """The donors already carried into `target_id` (its merge children, any status)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT donor_id FROM candidates WHERE parent_id=? AND donor_id IS NOT NULL "
+            "ORDER BY seq", (target_id,))]
+
     def has_hash(self, source_hash: str) -> bool:
         return self._conn.execute(
             "SELECT 1 FROM candidates WHERE source_hash=? LIMIT 1", (source_hash,)
@@ -566,7 +607,7 @@ class Store:
         if not seqs:
             return []
         rows = self._conn.execute(
-            f"SELECT seq, {COLUMNS} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
+            f"SELECT seq, {self._columns} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
             seqs).fetchall()
         by_seq = {row[0]: candidate_from_row(row[1:]) for row in rows}
         return [by_seq[seq] for seq in seqs]

@@ -91,6 +91,14 @@ class CrossoverOperator(_Operator):
     kind: Literal["crossover"]
 
 
+class MergeOperator(_Operator):
+    """Carry a win (a child that beat its parent) onto the island's or the run's best by a
+    three-way merge (evolve/mutate/merge.py); offline, no API key needed."""
+
+    kind: Literal["merge"]
+    target: Literal["island", "global"] = "island"
+
+
 class CommandOperator(_Operator):
     kind: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
@@ -98,7 +106,7 @@ class CommandOperator(_Operator):
 
 
 Operator = Annotated[
-    HeuristicOperator | LLMOperator | CrossoverOperator | CommandOperator,
+    HeuristicOperator | LLMOperator | CrossoverOperator | CommandOperator | MergeOperator,
     Field(discriminator="kind"),
 ]
 

@@ -16,6 +16,7 @@ from typing import Any
 from evolve.controller.core import Propose
 from evolve.controller.memory import StoreMemory
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.merge import MergeMutator
 from evolve.mutate.notebook import LabNotebook
 from evolve.preflight import (
     check_differs,
@@ -68,12 +69,17 @@ class Proposals:
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
+        wins, carried = (), ()
+        if isinstance(mutator, MergeMutator):  # a merge carries a win onto the best
+            parent = self._merge_target(mutator, decision.island) or parent
+            wins, carried = self.store.wins(), self.store.donors_into(parent.id)
         context = MutationContext(
             parent=parent, lineage=self.memory.lineage(parent),
             inspirations=self._inspirations(decision.island),
             tried_on_parent=self.memory.tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
             mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
+            wins=tuple(wins), carried=tuple(carried),
         )
         task = asyncio.get_running_loop().create_task(
             self._mutate(decision, parent, mutator, context))
@@ -96,7 +102,12 @@ class Proposals:
             usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
             seed=self.config.seed, created_at=now, finished_at=now if reason else None,
+            donor_id=proposal.donor_id or None,
         )
+
+    def _merge_target(self, mutator: MergeMutator, island: int) -> Candidate | None:
+        """The line a merge carries a win onto: the island's best, or the run's."""
+        return self.store.best() if mutator.target == "global" else self.store.best(island)
 
     async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
                       context: MutationContext) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from population.candidate import Candidate
+from population.wins import Win
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class MutationContext:
     program_md: str
     mutable_files: Sequence[str]
     seed: int  # per-proposal seed (deterministic)
+    # for the merge operator only (empty otherwise): the run's wins (children that beat their
+    # parent) and the donors already carried into `parent`
+    wins: Sequence[Win] = ()
+    carried: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Proposal:
     usage: Mapping[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
     error: str = ""  # non-empty: could not make a child (stored as rejected)
+    donor_id: str = ""  # a merge (or crossover): the second parent whose edit was carried
 
 
 @runtime_checkable

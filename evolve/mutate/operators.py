@@ -106,11 +106,14 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
     """The mutators for `mutation.operators`, keyed by `names` (the controller's operator
     names). LLM operators share the run's spend ledger; each has its own rate limiter
     (calls in flight, tokens per minute); crossover reuses the first LLM operator's client,
-    budget and health (or a default LLM mutator when the config has none)."""
+    budget and health (or a default LLM mutator when the config has none). A merge operator
+    falls back to the first other operator when it has nothing to carry, and hands a conflict
+    to crossover when an LLM operator is configured."""
     from evolve.mutate.command import CommandMutator
     from evolve.mutate.crossover import CrossoverMutator
     from evolve.mutate.heuristic import HeuristicMutator
     from evolve.mutate.llm import LLMMutator
+    from evolve.mutate.merge import MergeMutator
 
     built: dict[str, Mutator] = {}
     llms: list[LLMMutator] = []
@@ -149,6 +152,13 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
         elif op.kind == "crossover":
             base = llms[0] if llms else make_llm(op)
             built[name] = CrossoverMutator(base)
-        elif op.kind != "llm":
+        elif op.kind not in ("llm", "merge"):
             raise ValueError(f"unknown operator kind {op.kind!r}")
+    others = [built[name] for op, name in zip(operators, names, strict=True)
+              if op.kind != "merge" and op.weight > 0]
+    for op, name in zip(operators, names, strict=True):
+        if op.kind == "merge":
+            built[name] = MergeMutator(
+                target=getattr(op, "target", "island"), otherwise=others[0] if others else None,
+                crossover=CrossoverMutator(llms[0]) if llms else None)
     return {name: built[name] for name in names}

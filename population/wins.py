@@ -1,0 +1,41 @@
+"""Wins: children that beat their parent, and which of them are worth carrying to a target.
+
+Pure decisions for the merge operator (evolve/mutate/merge.py): a win's edit is the diff from
+its parent to it; carrying it onto another line is a three-way merge made elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from population.candidate import Candidate
+
+
+@dataclass(frozen=True)
+class Win:
+    """A child (`donor`) that beat its parent (`base`): the edit worth carrying elsewhere."""
+
+    donor: Candidate
+    base: Candidate
+
+    @property
+    def gain(self) -> float:
+        """How much lower the donor's val_bpb is than its parent's."""
+        return (self.base.val_bpb or 0.0) - (self.donor.val_bpb or 0.0)
+
+
+def carryable(wins: Iterable[Win], target: Candidate, lineage_ids: Iterable[str],
+              carried: Iterable[str]) -> list[Win]:
+    """The wins worth trying on `target`, largest gain first (ties: the older donor).
+
+    Left out: a win on the target's own line (`lineage_ids`, root .. target: it has that edit
+    already), a child of the target (carrying it back rebuilds the donor), a donor with the
+    target's very code, and a donor already carried into the target (`carried`: the donors
+    recorded on the target's children, clean, conflicting or crossed)."""
+    on_line = set(lineage_ids)
+    done = set(carried)
+    found = [w for w in wins
+             if w.donor.id not in on_line and w.donor.id not in done
+             and w.donor.parent_id != target.id and w.donor.source_hash != target.source_hash]
+    return sorted(found, key=lambda w: (-w.gain, w.donor.id))
