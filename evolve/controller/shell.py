@@ -147,6 +147,11 @@ class Controller:
 
     # ------------------------------------------------------------------- run
 
+    def idle(self) -> bool:
+        """Nothing left to react to: no proposal in flight, no event waiting. A deterministic
+        executor (benchmarks/virtual_executor.py) hands over its next result only then."""
+        return not self.proposals.tasks and self._queue.empty()
+
     async def run(self, stop: asyncio.Event | None = None,
                   abandon: asyncio.Event | None = None) -> str:
         """Run until a budget is spent or `stop` is set (then running experiments finish;
@@ -354,6 +359,7 @@ class Controller:
         if status is Status.DONE:
             self.upkeep.reseed_stagnant(self._island_devices(), now)
             if self._best is candidate:  # a new best
+                self.upkeep.broadcast(candidate, self._island_devices(), now)
                 return self.extra.on_new_best(candidate, now)
         return []
 

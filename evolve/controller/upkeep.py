@@ -11,7 +11,7 @@ from typing import Any
 
 from evolve.controller.devices import island_groups
 from population.candidate import Candidate
-from population.islands import plan_migration, plan_reseeds, plan_seeding
+from population.islands import plan_broadcast, plan_migration, plan_reseeds, plan_seeding
 from population.store import Store
 
 
@@ -39,11 +39,26 @@ class IslandUpkeep:
             self.on_candidate(self.store.add_copy(copy.source_id, copy.to_island, now=now))
 
     def migrate(self, bound: dict[int, str]) -> None:
+        if self.config.population.migration == "broadcast":
+            return  # bests move as they are crowned (`broadcast`), not on a ring
         for islands in self.groups(bound):  # scores move only between islands of one device type
             survivors = [self.store.survivors(i, self.size) for i in islands]
             for copy in plan_migration(survivors, self.size):
                 made = self.store.add_copy(copy.source_id, islands[copy.to_island], now=self.clock())
                 self.on_candidate(made)
+
+    def broadcast(self, best: Candidate, bound: dict[int, str], now: float) -> None:
+        """With `population.migration: broadcast`, copy a new best of the run to every island
+        of its device group at once."""
+        if self.config.population.migration != "broadcast":
+            return
+        for islands in self.groups(bound):
+            if best.island not in islands:
+                continue
+            survivors = [self.store.survivors(i, self.size) for i in islands]
+            local = best.replace(island=islands.index(best.island))
+            for copy in plan_broadcast(local, survivors, self.size):
+                self.on_candidate(self.store.add_copy(best.id, islands[copy.to_island], now=now))
 
     def reseed_stagnant(self, bound: dict[int, str], now: float) -> None:
         """Replace islands that found nothing better for `stagnation_reseed_after` results."""
