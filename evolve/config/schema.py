@@ -47,10 +47,10 @@ class PopulationConfig(_Section):
     size: PositiveInt = 4
     islands: PositiveInt = 1
     migration_interval: NonNegativeInt = 10  # finished experiments between migrations; 0 = off
+    stagnation_reseed_after: NonNegativeInt = 0  # finished experiments without gain; 0 = off
     # ring: every migration_interval results each island's best goes to the next island;
     # broadcast: a new best of the run goes to every island at once (gossip; no ring)
     migration: Literal["ring", "broadcast"] = "ring"
-    stagnation_reseed_after: NonNegativeInt = 0  # finished experiments without gain; 0 = off
 
 
 class SelectionConfig(_Section):
