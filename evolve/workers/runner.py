@@ -173,7 +173,7 @@ def tidy(directory: Path) -> None:
 def check_inputs(request: RunRequest) -> None:
     """The harness and the data are the controller's, untouched by earlier runs, or raise
     (TemplateError): scoring against anything else would make scores incomparable."""
-    from evolve.datahash import DataMismatch, ensure_data
+    from evolve.guard.datahash import DataMismatch, ensure_data
     from evolve.workers.pristine import HarnessChanged, pinned_harness
 
     if not (Path(request.template_dir) / HARNESS_ENTRY).is_file():
