@@ -25,17 +25,11 @@ from evolve.workers.network import IsolationUnavailable, isolation
 from evolve.workers.pristine import pinned_harness, write_harness
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
 
-# Template files that are not harness: the seed scripts and the research brief.
-NOT_HARNESS = frozenset({"train.py", "train_cpu.py", "program.md"})
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".ruff_cache")
-
 HARNESS_ENTRY = "prepare.py"
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 TAIL_LINES = 50
 TAIL_MAX_CHARS = 8000
-
-OUTCOMES = ("done", "crashed", "timed_out", "invalid")
 
 
 @dataclass(frozen=True)
