@@ -71,9 +71,9 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
            cache: ResultCache | None, profile: str = PROFILE, template: str | None = None) -> Path:
     """Drive the real controller over P virtual workers; returns the run directory.
     `template`: another template than the shipped one (the smoke test's stand-in)."""
-    from evolve.app import Run, RunRecorder, build_mutators
     from evolve.controller.shell import Controller
-    from evolve.datahash import reference_hashes
+    from evolve.guard.datahash import reference_hashes
+    from evolve.run.app import Run, RunRecorder, build_mutators
     from population.store import Store
 
     config, extra = strategies(p)[strategy]

@@ -11,11 +11,11 @@ import yaml
 from run_builder import build_run as build_demo_run
 from run_builder import set_constant
 
-from evolve.app import Run
 from evolve.controller.executor import LocalExecutor
-from evolve.export import export_run
+from evolve.inspect.export import export_run
+from evolve.inspect.report import build_report
 from evolve.mutate.merge import merge_files
-from evolve.report import build_report
+from evolve.run.app import Run
 from population.candidate import Candidate, Status
 from population.store import Store
 

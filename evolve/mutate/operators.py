@@ -113,7 +113,6 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
     from evolve.mutate.crossover import CrossoverMutator
     from evolve.mutate.heuristic import HeuristicMutator
     from evolve.mutate.llm import LLMMutator
-    from evolve.mutate.merge import MergeMutator
 
     built: dict[str, Mutator] = {}
     llms: list[LLMMutator] = []
@@ -154,11 +153,20 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
             built[name] = CrossoverMutator(base)
         elif op.kind not in ("llm", "merge"):
             raise ValueError(f"unknown operator kind {op.kind!r}")
+    _add_merges(operators, names, built, CrossoverMutator(llms[0]) if llms else None)
+    return {name: built[name] for name in names}
+
+
+def _add_merges(operators: Sequence[Any], names: Sequence[str], built: dict[str, Mutator],
+                crossover: Mutator | None) -> None:
+    """Merge operators: the first other weighted operator makes the child when there is no
+    win to carry; a conflict goes to crossover when an LLM operator is configured."""
+    from evolve.mutate.merge import MergeMutator
+
     others = [built[name] for op, name in zip(operators, names, strict=True)
               if op.kind != "merge" and op.weight > 0]
     for op, name in zip(operators, names, strict=True):
         if op.kind == "merge":
-            built[name] = MergeMutator(
-                target=getattr(op, "target", "island"), otherwise=others[0] if others else None,
-                crossover=CrossoverMutator(llms[0]) if llms else None)
-    return {name: built[name] for name in names}
+            built[name] = MergeMutator(target=getattr(op, "target", "island"),
+                                       otherwise=others[0] if others else None,
+                                       crossover=crossover)
