@@ -39,3 +39,24 @@ def carryable(wins: Iterable[Win], target: Candidate, lineage_ids: Iterable[str]
              if w.donor.id not in on_line and w.donor.id not in done
              and w.donor.parent_id != target.id and w.donor.source_hash != target.source_hash]
     return sorted(found, key=lambda w: (-w.gain, w.donor.id))
+
+
+def carry_after(child: Candidate, parent: Candidate, best_before: Candidate | None,
+                best_after: Candidate) -> tuple[str, str] | None:
+    """The merge a finished child triggers, as (target id, donor id), or None.
+
+    Asynchronous greedy: with several workers a child may beat its parent after another win
+    has already moved the island's best elsewhere. Then the two wins sit on different lines:
+    if the child did not become the best, its edit is carried onto the best; if it did, the
+    edit of the best it displaced is carried onto it (the caller checks that one was a win).
+    Nothing is triggered when the parent was the best (the plain greedy step) or when the
+    child did not beat its parent."""
+    if child.val_bpb is None or parent.val_bpb is None or not child.val_bpb < parent.val_bpb:
+        return None
+    if best_after.id != child.id:
+        if best_after.source_hash == parent.source_hash:
+            return None
+        return best_after.id, child.id
+    if best_before is None or best_before.source_hash in (parent.source_hash, child.source_hash):
+        return None
+    return child.id, best_before.id

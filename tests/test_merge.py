@@ -20,7 +20,7 @@ from evolve.mutate.llm import LLMMutator
 from evolve.mutate.merge import MergeMutator, describe, merge_files, merge_text
 from population.candidate import Candidate, Status
 from population.store import Store, StoreError
-from population.wins import Win, carryable
+from population.wins import Win, carry_after, carryable
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = (REPO / "train_template" / "train_cpu.py").read_text()
@@ -250,3 +250,20 @@ def test_an_old_store_is_read_as_it_is_and_migrated_by_its_writer(tmp_path):
     conn.close()
     with pytest.raises(StoreError, match="newer than this evolve understands"):
         Store.open(path, readonly=True)
+
+
+# ---------------------------------------------------------------- the asynchronous-greedy trigger
+
+
+def test_a_win_on_a_stale_parent_triggers_its_merge_onto_the_best():
+    root, deeper, worse, a, best = lines()
+    # deeper beat root, but the best is now c00014 (a different line): carry deeper onto it
+    assert carry_after(deeper, root, best, best) == ("c00014", "c00004")
+    # a win on the best itself is the plain greedy step: nothing to carry
+    step = cand("c00020", best, setc(best.files["train.py"], "DEPTH", "4"), 3.40)
+    assert carry_after(step, best, best, step) is None
+    # a win that became the best although its parent was stale: the displaced best is carried
+    jump = cand("c00021", a, setc(a.files["train.py"], "EMBED_LR", "0.3"), 3.40)
+    assert carry_after(jump, a, best, jump) == ("c00021", "c00014")
+    # no win, no merge
+    assert carry_after(worse, root, best, best) is None
