@@ -16,7 +16,7 @@ from population.candidate import Candidate, Status
 from population.islands import migration_due, plan_migration, plan_reseeds, plan_seeding
 from population.selection import ParentSelector, make_selector
 from population.store import Store
-from population.survival import Verdict, population_size, verdict
+from population.survival import Verdict, verdict
 
 LAST_MIGRATION = "last_migration_at"
 
@@ -49,9 +49,9 @@ class StorePopulation:
     def __init__(self, store: Store, rules: IslandRules) -> None:
         self.store = store
         self.rules = rules
-        self.size = population_size(rules.strategy, rules.size)
         self.selector: ParentSelector = make_selector(
-            rules.strategy, tournament_size=rules.tournament_size, power=rules.rank_power)
+            rules.strategy, tournament_size=rules.tournament_size, rank_power=rules.rank_power)
+        self.size = self.selector.population_size(rules.size)
 
     def choose_parent(self, island: int, rng: random.Random) -> str:
         """A parent from the island's survivors; an island still empty borrows the best."""

@@ -9,7 +9,6 @@ split). Each extra job is a row of the store's extra_runs table, named by `job_i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from evolve.workers.runner import RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import ExtraRun, parse_job_id
 from population.store import Store
+from population.survival import is_score
 
 # Records a final result; returns the extra runs that calls for (the shell's `_record`).
 RecordResult = Callable[[str, Status, dict[str, Any], str, str, float], list[str]]
@@ -97,7 +97,7 @@ class ExtraRuns:
         """Store a finished extra run as its row; returns the outcome it counts as."""
         outcome, reason = result.outcome, result.reason
         bpb = result.metrics.get("val_bpb")
-        if outcome == "done" and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+        if outcome == "done" and not is_score(bpb):
             outcome, reason = "crashed", f"no finite val_bpb in the result ({bpb!r})"
         if outcome != "lost":
             self.store.finish_extra_run(row_id, outcome=outcome, metrics=result.metrics,

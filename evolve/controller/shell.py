@@ -50,7 +50,7 @@ from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import job_candidate
 from population.store import Store
-from population.survival import population_size, verdict
+from population.survival import is_score, verdict
 
 ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
@@ -125,7 +125,7 @@ class Controller:
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
-        self.size = population_size(config.selection.strategy, config.population.size)
+        self.size = config.selection.build().population_size(config.population.size)
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record,
                                peers=self._peers)
@@ -314,7 +314,7 @@ class Controller:
         metrics = dict(result.metrics)
         bpb = metrics.get("val_bpb")
         reason = result.reason
-        if status is Status.DONE and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+        if status is Status.DONE and not is_score(bpb):
             status, outcome, reason = Status.CRASHED, "crashed", f"no finite val_bpb in the result ({bpb!r})"
         if outcome == "invalid":
             reason = f"invalid: {reason}"

@@ -14,8 +14,9 @@ import math
 import random
 import time
 from bisect import insort
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from evolve.controller.core import (
     Event,
@@ -59,6 +60,7 @@ class SimSpec:
     islands: int = 4
     population_size: int = 8
     strategy: str = "tournament"
+    selection: Mapping[str, Any] = field(default_factory=dict)  # the strategy's parameters
     migration_interval: int = 50
     seed: int = 0
 
@@ -91,9 +93,10 @@ class SimReport:
 class MemoryPopulation:
     """An in-memory population with the real selection and survival rules, per island."""
 
-    def __init__(self, islands: int, size: int, strategy: str) -> None:
-        self.size = size
-        self.selector = make_selector(strategy)
+    def __init__(self, islands: int, size: int, strategy: str,
+                 params: Mapping[str, Any] | None = None) -> None:
+        self.selector = make_selector(strategy, **dict(params or {}))
+        self.size = self.selector.population_size(size)
         self.survivors: list[list[Candidate]] = [[] for _ in range(islands)]
 
     def choose_parent(self, island: int, rng: random.Random) -> str:
@@ -137,7 +140,8 @@ class Simulation:
         self.spec = spec
         self.rng = random.Random(spec.seed)
         islands = spec.islands if spec.workers > 1 else 1
-        self.population = MemoryPopulation(islands, spec.population_size, spec.strategy)
+        self.population = MemoryPopulation(islands, spec.population_size, spec.strategy,
+                                           spec.selection)
         self.settings = Settings(
             lookahead=spec.lookahead, max_concurrent_proposals=spec.concurrent_proposals(),
             max_experiments=spec.max_experiments, max_hours=spec.hours,

@@ -8,10 +8,8 @@ from collections import Counter
 from typing import Any
 
 from evolve.controller.core import Settings
-from evolve.mutate.operators import label_of
-from population.selection import make_selector
+from evolve.mutate.registry import token_rate
 from population.store import Store
-from population.survival import population_size
 
 
 def operator_names(config: Any) -> list[str]:
@@ -32,22 +30,20 @@ def operator_names(config: Any) -> list[str]:
 def operator_labels(config: Any) -> dict[str, str]:
     """Operator name -> the label its children are stored under (`label_of`): what its
     statistics are kept by. Operators of one kind (and model) share a label and its stats."""
-    return {name: label_of(op.kind, getattr(op, "model", ""))
+    return {name: op.label()
             for name, op in zip(operator_names(config), config.mutation.operators, strict=True)}
 
 
 def settings_from_config(config: Any) -> Settings:
     operators = [(name, op.weight) for name, op in zip(operator_names(config),
                                                        config.mutation.operators, strict=True)]
-    tpm = [op.tokens_per_minute for op in config.mutation.operators
-           if getattr(op, "tokens_per_minute", None)]
     budget = config.budget
     return Settings(
         lookahead=config.mutation.lookahead,
         max_concurrent_proposals=config.mutation.max_concurrent_proposals,
         max_experiments=budget.max_experiments, max_hours=budget.max_hours,
         target_val_bpb=budget.target_val_bpb, max_llm_usd=budget.max_llm_usd,
-        tokens_per_minute=min(tpm) if tpm else None,
+        tokens_per_minute=token_rate(config.mutation.operators),
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,
         operators=operators, operator_labels=operator_labels(config),
@@ -64,13 +60,11 @@ class StoreParents:
     def __init__(self, store: Store, config: Any, root_id: str = "root") -> None:
         self.store = store
         self.root_id = root_id
-        selection = config.selection
-        self.size = population_size(selection.strategy, config.population.size)
-        self.selector = make_selector(selection.strategy, tournament_size=selection.tournament_size,
-                                      power=selection.rank_power)
+        self.selector = config.selection.build()
+        self.size = self.selector.population_size(config.population.size)
 
     def choose_parent(self, island: int, rng: random.Random) -> str:
-        if self.selector.name == "random":  # random search: children of the root only
+        if self.selector.from_root:  # random search: children of the root only
             return self.root_id
         survivors = self.store.survivors(island, self.size)
         if not survivors:  # an island not seeded yet grows from the best there is

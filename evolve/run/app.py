@@ -76,26 +76,25 @@ def take_secrets_out_of_environment(needed: Sequence[str]) -> dict[str, str]:
 def _secret_names(config: Config) -> list[str]:
     """What the LLM client reads from the environment: its key variables and, as the Anthropic
     SDK does, ANTHROPIC_* (base URL, auth token) when no base_url is configured."""
+    from evolve.mutate.registry import secret_names
+
     names = list(SECRET_ENV_VARS)
     names += [name for name in os.environ if name.startswith("ANTHROPIC_") and name not in names]
-    for op in config.mutation.operators:
-        env = getattr(op, "api_key_env", None)
-        if env and env not in names:
-            names.append(env)
-    return names
+    return names + [n for n in secret_names(config.mutation.operators) if n not in names]
 
 
 def build_mutators(config: Config, store: Store) -> dict[str, Mutator]:
     """The configured operators, keyed as the controller names them; LLM operators share one
     spend ledger, resumed from what the store has already recorded."""
     from evolve.mutate.cost import SpendLedger
-    from evolve.mutate.operators import build_mutators as build
+    from evolve.mutate.limits import mutator_deadline
+    from evolve.mutate.registry import build_mutators as build
 
     ledger = SpendLedger.resume(_recorded_costs(store), config.budget.max_llm_usd)
     return build(config.mutation.operators, operator_names(config),
                  template_dir=config.template_dir, ledger=ledger,
                  max_in_flight=config.mutation.max_concurrent_proposals,
-                 proposal_timeout_s=0.9 * config.mutation.proposal_timeout_s, seed=config.seed)
+                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s), seed=config.seed)
 
 
 def _recorded_costs(store: Store) -> list[float]:
