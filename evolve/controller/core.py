@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from evolve.controller.devices import DevicePolicy
+from evolve.controller.triggers import Trigger, TriggeredProposal, TriggerRule
 from evolve.mutate.operators import OperatorStats, mix_weights
 from population.extra_runs import job_candidate
+from population.islands import least_busy_island, migration_due
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
@@ -117,8 +119,16 @@ class StopRequested:
     now: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProposalsTriggered:
+    """Proposals an event caused (`evolve.controller.triggers`): made ahead of drawn ones."""
+
+    requests: tuple[TriggeredProposal, ...]
+    now: float
+
+
 Event = (WorkerJoined | WorkerLost | WorkerRefused | ResultArrived | ProposalReady
-         | ProposalFailed | Tick | StopRequested | ExtraRunsQueued)
+         | ProposalFailed | Tick | StopRequested | ExtraRunsQueued | ProposalsTriggered)
 
 
 # -------------------------------------------------------------------------- decisions
@@ -126,11 +136,16 @@ Event = (WorkerJoined | WorkerLost | WorkerRefused | ResultArrived | ProposalRea
 
 @dataclass(frozen=True)
 class Propose:
+    """Make a child of `parent_id` with `operator`. `trigger` says why: drawn by weight, or
+    caused by an event (`evolve.controller.triggers`); `note` is a triggered request's."""
+
     ticket: int
     parent_id: str
     island: int
     operator: str
     seed: int
+    trigger: Trigger = Trigger.DRAWN
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,8 +271,12 @@ class Scheduler:
     """Decides what happens next. Call `handle(event)`; carry out the decisions it returns."""
 
     def __init__(self, settings: Settings, parents: ParentSource, root_id: str, root_island: int = 0,
-                 history: History | None = None) -> None:
+                 history: History | None = None, triggers: Sequence[TriggerRule] = ()) -> None:
         history = history or History()
+        self._rules = tuple(triggers)
+        self._triggered: deque[TriggeredProposal] = deque()  # requests waiting for room
+        self._triggered_tickets: set[int] = set()
+        self._triggered_children: set[str] = set()  # kept out of the operator statistics
         self.settings = settings
         self._parents = parents
         self._root_id = root_id
@@ -299,7 +318,7 @@ class Scheduler:
             self._ready.appendleft((root_id, root_island))
             self._island_load[root_island % len(self._island_load)] += 1
         interval = settings.migration_interval
-        self._next_migration = (self._finished // interval + 1) * interval if interval > 0 else None
+        self._last_migration = (self._finished // interval) * interval if interval > 0 else 0
 
     # ------------------------------------------------------------------ public
 
@@ -324,6 +343,9 @@ class Scheduler:
                 self._result(event, out)
             case ProposalReady():
                 self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                if event.ticket in self._triggered_tickets:
+                    self._triggered_tickets.discard(event.ticket)
+                    self._triggered_children.add(event.candidate_id)
                 island = self._proposing.pop(event.ticket, None)
                 if island is None:  # not ours (resume): still a runnable child
                     island = 0
@@ -332,6 +354,7 @@ class Scheduler:
                 self._failed_in_row = 0
             case ProposalFailed():
                 self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                self._triggered_tickets.discard(event.ticket)
                 island = self._proposing.pop(event.ticket, None)
                 if island is not None:
                     self._island_load[island] -= 1
@@ -345,6 +368,8 @@ class Scheduler:
                 if self._finalizing:
                     self._finalizing, self._finalized = False, True
                 self._queue_extra(event.job_ids, event.islands)
+            case ProposalsTriggered():
+                self._triggered.extend(event.requests)
             case Tick():
                 pass
         self._fill(out)
@@ -372,10 +397,14 @@ class Scheduler:
             times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
         return min(times) if times else None
 
-    def learn(self, label: str, improved: bool) -> None:
+    def learn(self, label: str, improved: bool, candidate_id: str | None = None) -> None:
         """A child's result is final: count it for its label (`evolve.mutate.operators.credit`).
         It decides nothing, so a shell calls it as soon as the result is stored — before the
-        event that frees the worker, so the next operator choice already knows it."""
+        event that frees the worker, so the next operator choice already knows it. A
+        triggered child (`candidate_id` made by a triggered proposal) is not counted."""
+        if candidate_id is not None and candidate_id in self._triggered_children:
+            self._triggered_children.discard(candidate_id)
+            return
         self._operator_stats[label] = self._operator_stats.get(label, OperatorStats()).add(improved)
 
     def operator_weights(self) -> dict[str, float]:
@@ -451,6 +480,8 @@ class Scheduler:
             return
         self._queue_extra(event.then_run, event.islands)
         self._count_finished(out)
+        for rule in self._rules:
+            self._triggered.extend(rule.on_result(event))
         if event.candidate_id == self._root_id:
             self._root_done = True
             if event.outcome != "done":
@@ -487,8 +518,8 @@ class Scheduler:
 
     def _count_finished(self, out: list[Decision]) -> None:
         self._finished += 1
-        if self._next_migration is not None and self._finished >= self._next_migration:
-            self._next_migration += self.settings.migration_interval
+        if migration_due(self._finished, self._last_migration, self.settings.migration_interval):
+            self._last_migration = self._finished
             if self.settings.islands > 1:
                 out.append(Migrate(self._finished))
 
@@ -608,23 +639,41 @@ class Scheduler:
         return self._tokens_in_window + self._tokens_per_proposal() <= tpm
 
     def _start_proposals(self, out: list[Decision]) -> None:
-        want = self._wanted_pipeline()
         cap = self.settings.max_concurrent_proposals
+        while self._triggered and len(self._proposing) < cap and self._token_room():
+            request = self._triggered.popleft()  # caused by an event: ahead of drawn ones
+            island = request.island
+            if island is None:
+                island = least_busy_island(self._island_load)
+            ticket = self._open_ticket(island % len(self._island_load))
+            self._triggered_tickets.add(ticket)
+            out.append(Propose(ticket, request.parent_id, island % len(self._island_load),
+                               request.operator, self._seed_of(ticket), request.trigger,
+                               request.note))
+        want = self._wanted_pipeline()
         while (len(self._ready) + len(self._proposing) < want and len(self._proposing) < cap
                and self._token_room()):
-            island = min(range(len(self._island_load)), key=self._island_load.__getitem__)
+            island = least_busy_island(self._island_load)
             ticket = self._next_ticket
             rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
             operator = self._pick_operator(rng)
             parent = self._parents.choose_parent(island, rng)
-            self._next_ticket += 1
-            self._proposing[ticket] = island
-            self._island_load[island] += 1
-            seed = (self.settings.seed * 1_000_003 + ticket) % (2**31)
-            if self.settings.tokens_per_minute is not None:
-                self._charged[ticket] = self._tokens_per_proposal()
-                self._charge(self._now, self._charged[ticket])
-            out.append(Propose(ticket, parent, island, operator, seed))
+            self._open_ticket(island)
+            out.append(Propose(ticket, parent, island, operator, self._seed_of(ticket)))
+
+    def _open_ticket(self, island: int) -> int:
+        """Take the next ticket for a proposal on `island`, charging its token estimate."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._proposing[ticket] = island
+        self._island_load[island] += 1
+        if self.settings.tokens_per_minute is not None:
+            self._charged[ticket] = self._tokens_per_proposal()
+            self._charge(self._now, self._charged[ticket])
+        return ticket
+
+    def _seed_of(self, ticket: int) -> int:
+        return (self.settings.seed * 1_000_003 + ticket) % (2**31)
 
     def _pick_operator(self, rng: random.Random) -> str:
         operators = [(name, w) for name, w in self.operator_weights().items() if w > 0]

@@ -74,6 +74,7 @@ class Proposals:
             tried_on_parent=self.memory.tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
             mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
+            trigger=decision.trigger.value, note=decision.note,
         )
         task = asyncio.get_running_loop().create_task(
             self._mutate(decision, parent, mutator, context))

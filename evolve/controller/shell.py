@@ -12,18 +12,21 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 from evolve.controller.core import (
+    Event,
     ExtraRunsQueued,
     Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
     ProposalReady,
+    ProposalsTriggered,
     Propose,
     RefuseWorker,
     Requeue,
@@ -44,6 +47,7 @@ from evolve.controller.islands import IslandUpkeep
 from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.recovery import judge, recover
 from evolve.controller.store_index import StoreIndex
+from evolve.controller.triggers import TriggeredProposal, TriggerRule
 from evolve.controller.wiring import StoreParents, settings_from_config
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
@@ -61,6 +65,18 @@ ABANDONED = "abandoned by the controller (second stop signal); resume runs it ag
 STOPPED_BEFORE_RUN = "the run stopped before this ran again; resume runs it"
 OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
                   "invalid": Status.CRASHED}
+
+
+class Signal(Enum):
+    """The shell's own queue messages (the rest are executor and proposal events)."""
+
+    TICK = "tick"        # time passed
+    STOP = "stop"        # first stop signal: no new work, running experiments finish
+    ABANDON = "abandon"  # second one: stop now, leave running experiments for resume
+
+
+Message = (Signal | Joined | Left | Refused | Finished | ProposalDone | StopRequested
+           | ExtraRunsQueued | ProposalsTriggered)
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,9 @@ class Controller:
     def __init__(self, config: Any, store: Store, executor: Executor,
                  mutators: Mapping[str, Mutator], recorder: RunRecorder, *, work_root: str | Path,
                  cache_dir: str | None = None, tick_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 triggers: Sequence[TriggerRule] = ()) -> None:
+        self.triggers = tuple(triggers)  # rules for triggered proposals (controller/triggers.py)
         self.config = config
         self.store = store
         self.executor = executor
@@ -133,7 +151,7 @@ class Controller:
                                    on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
         self.template = template
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._workers: dict[str, Joined] = {}
         self._running: dict[str, _Running] = {}      # worker -> run in flight
         self._core: Scheduler | None = None
@@ -161,13 +179,13 @@ class Controller:
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
         self._rejected = self.store.count(Status.REJECTED)
         self._core = Scheduler(settings, StoreParents(self.store, self.config), ROOT_ID,
-                               root_island=0, history=history)
+                               root_island=0, history=history, triggers=self.triggers)
         self.store.set_meta("status", "running")
         watchers = [asyncio.create_task(self._ticker())]
         if stop is not None:
-            watchers.append(asyncio.create_task(self._on_set(stop, "stop")))
+            watchers.append(asyncio.create_task(self._on_set(stop, Signal.STOP)))
         if abandon is not None:
-            watchers.append(asyncio.create_task(self._on_set(abandon, "abandon")))
+            watchers.append(asyncio.create_task(self._on_set(abandon, Signal.ABANDON)))
         reason, stopped = "stopped", False
         try:
             await self.executor.start(self._queue.put_nowait)
@@ -194,12 +212,9 @@ class Controller:
         assert core is not None
         while True:
             item = await self._queue.get()
-            if item == "abandon":
+            if item is Signal.ABANDON:
                 return f"{ABANDONED_STOP}: experiments still running were left for resume"
-            translated = self._translate(item)
-            for event in translated if isinstance(translated, list) else [translated]:
-                if event is None:
-                    continue
+            for event in self._translate(item):
                 for decision in core.handle(event):
                     if isinstance(decision, Stop):
                         return decision.reason
@@ -209,44 +224,50 @@ class Controller:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            self._queue.put_nowait("tick")
+            self._queue.put_nowait(Signal.TICK)
 
-    async def _on_set(self, flag: asyncio.Event, what: str) -> None:
+    def trigger(self, *requests: TriggeredProposal) -> None:
+        """Ask for proposals an event caused (`evolve.controller.triggers`); the core makes
+        them ahead of drawn ones and keeps them out of the operator statistics."""
+        self._queue.put_nowait(ProposalsTriggered(requests=requests, now=self.clock()))
+
+    async def _on_set(self, flag: asyncio.Event, what: Signal) -> None:
         await flag.wait()
         self._queue.put_nowait(what)
 
     # ---------------------------------------------------------------- events
 
-    def _translate(self, item: Any) -> Any:
+    def _translate(self, item: Message) -> list[Event]:
+        """One queue message as the core events it stands for (none, one, or two)."""
         now = self.clock()
-        if item == "tick":
+        if item is Signal.TICK:
             self._save_clock()
-            return Tick(now=now)
-        if item == "stop":
-            return StopRequested(now=now)
+            return [Tick(now=now)]
+        if item is Signal.STOP:
+            return [StopRequested(now=now)]
         if isinstance(item, Joined):
             self._workers[item.worker_id] = item
             self._warn_isolation(item)
-            return WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)
+            return [WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)]
         if isinstance(item, Left):
             self._close_run(item.worker_id, item.reason, now)
-            return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
+            return [WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)]
         if isinstance(item, Refused):
             self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome="refused")
             self._notice("refused_workers", item.reason)
             refused = WorkerRefused(worker_id=item.worker_id, reason=item.reason, now=now)
             if item.fatal:  # close first: the requeued run must not start on the next worker
                 return [StopRequested(reason=item.reason, now=now), refused]
-            return refused
-        if isinstance(item, StopRequested):
-            return item
+            return [refused]
+        if isinstance(item, StopRequested | ExtraRunsQueued | ProposalsTriggered):
+            return [item]
         if isinstance(item, Finished):
-            return self._finished(item.worker_id, item.result, now)
-        if isinstance(item, ProposalDone):
-            return self._proposal_done(item, now)
-        if isinstance(item, ExtraRunsQueued):
-            return item
-        raise TypeError(f"unexpected event {item!r}")
+            event = self._finished(item.worker_id, item.result, now)
+        elif isinstance(item, ProposalDone):
+            event = self._proposal_done(item, now)
+        else:
+            raise TypeError(f"unexpected message {item!r}")
+        return [] if event is None else [event]
 
     def _close_run(self, worker_id: str, reason: str, now: float, *,
                    outcome: str = "lost") -> None:
@@ -503,7 +524,7 @@ class Controller:
         operator statistics before the event that frees its worker is handled."""
         self.memory.note(c)
         if self._core is not None and (verdict := judge(self.store, c)) is not None:
-            self._core.learn(*verdict)
+            self._core.learn(*verdict, candidate_id=c.id)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
             self._crashes += 1
         elif c.status is Status.REJECTED:
