@@ -19,12 +19,13 @@ from evolve.controller.triggers import Trigger, TriggeredProposal, TriggerRule
 from evolve.mutate.operators import OperatorStats, mix_weights
 from population.extra_runs import job_candidate
 from population.islands import least_busy_island, migration_due
+from population.outcomes import FINISHED, Outcome
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
 # Outcomes of one attempt, as the workers report them.
-FINISHED_OUTCOMES = frozenset({"done", "crashed", "timed_out", "invalid"})
-LOST = "lost"
+FINISHED_OUTCOMES = FINISHED
+LOST = Outcome.LOST
 TOKEN_WINDOW_S = 60.0
 
 
@@ -63,7 +64,7 @@ class ResultArrived:
 
     candidate_id: str
     worker_id: str
-    outcome: str
+    outcome: Outcome | str  # an Outcome; a plain string of one compares equal
     val_bpb: float | None = None
     then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
     islands: Mapping[str, int] = field(default_factory=dict)  # extra job -> island (below)
@@ -484,10 +485,10 @@ class Scheduler:
             self._triggered.extend(rule.on_result(event))
         if event.candidate_id == self._root_id:
             self._root_done = True
-            if event.outcome != "done":
+            if event.outcome != Outcome.DONE:
                 self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
                             "see its log — nothing can be compared against it")
-        if event.outcome == "done" and event.val_bpb is not None:
+        if event.outcome == Outcome.DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
 
     def _note_best(self, val_bpb: float) -> None:

@@ -16,11 +16,8 @@ from typing import Any
 from evolve.controller.core import Propose
 from evolve.controller.store_index import StoreIndex
 from evolve.guard.preflight import (
-    check_differs,
-    check_harness,
+    check_child,
     check_not_duplicate,
-    check_only_mutable,
-    check_parses,
     harness_modules,
 )
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
@@ -123,9 +120,10 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
+        """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
+        that when the child is added): the first verdict's message, or ""."""
+        return check_child(parent_files, files, mutable_files=self.config.mutable_files,
+                           harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of

@@ -53,6 +53,8 @@ from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import job_candidate
+from population.outcomes import Outcome
+from population.result import Result
 from population.store import Store
 from population.survival import is_score, verdict
 
@@ -63,8 +65,8 @@ TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted pro
 ABANDONED_STOP = "abandoned"  # the stop reason's first word after a second stop signal
 ABANDONED = "abandoned by the controller (second stop signal); resume runs it again"
 STOPPED_BEFORE_RUN = "the run stopped before this ran again; resume runs it"
-OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
-                  "invalid": Status.CRASHED}
+OUTCOME_STATUS = {Outcome.DONE: Status.DONE, Outcome.CRASHED: Status.CRASHED,
+                  Outcome.TIMED_OUT: Status.TIMED_OUT, Outcome.INVALID: Status.CRASHED}
 
 
 class Signal(Enum):
@@ -253,7 +255,7 @@ class Controller:
             self._close_run(item.worker_id, item.reason, now)
             return [WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)]
         if isinstance(item, Refused):
-            self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome="refused")
+            self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome=Outcome.REFUSED)
             self._notice("refused_workers", item.reason)
             refused = WorkerRefused(worker_id=item.worker_id, reason=item.reason, now=now)
             if item.fatal:  # close first: the requeued run must not start on the next worker
@@ -270,7 +272,7 @@ class Controller:
         return [] if event is None else [event]
 
     def _close_run(self, worker_id: str, reason: str, now: float, *,
-                   outcome: str = "lost") -> None:
+                   outcome: Outcome = Outcome.LOST) -> None:
         """The worker is gone (`lost`) or refused to score (`refused`, not charged to the
         candidate on resume either): its attempt in flight, if any, ends so. An extra run's
         row has no refused outcome; the core does not charge it either way."""
@@ -296,7 +298,7 @@ class Controller:
             if self.extra.owns(run.candidate_id):
                 self.extra.lost(run.attempt_id, ABANDONED, now)
             else:
-                self.store.finish_attempt(run.attempt_id, outcome="abandoned", reason=ABANDONED,
+                self.store.finish_attempt(run.attempt_id, outcome=Outcome.ABANDONED, reason=ABANDONED,
                                           now=now)
                 self._add_worker_seconds(now - run.started, wasted=False)
         for candidate in self.store.unfinished():
@@ -336,28 +338,30 @@ class Controller:
         bpb = metrics.get("val_bpb")
         reason = result.reason
         if status is Status.DONE and not is_score(bpb):
-            status, outcome, reason = Status.CRASHED, "crashed", f"no finite val_bpb in the result ({bpb!r})"
-        if outcome == "invalid":
+            status, outcome, reason = Status.CRASHED, Outcome.CRASHED, f"no finite val_bpb in the result ({bpb!r})"
+        if outcome == Outcome.INVALID:
             reason = f"invalid: {reason}"
         self.store.finish_attempt(run.attempt_id, outcome=result.outcome, reason=reason, now=now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
-        held = self.extra.intercept(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        final = Result(result.candidate_id, status, metrics, reason, result.log_tail)
+        held = self.extra.intercept(final, now)
         if held is not None:  # recorded once its extra runs (stages, noise, confirmation) are in
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held),
                                  islands=self._islands_of(held), now=now)
-        then_run = self._record(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        then_run = self._record(final, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
                              val_bpb=float(bpb) if status is Status.DONE else None,
                              then_run=tuple(then_run), islands=self._islands_of(then_run),
                              now=now)
 
-    def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
-                log_tail: str, now: float) -> list[str]:
+    def _record(self, result: Result, now: float) -> list[str]:
         """Record a final result; returns the extra runs it calls for (test of a new best)."""
+        candidate_id, status, reason = result.candidate_id, result.status, result.reason
+        metrics, log_tail = dict(result.metrics), result.log_tail
         candidate = self.store.get(candidate_id)
         before = self.store.survivors(candidate.island, self.size)
         # Judged against the survivors when the result arrives; stored with the metrics so
@@ -386,10 +390,10 @@ class Controller:
         outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
-        jobs = self.extra.after(result.candidate_id, now) if outcome != "lost" else []
+        jobs = self.extra.after(result.candidate_id, now) if outcome != Outcome.LOST else []
         best = self._best.val_bpb if self._best is not None else None  # for target_val_bpb
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                             outcome=result.outcome, val_bpb=best, then_run=tuple(jobs),
+                             outcome=Outcome(result.outcome), val_bpb=best, then_run=tuple(jobs),
                              islands=self._islands_of(jobs), now=now)
 
     def _proposal_done(self, done: ProposalDone, now: float) -> ProposalReady | ProposalFailed:

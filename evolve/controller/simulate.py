@@ -35,6 +35,7 @@ from evolve.controller.core import (
     WorkerLost,
 )
 from population.candidate import Candidate, Status
+from population.outcomes import Outcome
 from population.selection import make_selector
 from population.survival import rank_key
 
@@ -218,7 +219,7 @@ class Simulation:
         parent, island, val = self.info[event.candidate_id]
         if event.candidate_id == "root":
             self.root_end = self.now
-        if event.outcome == "done":
+        if event.outcome == Outcome.DONE:
             self.population.add(Candidate(id=event.candidate_id, parent_id=parent or None,
                                           island=island, generation=0, files={}, status=Status.DONE,
                                           metrics={"val_bpb": val}, finished_at=self.now))
@@ -256,12 +257,12 @@ class Simulation:
                 elif rng.random() < spec.crash_rate and decision.candidate_id != "root":
                     at = now + rng.uniform(*spec.crash_s)
                     self._at(at, ResultArrived(candidate_id=decision.candidate_id,
-                                               worker_id=decision.worker_id, outcome="crashed",
+                                               worker_id=decision.worker_id, outcome=Outcome.CRASHED,
                                                now=at), self.serial)
                 else:
                     at = now + eval_s
                     self._at(at, ResultArrived(candidate_id=decision.candidate_id,
-                                               worker_id=decision.worker_id, outcome="done",
+                                               worker_id=decision.worker_id, outcome=Outcome.DONE,
                                                val_bpb=self.info[decision.candidate_id][2], now=at),
                              self.serial)
             case GiveUp():

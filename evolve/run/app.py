@@ -19,6 +19,7 @@ from evolve.run.live import LiveDisplay
 from evolve.run.outage import stop_when_down, with_fallback
 from evolve.run.rundir import RunDir, write_atomic
 from population.candidate import Candidate, Status
+from population.outcomes import Outcome
 from population.store import Store
 
 SECRET_ENV_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
@@ -169,7 +170,7 @@ class Run:
         try:
             if store.get_meta("status") != "stopped" or store.unfinished():
                 return None
-            if any(run.outcome in ("queued", "running") for run in store.extra_runs()):
+            if any(run.outcome in (Outcome.QUEUED, Outcome.RUNNING) for run in store.extra_runs()):
                 return None
             return spent_budget(self.config, store)
         finally:
