@@ -17,6 +17,7 @@ from typing import Protocol
 from evolve.controller.devices import DevicePolicy
 from evolve.controller.triggers import Trigger, TriggeredProposal, TriggerRule
 from evolve.mutate.operators import OperatorStats, mix_weights
+from population import budget
 from population.extra_runs import job_candidate
 from population.islands import least_busy_island, migration_due
 from population.outcomes import FINISHED, Outcome
@@ -441,8 +442,8 @@ class Scheduler:
             self._started_at = now
         self._now = max(self._now, now)
         hours = self.settings.max_hours
-        if hours is not None and self.elapsed() >= hours * 3600.0:
-            self._close(f"max_hours reached ({hours:g} h)")
+        if hours is not None and budget.hours_reached(self.elapsed(), hours):
+            self._close(budget.hours_reason(hours))
         while self._tokens and self._tokens[0][0] <= self._now - TOKEN_WINDOW_S:
             self._tokens_in_window -= self._tokens.popleft()[1]
 
@@ -495,8 +496,8 @@ class Scheduler:
         if self._best is None or val_bpb < self._best:
             self._best = val_bpb
         target = self.settings.target_val_bpb
-        if target is not None and val_bpb <= target:
-            self._close(f"target val_bpb {target:g} reached ({val_bpb:.6f})")
+        if target is not None and budget.target_reached(val_bpb, target):
+            self._close(budget.target_reason(target, val_bpb))
 
     def _attempt_lost(self, candidate: str, reason: str, out: list[Decision]) -> None:
         worker_island = self._running.pop(candidate, None)
@@ -536,8 +537,8 @@ class Scheduler:
         self._tokens_seen += tokens
         self._proposals_seen += 1
         cap = self.settings.max_llm_usd
-        if cap is not None and self._llm_usd >= cap and self._no_proposals is None:
-            self._no_proposals = f"LLM budget spent (${self._llm_usd:.2f} of ${cap:g})"
+        if cap is not None and budget.usd_reached(self._llm_usd, cap) and self._no_proposals is None:
+            self._no_proposals = budget.usd_reason(self._llm_usd, cap)
 
     def _queue_extra(self, job_ids: Sequence[str], islands: Mapping[str, int]) -> None:
         """Extra runs go to the front of the queue, in the order given, each on the island of
@@ -567,9 +568,10 @@ class Scheduler:
         return cap - self._finished - len(self._running) + extra
 
     def _fill(self, out: list[Decision]) -> None:
-        if self._closing is None and self.settings.max_experiments is not None \
-                and self._finished >= self.settings.max_experiments:
-            self._close(f"max_experiments reached ({self.settings.max_experiments})")
+        cap = self.settings.max_experiments
+        if self._closing is None and cap is not None \
+                and budget.experiments_reached(self._finished, cap):
+            self._close(budget.experiments_reason(cap))
         if self._closing is None:
             self._start_runs(out)
             if self._no_proposals is None and self._root_done:

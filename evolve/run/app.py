@@ -18,6 +18,7 @@ from evolve.mutate.base import Mutator
 from evolve.run.live import LiveDisplay
 from evolve.run.outage import stop_when_down, with_fallback
 from evolve.run.rundir import RunDir, write_atomic
+from population.budget import Budget, exhausted
 from population.candidate import Candidate, Status
 from population.outcomes import Outcome
 from population.store import Store
@@ -265,21 +266,15 @@ class BudgetSpent(Exception):
 def spent_budget(config: Config, store: Store) -> str | None:
     """The first budget in `config` the stored run has reached, phrased as the controller's
     stop reason; None when every budget has room left (or there is none)."""
-    budget = config.budget
-    finished = store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT)
-    if budget.max_experiments is not None and finished >= budget.max_experiments:
-        return f"max_experiments reached ({finished} of {budget.max_experiments})"
-    elapsed = float(store.get_meta("elapsed_s", "0") or 0)
-    if budget.max_hours is not None and elapsed >= budget.max_hours * 3600.0:
-        return f"max_hours reached ({elapsed / 3600:.2f} h of {budget.max_hours:g} h)"
+    limits = config.budget
     best = store.best()
-    if budget.target_val_bpb is not None and best is not None and best.val_bpb is not None \
-            and best.val_bpb <= budget.target_val_bpb:
-        return f"target_val_bpb reached ({best.val_bpb:.6f} <= {budget.target_val_bpb:g})"
-    spent = float(store.get_meta("llm_usd_total", "0") or 0)
-    if budget.max_llm_usd is not None and spent >= budget.max_llm_usd:
-        return f"max_llm_usd reached (${spent:.2f} of ${budget.max_llm_usd:g})"
-    return None
+    return exhausted(
+        Budget(limits.max_experiments, limits.max_hours, limits.target_val_bpb,
+               limits.max_llm_usd),
+        finished=store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT),
+        elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
+        best_val_bpb=best.val_bpb if best is not None else None,
+        llm_usd=float(store.get_meta("llm_usd_total", "0") or 0))
 
 
 def extend_hint(reason: str, config: Config) -> str | None:
