@@ -138,7 +138,8 @@ def test_a_seeded_run_replays_exactly(tmp_path: Path, strategy: str) -> None:
 
 def test_importing_population_pulls_in_no_heavy_dependency() -> None:
     code = ("import sys, population, population.store, population.selection, "
-            "population.survival, population.islands, population.candidate\n"
+            "population.survival, population.islands, population.candidate, population.port, "
+            "population.budget, population.outcomes, population.result\n"
             "print(sorted(m for m in ('ray', 'torch', 'anthropic', 'httpx', 'numpy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -43,12 +43,11 @@ from evolve.controller.core import (
 from evolve.controller.devices import device_type, island_groups
 from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
-from evolve.controller.islands import IslandUpkeep
 from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.recovery import judge, recover
 from evolve.controller.store_index import StoreIndex
 from evolve.controller.triggers import TriggeredProposal, TriggerRule
-from evolve.controller.wiring import StoreParents, settings_from_config
+from evolve.controller.wiring import settings_from_config, store_population
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
@@ -56,7 +55,7 @@ from population.extra_runs import job_candidate
 from population.outcomes import Outcome
 from population.result import Result
 from population.store import Store
-from population.survival import is_score, verdict
+from population.survival import is_score
 
 ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
@@ -145,12 +144,11 @@ class Controller:
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
-        self.size = config.selection.build().population_size(config.population.size)
+        self.population = store_population(store, config, ROOT_ID)
+        self.size = self.population.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record,
                                peers=self._peers)
-        self.upkeep = IslandUpkeep(store, config, size=self.size,
-                                   on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
         self.template = template
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
@@ -180,7 +178,7 @@ class Controller:
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
         self._rejected = self.store.count(Status.REJECTED)
-        self._core = Scheduler(settings, StoreParents(self.store, self.config), ROOT_ID,
+        self._core = Scheduler(settings, self.population, ROOT_ID,
                                root_island=0, history=history, triggers=self.triggers)
         self.store.set_meta("status", "running")
         watchers = [asyncio.create_task(self._ticker())]
@@ -360,25 +358,22 @@ class Controller:
 
     def _record(self, result: Result, now: float) -> list[str]:
         """Record a final result; returns the extra runs it calls for (test of a new best)."""
-        candidate_id, status, reason = result.candidate_id, result.status, result.reason
-        metrics, log_tail = dict(result.metrics), result.log_tail
-        candidate = self.store.get(candidate_id)
-        before = self.store.survivors(candidate.island, self.size)
+        status = result.status
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
-        judged = candidate.replace(status=status, metrics=metrics, finished_at=now)
-        kept = verdict(judged, before, self.size) == "keep"
-        metrics["kept"] = kept
-        candidate = self.store.record_result(candidate_id, status=status, metrics=metrics,
-                                             reason=reason, log_tail=log_tail, now=now)
+        candidate, said = self.population.record(result, now)
+        kept = said == "keep"
         self._note(candidate)
         self.recorder.on_candidate(candidate)
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
-        if candidate.id == ROOT_ID and status is Status.DONE:
-            self.upkeep.seed(candidate, now)
+        if candidate.id == ROOT_ID and status is Status.DONE \
+                and not self.config.workers.device_groups:
+            # each island of a device group starts from its first child instead, scored on
+            # its own device type
+            self._copies(self.population.seed(candidate, now))
         if status is Status.DONE:
-            self.upkeep.reseed_stagnant(self._island_devices(), now)
+            self._copies(self.population.reseed(self._groups(), now))
             if self._best is candidate:  # a new best
                 return self.extra.on_new_best(candidate, now)
         return []
@@ -438,7 +433,7 @@ class Controller:
                 self.recorder.on_candidate(candidate)
                 self.recorder.on_result(candidate, False)
             case Migrate():
-                self.upkeep.migrate(self._island_devices())
+                self._copies(self.population.migrate(self._groups(), self.clock()))
             case Finalize():  # the last extra runs: the final best lineage on the test split
                 now = self.clock()
                 jobs = self.extra.final_jobs(now)
@@ -490,6 +485,16 @@ class Controller:
             return None
         groups = island_groups(self.config.population.islands, self._island_devices(), True)
         return next((group for group in groups if island in group), [island])
+
+    def _groups(self) -> list[list[int]]:
+        """The islands whose scores compare (one device type each with device groups): copies
+        move only inside a group."""
+        return island_groups(self.config.population.islands, self._island_devices(),
+                             self.config.workers.device_groups)
+
+    def _copies(self, made: list[Candidate]) -> None:
+        for copy in made:
+            self.recorder.on_candidate(copy)
 
     def _island_devices(self) -> dict[int, str]:
         return self._core.island_devices() if self._core is not None else {}

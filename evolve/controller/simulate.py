@@ -13,7 +13,6 @@ import json
 import math
 import random
 import time
-from bisect import insort
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,8 +35,9 @@ from evolve.controller.core import (
 )
 from population.candidate import Candidate, Status
 from population.outcomes import Outcome
+from population.port import MemoryPopulation
+from population.result import Result
 from population.selection import make_selector
-from population.survival import rank_key
 
 
 @dataclass(frozen=True)
@@ -91,41 +91,6 @@ class SimReport:
     wall_s: float
 
 
-class MemoryPopulation:
-    """An in-memory population with the real selection and survival rules, per island."""
-
-    def __init__(self, islands: int, size: int, strategy: str,
-                 params: Mapping[str, Any] | None = None) -> None:
-        self.selector = make_selector(strategy, **dict(params or {}))
-        self.size = self.selector.population_size(size)
-        self.survivors: list[list[Candidate]] = [[] for _ in range(islands)]
-
-    def choose_parent(self, island: int, rng: random.Random) -> str:
-        survivors = self.survivors[island] or self.best_anywhere()
-        return self.selector.select(survivors, rng).id
-
-    def best_anywhere(self) -> list[Candidate]:
-        tops = [s[0] for s in self.survivors if s]
-        return [min(tops, key=rank_key)]
-
-    def add(self, candidate: Candidate) -> bool:
-        """Insert a finished candidate; True if it made the island's survivors (kept)."""
-        island = self.survivors[candidate.island]
-        insort(island, candidate, key=rank_key)
-        if len(island) > self.size:
-            dropped = island.pop()
-            return dropped is not candidate
-        return True
-
-    def migrate(self) -> None:
-        """Ring migration of each island's best to the next island."""
-        bests = [s[0] if s else None for s in self.survivors]
-        for i, best in enumerate(bests):
-            if best is not None and len(self.survivors) > 1:
-                target = (i + 1) % len(self.survivors)
-                self.add(best.replace(id=best.id + f"@{target}", island=target))
-
-
 @dataclass(order=True)
 class _Timed:
     at: float
@@ -141,8 +106,10 @@ class Simulation:
         self.spec = spec
         self.rng = random.Random(spec.seed)
         islands = spec.islands if spec.workers > 1 else 1
-        self.population = MemoryPopulation(islands, spec.population_size, spec.strategy,
-                                           spec.selection)
+        self.population = MemoryPopulation(
+            make_selector(spec.strategy, **dict(spec.selection)), size=spec.population_size,
+            islands=islands)
+        self.groups = [list(range(islands))]
         self.settings = Settings(
             lookahead=spec.lookahead, max_concurrent_proposals=spec.concurrent_proposals(),
             max_experiments=spec.max_experiments, max_hours=spec.hours,
@@ -221,8 +188,9 @@ class Simulation:
             self.root_end = self.now
         if event.outcome == Outcome.DONE:
             self.population.add(Candidate(id=event.candidate_id, parent_id=parent or None,
-                                          island=island, generation=0, files={}, status=Status.DONE,
-                                          metrics={"val_bpb": val}, finished_at=self.now))
+                                          island=island, generation=0, files={}))
+            self.population.record(Result(event.candidate_id, Status.DONE, {"val_bpb": val}),
+                                   self.now)
         else:
             self.counts["crashed"] += 1
 
@@ -269,7 +237,7 @@ class Simulation:
                 self.counts["crashed"] += 1
                 self.counts["experiments"] += 1
             case Migrate():
-                self.population.migrate()
+                self.population.migrate(self.groups, self.now)
             case Stop():
                 self.stop_reason = decision.reason
 

@@ -1,14 +1,14 @@
 """Between the config/store and the core: the operators' names, the core's settings, and the
-live parent choice (the config's selection strategy over the store)."""
+population port over the store (`population.port.StorePopulation`), each built once."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from typing import Any
 
 from evolve.controller.core import Settings
 from evolve.mutate.registry import token_rate
+from population.port import StorePopulation
 from population.store import Store
 
 
@@ -53,21 +53,10 @@ def settings_from_config(config: Any) -> Settings:
     )
 
 
-class StoreParents:
-    """The core's `ParentSource` over the store: the config's strategy on an island's survivors
-    (bounded queries: only the top `size` rows are read)."""
-
-    def __init__(self, store: Store, config: Any, root_id: str = "root") -> None:
-        self.store = store
-        self.root_id = root_id
-        self.selector = config.selection.build()
-        self.size = self.selector.population_size(config.population.size)
-
-    def choose_parent(self, island: int, rng: random.Random) -> str:
-        if self.selector.from_root:  # random search: children of the root only
-            return self.root_id
-        survivors = self.store.survivors(island, self.size)
-        if not survivors:  # an island not seeded yet grows from the best there is
-            best = self.store.best()
-            return best.id if best is not None else self.root_id
-        return self.selector.select(survivors, rng).id
+def store_population(store: Store, config: Any, root_id: str = "root") -> StorePopulation:
+    """The run's population port over the store, built once from the config: the strategy's
+    selector on each island's survivors (bounded queries: only the top `size` rows)."""
+    population = config.population
+    return StorePopulation(store, config.selection.build(), size=population.size,
+                           islands=population.islands, root_id=root_id,
+                           stagnation_reseed_after=population.stagnation_reseed_after)
