@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from evolve.config.schema import ConfirmConfig, NoiseConfig, TestSplitConfig
 from population.candidate import Candidate, Status
 from population.extra_runs import job_id
 from population.noise import (
@@ -57,7 +58,8 @@ Record = Result
 class Evidence:
     """Holds results, plans extra runs and decides, over one writable store."""
 
-    def __init__(self, store: Store, config: Any, *, size: int, root_id: str = "root",
+    def __init__(self, store: Store, *, seed: int, noise: NoiseConfig, confirm: ConfirmConfig,
+                 test: TestSplitConfig, size: int, root_id: str = "root",
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
         # island -> the islands scored on its device type (workers.device_groups), or None
@@ -65,16 +67,16 @@ class Evidence:
         self.peers = peers
         self.root_id = root_id
         self.size = size
-        self.run_seed = int(config.seed)
-        self.noise_seeds = int(config.noise.seeds)
-        self.confirm_seeds = int(config.confirm.seeds)
+        self.run_seed = int(seed)
+        self.noise_seeds = int(noise.seeds)
+        self.confirm_seeds = int(confirm.seeds)
         # the seeds of the first runs, then the fresh seeds confirmations are decided on
         self.first_seed = self.run_seed
         self.fresh_seeds = paired_seeds(self.run_seed, self.confirm_seeds + 1)[1:]
-        self.margin_sigma = float(config.confirm.margin_sigma)
-        self.z = float(config.confirm.z)
-        self.test_final = bool(config.test.final)
-        self.test_every_new_best = bool(config.test.every_new_best)
+        self.margin_sigma = float(confirm.margin_sigma)
+        self.z = float(confirm.z)
+        self.test_final = bool(test.final)
+        self.test_every_new_best = bool(test.every_new_best)
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
         self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds

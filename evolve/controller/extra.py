@@ -10,10 +10,11 @@ split). Each extra job is a row of the store's extra_runs table, named by `job_i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from evolve.config.schema import ConfirmConfig, FidelityConfig, NoiseConfig, TestSplitConfig
 from evolve.controller.evidence import Evidence
 from evolve.controller.stages import StageResult, Stages
+from evolve.controller.wiring import RunFacts
 from evolve.workers.runner import RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import ExtraRun, parse_job_id
@@ -29,12 +30,14 @@ RecordResult = Callable[[Result, float], list[str]]
 class ExtraRuns:
     """Queues, starts and closes extra runs and turns their results into recorded decisions."""
 
-    def __init__(self, store: Store, config: Any, *, size: int, root_id: str,
+    def __init__(self, store: Store, facts: RunFacts, *, noise: NoiseConfig,
+                 confirm: ConfirmConfig, test: TestSplitConfig, fidelity: FidelityConfig,
                  record: RecordResult,
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
-        self.evidence = Evidence(store, config, size=size, root_id=root_id, peers=peers)
-        self.stages = Stages(store, config, root_id=root_id)
+        self.evidence = Evidence(store, seed=facts.seed, noise=noise, confirm=confirm, test=test,
+                                 size=facts.size, root_id=facts.root_id, peers=peers)
+        self.stages = Stages(store, fidelity, root_id=facts.root_id)
         self._record = record
         self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
 

@@ -47,7 +47,7 @@ from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.recovery import judge, recover
 from evolve.controller.store_index import StoreIndex
 from evolve.controller.triggers import TriggeredProposal, TriggerRule
-from evolve.controller.wiring import settings_from_config, store_population
+from evolve.controller.wiring import run_facts, settings_from_config, store_population
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
@@ -144,10 +144,12 @@ class Controller:
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
+        self.facts = run_facts(config, ROOT_ID)  # run-wide facts, built once
         self.population = store_population(store, config, ROOT_ID)
-        self.size = self.population.size
+        self.size = self.facts.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
-        self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record,
+        self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
+                               test=config.test, fidelity=config.fidelity, record=self._record,
                                peers=self._peers)
         template = Path(config.template_dir)
         self.template = template
@@ -157,7 +159,8 @@ class Controller:
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
         self.memory = StoreIndex(store)
-        self.proposals = Proposals(store, config, mutators, self.memory, template=template,
+        self.proposals = Proposals(store, self.facts, mutators, self.memory,
+                                   timeout_s=config.mutation.proposal_timeout_s,
                                    post=self._queue.put_nowait, clock=clock)
         self._crashes = 0
         self._rejected = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from evolve.config.schema import FidelityConfig
 from population.candidate import Status
 from population.fidelity import Stage, ladder, next_stage
 from population.outcomes import Outcome, Purpose
@@ -38,11 +39,11 @@ class StageResult:
 class Stages:
     """The stage ladder of a run and the scores seen at each stage."""
 
-    def __init__(self, store: Store, config: Any, root_id: str = "root") -> None:
+    def __init__(self, store: Store, fidelity: FidelityConfig, root_id: str = "root") -> None:
         self.store = store
         self.root_id = root_id
         self.ladder: tuple[Stage, ...] = ladder(
-            Stage(s.budget_fraction, s.promote_top) for s in config.fidelity.stages)
+            Stage(s.budget_fraction, s.promote_top) for s in fidelity.stages)
         self.seen: list[list[float]] = [[] for _ in self.ladder]
         self._climbs: dict[int, _Climb] = {}  # extra run id -> the child it promotes
         if self.enabled:

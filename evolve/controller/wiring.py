@@ -4,8 +4,11 @@ population port over the store (`population.port.StorePopulation`), each built o
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from evolve.config.schema import Config
 from evolve.controller.core import Settings
 from evolve.mutate.registry import token_rate
 from population.port import StorePopulation
@@ -51,6 +54,26 @@ def settings_from_config(config: Any) -> Settings:
         exploration=config.mutation.exploration, seed=config.seed,
         device_groups=config.workers.device_groups,
     )
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Run-wide facts, built once from the config and handed to the components that need
+    them (each component otherwise takes only its own config section)."""
+
+    root_id: str
+    seed: int
+    size: int                        # survivors an island keeps (the strategy's quirk applied)
+    islands: int
+    template: Path
+    mutable_files: tuple[str, ...]
+
+
+def run_facts(config: Config, root_id: str = "root") -> RunFacts:
+    return RunFacts(root_id=root_id, seed=config.seed,
+                    size=config.selection.build().population_size(config.population.size),
+                    islands=config.population.islands, template=Path(config.template_dir),
+                    mutable_files=tuple(config.mutable_files))
 
 
 def store_population(store: Store, config: Any, root_id: str = "root") -> StorePopulation:
