@@ -73,6 +73,32 @@ def test_a_tiny_run_makes_merge_children_that_carry_their_donors_edit(tmp_path):
     assert any("merge c" in line for line in run.run_dir.tsv_path.read_text().splitlines())
 
 
+def test_a_win_on_a_stale_parent_triggers_its_merge_onto_the_champion(tmp_path):
+    """Parallel greedy (one champion, three workers): children of an old champion that beat
+    it are carried onto the new one. The merge weight is 0, so every merge is triggered."""
+    config = {
+        "name": "trigger-e2e", "template": str(bowl_template(tmp_path)), "profile": "cpu-micro",
+        "seed": 1, "population": {"size": 1, "islands": 1, "migration_interval": 0},
+        "selection": {"strategy": "greedy"},
+        "mutation": {"operators": [{"kind": "heuristic", "weight": 1.0},
+                                   {"kind": "merge", "weight": 0.0}], "lookahead": 1},
+        "workers": {"count": 3, "network": "allow"}, "budget": {"max_experiments": 18},
+        "test": {"final": False}, "output": {"results_dir": str(tmp_path / "results")}}
+    path = tmp_path / "trigger.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = Run.create(path)
+    run.execute(executor=LocalExecutor(3), install_signals=False)
+    with Store.open(run.run_dir.store_path, readonly=True) as store:
+        merges = [c for c in store.finished_in_order(include_rejected=True) if c.donor_id]
+        assert merges, "no triggered merge in 18 experiments"
+        for child in merges:
+            donor, target = store.get(child.donor_id), store.get(child.parent_id)
+            base = store.get(donor.parent_id)
+            assert donor.val_bpb < base.val_bpb  # it carries a win ...
+            assert base.source_hash != target.source_hash  # ... made on a stale line
+            assert child.created_at >= donor.finished_at  # triggered by the donor's result
+
+
 def test_export_and_report_name_the_donor(tmp_path):
     built, store = build_demo_run(tmp_path, keep_writer=True)
     assert store is not None

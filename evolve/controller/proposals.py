@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from evolve.controller.core import Propose
 from evolve.controller.store_index import StoreIndex
+from evolve.controller.triggers import Trigger
+from evolve.controller.wiring import RunFacts
 from evolve.guard.preflight import (
-    check_differs,
-    check_harness,
+    check_child,
     check_not_duplicate,
-    check_only_mutable,
-    check_parses,
     harness_modules,
 )
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
@@ -28,6 +25,7 @@ from evolve.mutate.merge import MergeMutator
 from evolve.mutate.notebook import LabNotebook
 from population.candidate import Candidate, Status
 from population.store import Store
+from population.wins import Win
 
 NOTEBOOK_REFRESH_S = 5.0
 
@@ -47,17 +45,18 @@ class ProposalDone:
 class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
-    def __init__(self, store: Store, config: Any, mutators: Mapping[str, Mutator],
-                 memory: StoreIndex, *, template: Path, post: Callable[[ProposalDone], None],
+    def __init__(self, store: Store, facts: RunFacts, mutators: Mapping[str, Mutator],
+                 memory: StoreIndex, *, timeout_s: float, post: Callable[[ProposalDone], None],
                  clock: Callable[[], float]) -> None:
         self.store = store
-        self.config = config
+        self.facts = facts
+        self.timeout_s = timeout_s  # mutation.proposal_timeout_s: the shell's hard cut
         self.mutators = dict(mutators)
         self.memory = memory
         self.post = post
         self.clock = clock
-        self._harness_modules = harness_modules(template, config.mutable_files)
-        program = template / "program.md"
+        self._harness_modules = harness_modules(facts.template, facts.mutable_files)
+        program = facts.template / "program.md"
         self.program_md = program.read_text() if program.exists() else ""
         self.notebook = LabNotebook(store)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -69,17 +68,23 @@ class Proposals:
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
-        wins, carried = (), ()
+        wins: tuple[Win, ...] = ()
+        carried: tuple[str, ...] = ()
         if isinstance(mutator, MergeMutator):  # a merge carries a win onto the best
-            parent = self._merge_target(mutator, decision.island) or parent
-            wins, carried = self.store.wins(), self.store.donors_into(parent.id)
+            if decision.trigger is Trigger.CARRY and decision.note:  # this win, this target
+                wins = self._win(decision.note)
+            else:
+                parent = self._merge_target(mutator, decision.island) or parent
+                wins = tuple(self.store.wins())
+            carried = tuple(self.store.donors_into(parent.id))
         context = MutationContext(
             parent=parent, lineage=self.memory.lineage(parent),
             inspirations=self._inspirations(decision.island),
             tried_on_parent=self.memory.tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
-            mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
-            wins=tuple(wins), carried=tuple(carried),
+            mutable_files=self.facts.mutable_files, seed=decision.seed,
+            trigger=decision.trigger.value, note=decision.note,
+            wins=wins, carried=carried,
         )
         task = asyncio.get_running_loop().create_task(
             self._mutate(decision, parent, mutator, context))
@@ -101,7 +106,7 @@ class Proposals:
             applied_edit=proposal.applied_edit, diff=unified_diff(parent.files, files),
             usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
-            seed=self.config.seed, created_at=now, finished_at=now if reason else None,
+            seed=self.facts.seed, created_at=now, finished_at=now if reason else None,
             donor_id=proposal.donor_id or None,
         )
 
@@ -109,9 +114,18 @@ class Proposals:
         """The line a merge carries a win onto: the island's best, or the run's."""
         return self.store.best() if mutator.target == "global" else self.store.best(island)
 
+    def _win(self, donor_id: str) -> tuple[Win, ...]:
+        """The one win a triggered merge carries (none if the donor did not beat its parent)."""
+        donor = self.store.get(donor_id)
+        base = self.store.get(donor.parent_id) if donor.parent_id else None
+        if base is None or donor.val_bpb is None or base.val_bpb is None \
+                or not donor.val_bpb < base.val_bpb:
+            return ()
+        return (Win(donor=donor, base=base),)
+
     async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
                       context: MutationContext) -> None:
-        timeout = self.config.mutation.proposal_timeout_s
+        timeout = self.timeout_s
         if mutator is None:
             proposal = _error(decision.operator, f"no mutator named {decision.operator!r} is set up")
         else:
@@ -133,9 +147,10 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
+        """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
+        that when the child is added): the first verdict's message, or ""."""
+        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                           harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
@@ -148,7 +163,7 @@ class Proposals:
 
     def _inspirations(self, island: int) -> list[Candidate]:
         found = []
-        for other in range(self.config.population.islands):
+        for other in range(self.facts.islands):
             if other != island:
                 best = self.store.best(other)
                 if best is not None:

@@ -27,6 +27,8 @@ class MutationContext:
     # parent) and the donors already carried into `parent`
     wins: Sequence[Win] = ()
     carried: Sequence[str] = ()
+    trigger: str = "drawn"  # why: drawn by weight, or the event (evolve/controller/triggers.py)
+    note: str = ""  # a triggered request's note (e.g. the other line to carry)
 
 
 @dataclass(frozen=True)

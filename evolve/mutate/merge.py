@@ -17,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import merge3
 
+from evolve.config.section import OperatorSection
 from evolve.mutate.base import MutationContext, Mutator, Proposal
+from evolve.mutate.registry import BuildContext, OperatorKind, register_operator
 from population.candidate import Candidate, source_hash
 from population.wins import Win, carryable
 
@@ -199,4 +202,30 @@ def _replace(proposal: Proposal, **changes: object) -> Proposal:
     return dataclasses.replace(proposal, **changes)  # type: ignore[arg-type]
 
 
-__all__ = ["MERGE", "MergeMutator", "Merged", "Win", "describe", "merge_files", "merge_text"]
+# ---------------------------------------------------------------- its registry row
+
+
+class MergeOperator(OperatorSection):
+    """Carry a win (a child that beat its parent) onto the island's or the run's best by a
+    three-way merge; offline, no API key needed."""
+
+    kind: Literal["merge"]
+    target: Literal["island", "global"] = "island"
+
+
+def build_merge(op: MergeOperator, context: BuildContext) -> Mutator:
+    """With nothing to carry, the first other weighted operator makes the child; a conflict
+    goes to crossover over the first LLM operator's client when the config has one."""
+    from evolve.mutate.crossover import CrossoverMutator
+
+    others = [i for i, other in enumerate(context.operators)
+              if other.kind != MERGE and other.weight > 0]
+    llm: Any = context.first_of("llm")
+    return MergeMutator(target=op.target,
+                        otherwise=context.build(others[0]) if others else None,
+                        crossover=CrossoverMutator(llm) if llm is not None else None)
+
+
+register_operator(OperatorKind(MERGE, MergeOperator, build_merge))
+
+__all__ = ["MERGE", "MergeMutator", "MergeOperator", "Merged", "Win", "describe", "merge_files", "merge_text"]
