@@ -31,12 +31,15 @@ def carryable(wins: Iterable[Win], target: Candidate, lineage_ids: Iterable[str]
 
     Left out: a win on the target's own line (`lineage_ids`, root .. target: it has that edit
     already), a child of the target (carrying it back rebuilds the donor), a donor with the
-    target's very code, and a donor already carried into the target (`carried`: the donors
-    recorded on the target's children, clean, conflicting or crossed)."""
+    target's very code, a donor already carried into the target (`carried`: the donors
+    recorded on the target's children, clean, conflicting or crossed), and a donor that is
+    itself a merge: its edit is another win's, and carrying it again would pass one edit on
+    from merge to merge (the original stays carryable)."""
     on_line = set(lineage_ids)
     done = set(carried)
     found = [w for w in wins
-             if w.donor.id not in on_line and w.donor.id not in done
+             if w.donor.donor_id is None  # a merge's win is its donor's edit: carry that one
+             and w.donor.id not in on_line and w.donor.id not in done
              and w.donor.parent_id != target.id and w.donor.source_hash != target.source_hash]
     return sorted(found, key=lambda w: (-w.gain, w.donor.id))
 
@@ -49,8 +52,11 @@ def carry_after(child: Candidate, parent: Candidate, best_before: Candidate | No
     has already moved the island's best elsewhere. Then the two wins sit on different lines:
     if the child did not become the best, its edit is carried onto the best; if it did, the
     edit of the best it displaced is carried onto it (the caller checks that one was a win).
-    Nothing is triggered when the parent was the best (the plain greedy step) or when the
-    child did not beat its parent."""
+    Nothing is triggered when the parent was the best (the plain greedy step), when the
+    child did not beat its parent, or when the child is itself a merge (its edit is another
+    win's, already carried once)."""
+    if child.donor_id is not None:
+        return None
     if child.val_bpb is None or parent.val_bpb is None or not child.val_bpb < parent.val_bpb:
         return None
     if best_after.id != child.id:

@@ -125,6 +125,11 @@ def test_carryable_skips_the_targets_own_line_its_children_and_what_was_carried(
     assert [w.donor.id for w in carryable(wins, best, ["root", "c00002", "c00014"], [])] \
         == ["c00004"]
     assert carryable(wins, best, ["root", "c00002", "c00014"], ["c00004"]) == []
+    # a merge that won is not carried on: its edit is c00004's, which stays carryable
+    relay = cand("c00030", worse, setc(worse.files["train.py"], "DEPTH", "4"), 3.70,
+                 donor="c00004")
+    assert [w.donor.id for w in carryable([Win(relay, worse), Win(deeper, root)], best,
+                                          ["root", "c00002", "c00014"], [])] == ["c00004"]
 
 
 def test_a_conflict_is_dropped_and_keeps_its_donor():
@@ -267,3 +272,6 @@ def test_a_win_on_a_stale_parent_triggers_its_merge_onto_the_best():
     assert carry_after(jump, a, best, jump) == ("c00021", "c00014")
     # no win, no merge
     assert carry_after(worse, root, best, best) is None
+    # a merge that beat its stale parent triggers nothing: its edit was carried once already
+    relay = cand("c00022", root, setc(SEED, "DEPTH", "4"), 3.61, donor="c00004")
+    assert carry_after(relay, root, best, best) is None
