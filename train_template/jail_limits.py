@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 GIB = 1 << 30
@@ -126,20 +126,38 @@ def _memory_of(pid: int) -> int:
     return 0
 
 
-def _tmpfs_bytes(pid: int) -> int:
-    """What the jail's private /tmp and /dev/shm hold (memory no process maps any more)."""
-    used = 0
-    for folder in ("tmp", "dev/shm"):
+def _tmpfs_bytes(pids: Sequence[int]) -> int:
+    """What the jail's private /tmp and /dev/shm hold (memory no process maps any more).
+
+    Read through a member's root; a member still being set up has the host's root, whose
+    /tmp is not the jail's, so those whose /tmp is the host's own are passed over."""
+    ours = set()
+    for folder in ("/", "/tmp", "/dev/shm"):
         try:
-            info = os.statvfs(f"/proc/{pid}/root/{folder}")
+            ours.add(os.stat(folder).st_dev)
         except OSError:
-            continue
-        used += (info.f_blocks - info.f_bfree) * info.f_frsize
-    return used
+            pass
+    for pid in pids:
+        used, seen = 0, True
+        for folder in ("tmp", "dev/shm"):
+            try:
+                path = f"/proc/{pid}/root/{folder}"
+                if os.stat(path).st_dev in ours:
+                    seen = False
+                    break
+                info = os.statvfs(path)
+            except OSError:
+                seen = False
+                break
+            used += (info.f_blocks - info.f_bfree) * info.f_frsize
+        if seen:
+            return used
+    return 0
 
 
-def _gib(size: int) -> str:
-    return f"{size / GIB:.1f} GiB"
+def _size(size: int) -> str:
+    """5.2 GiB, 350 MiB."""
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / (1 << 20):.0f} MiB"
 
 
 class Watchdog:
@@ -155,6 +173,7 @@ class Watchdog:
         self.on_kill = on_kill
         self.reason: str | None = None
         self.peak_memory_bytes = 0
+        self.peak_tasks = 0
         self._namespace: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,17 +212,18 @@ class Watchdog:
             fields = _stat_fields(pid)
             tasks += int(fields[17]) if fields and len(fields) > 17 else 1  # num_threads
         memory = sum(_memory_of(pid) for pid in pids)
-        memory += _tmpfs_bytes(pids[0]) if pids else 0
+        memory += _tmpfs_bytes(pids)
         return Usage(tuple(pids), tasks, memory)
 
     def check(self) -> str | None:
         """One look: the reason it killed the jail now, or None while within the limits."""
         usage = self.usage()
         self.peak_memory_bytes = max(self.peak_memory_bytes, usage.memory_bytes)
+        self.peak_tasks = max(self.peak_tasks, usage.tasks)
         reason = None
         if usage.memory_bytes > self.limits.max_rss_bytes:
-            reason = (f"host memory {_gib(usage.memory_bytes)} over the "
-                      f"{_gib(self.limits.max_rss_bytes)} limit")
+            reason = (f"host memory {_size(usage.memory_bytes)} over the "
+                      f"{_size(self.limits.max_rss_bytes)} limit")
         elif usage.tasks >= self.limits.max_processes:
             reason = (f"{usage.tasks} processes and threads reached the limit of "
                       f"{self.limits.max_processes}")
@@ -232,7 +252,7 @@ class Watchdog:
     def run(self) -> None:
         """Check every `interval_s` until the jail's root has exited, or `stop`."""
         while not self._stop.is_set():
-            if _stat_fields(self.root_pid) in (None,) or _is_zombie(self.root_pid):
+            if _stat_fields(self.root_pid) is None or _is_zombie(self.root_pid):
                 return
             if self.check() is not None:
                 return
