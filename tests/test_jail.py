@@ -405,3 +405,32 @@ def test_what_the_private_tmp_holds_counts_as_memory(layout):
     finally:
         filler.kill()
         filler.wait()
+
+
+CACHE_USER = """
+import os, pathlib
+inductor = pathlib.Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+print(inductor.joinpath("warm.kernel").read_text())
+inductor.joinpath("new.kernel").write_text("compiled here")
+inductor.joinpath("warm.kernel").write_text("overwritten")  # lands in this experiment only
+from torch._inductor.runtime.runtime_utils import cache_dir
+print(cache_dir())
+"""
+
+
+@pytest.mark.parametrize("overlay", [True, False], ids=["overlay", "copy"])
+def test_compile_cache_reads_the_shared_layer_and_writes_its_own(layout, overlay):
+    shared = layout["root"] / "compile-shared"
+    (shared / "inductor").mkdir(parents=True)
+    (shared / "inductor" / "warm.kernel").write_text("from the warm-up")
+    cache = jail.compile_cache(shared, layout["work"], overlay=overlay)
+    done = run_jailed(CACHE_USER, layout, compile=cache)
+    assert done.returncode == 0, done.stderr
+    first, inductor_dir = done.stdout.splitlines()
+    assert first == "from the warm-up"
+    assert inductor_dir == str(jail.COMPILE_CACHE_MOUNT / "inductor")  # Inductor uses it
+    assert (shared / "inductor" / "warm.kernel").read_text() == "from the warm-up"
+    assert not (shared / "inductor" / "new.kernel").exists()
+    assert (cache.writes / "inductor" / "new.kernel").read_text() == "compiled here"
+    assert cache.publish(layout["root"] / "published") >= 1  # a trusted warm-up's way back
+    assert (layout["root"] / "published" / "inductor" / "new.kernel").exists()

@@ -58,6 +58,21 @@ class CompileCache:
 
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    writes: Path | None = None  # on the host: where this experiment's cache writes land
+
+    def publish(self, shared: Path) -> int:
+        """Copy this experiment's new cache files into `shared`; the number copied. Only for
+        a trusted run (the seed's warm-up): a candidate's kernels must never reach others."""
+        if self.writes is None or not self.writes.is_dir():
+            return 0
+        copied = 0
+        for source in self.writes.rglob("*"):
+            if source.is_file() and not source.is_symlink():  # not overlay whiteouts, links
+                target = Path(shared) / source.relative_to(self.writes)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied += 1
+        return copied
 
 
 def bwrap_binary() -> str | None:
@@ -293,30 +308,34 @@ __all__ = ["CompileCache", "ResourceLimits", "Watchdog", "bwrap_binary", "compil
            "jailed", "sandbox_problem"]
 
 
-def compile_cache(shared: Path | None, workdir: Path) -> CompileCache:
+def compile_cache(shared: Path | None, workdir: Path, *,
+                  overlay: bool | None = None) -> CompileCache:
     """Inductor and Triton caches for one experiment: reads from `shared` (read-only; filled by
     a trusted warm-up, never by a candidate, whose cached kernels could change another
     experiment's score), writes into `workdir/.compile-cache`, so a run starts warm.
 
     An overlay (shared below, the experiment's folder on top) where this bwrap and kernel allow
-    one; else a private copy of the shared layer inside the workdir.
+    one (`overlay=None` probes); else a private copy of the shared layer inside the workdir.
     """
     workdir = _absolute(workdir)
     private = workdir / ".compile-cache"
     env = {"TORCHINDUCTOR_CACHE_DIR": str(COMPILE_CACHE_MOUNT / "inductor"),
            "TRITON_CACHE_DIR": str(COMPILE_CACHE_MOUNT / "triton")}
-    binary = bwrap_binary()
-    if shared is not None and Path(shared).is_dir() and binary and _overlay_works(binary):
+    has_shared = shared is not None and Path(shared).is_dir()
+    if overlay is None:
+        binary = bwrap_binary()
+        overlay = bool(binary) and _overlay_works(binary)
+    if has_shared and overlay:
         upper, scratch = private / "upper", private / "work"
         upper.mkdir(parents=True, exist_ok=True)
         scratch.mkdir(parents=True, exist_ok=True)
         args = ("--overlay-src", str(_absolute(shared)), "--overlay", str(upper), str(scratch),
                 str(COMPILE_CACHE_MOUNT))
-        return CompileCache(args, env)
+        return CompileCache(args, env, upper)
     private.mkdir(parents=True, exist_ok=True)
-    if shared is not None and Path(shared).is_dir():
+    if has_shared:
         shutil.copytree(shared, private, dirs_exist_ok=True, symlinks=True)
-    return CompileCache(("--bind", str(private), str(COMPILE_CACHE_MOUNT)), env)
+    return CompileCache(("--bind", str(private), str(COMPILE_CACHE_MOUNT)), env, private)
 
 
 @functools.lru_cache(maxsize=4)
