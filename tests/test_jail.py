@@ -434,3 +434,59 @@ def test_compile_cache_reads_the_shared_layer_and_writes_its_own(layout, overlay
     assert (cache.writes / "inductor" / "new.kernel").read_text() == "compiled here"
     assert cache.publish(layout["root"] / "published") >= 1  # a trusted warm-up's way back
     assert (layout["root"] / "published" / "inductor" / "new.kernel").exists()
+
+
+needs_cgroup = pytest.mark.skipif(jail.cgroup_problem() is not None,
+                                  reason=f"no writable cgroup here: {jail.cgroup_problem()}")
+
+
+def start_in_cgroup(code: str, layout: dict[str, Path], limits: jail.ResourceLimits,
+                    name: str) -> tuple[subprocess.Popen, jail.ExperimentCgroup]:
+    group = jail.ExperimentCgroup.create(f"test-{os.getpid()}-{name}", limits)
+    work = layout["results"] / "run" / name
+    work.mkdir(exist_ok=True)
+    argv = jail.jailed([sys.executable, "-c", code], workdir=work, env=ENV, limits=limits)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, preexec_fn=group.enter)
+    return process, group
+
+
+@needs_cgroup
+def test_a_cgroup_stops_a_fork_bomb_at_the_limit_even_for_root(layout):
+    limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+    bomb, group = start_in_cgroup(FORK_BOMB, layout, limits, "bomb")
+    watchdog = jail.Watchdog(bomb.pid, limits, interval_s=0.05, cgroup=group).start()
+    try:
+        bomb.wait(timeout=120)
+        watchdog.stop()
+        assert (watchdog.reason or "").endswith("reached the limit of 64"), watchdog.reason
+        assert watchdog.peak_tasks <= 64 + 2, watchdog.peak_tasks  # the kernel's pids.max held
+    finally:
+        bomb.kill()
+        bomb.wait()
+        group.remove()
+    assert not group.pids.exists() and not group.memory.exists()
+
+
+@needs_cgroup
+def test_a_cgroup_memory_limit_kills_the_hog_inside_its_group_only(layout):
+    """The kernel's OOM killer acts (the watchdog looks too seldom to be first) within the
+    experiment's group; the watchdog reports why."""
+    limits = jail.ResourceLimits(max_rss_bytes=300 << 20, max_processes=256)
+    hog_code = "blocks = [bytearray(64 << 20) for _ in range(40)]\nprint('survived')"
+    neighbour = start_jail("import time; time.sleep(120)", layout, limits, "neighbour")
+    hog, group = start_in_cgroup(hog_code, layout, limits, "hog")
+    watchdog = jail.Watchdog(hog.pid, limits, interval_s=30, cgroup=group).start()
+    try:
+        output, _ = hog.communicate(timeout=120)
+        watchdog.stop()
+        assert "survived" not in output
+        assert group.oom_kills() >= 1
+        assert "OOM killer acted in the experiment's cgroup" in (watchdog.reason or ""), (
+            watchdog.reason)
+        assert neighbour.poll() is None, "the OOM kill reached another experiment"
+    finally:
+        for process in (hog, neighbour):
+            process.kill()
+            process.wait()
+        group.remove()

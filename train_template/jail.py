@@ -303,9 +303,13 @@ def _sibling(name: str):
 # The resource limits and the watchdog live in jail_limits.py (re-exported: one import).
 ResourceLimits = _sibling("jail_limits").ResourceLimits
 Watchdog = _sibling("jail_limits").Watchdog
+# Exact bounds where the node has writable cgroups (jail_cgroup.py).
+ExperimentCgroup = _sibling("jail_cgroup").ExperimentCgroup
+CgroupUnavailable = _sibling("jail_cgroup").CgroupUnavailable
+cgroup_problem = _sibling("jail_cgroup").cgroup_problem
 
-__all__ = ["CompileCache", "ResourceLimits", "Watchdog", "bwrap_binary", "compile_cache",
-           "jailed", "sandbox_problem"]
+__all__ = ["CgroupUnavailable", "CompileCache", "ExperimentCgroup", "ResourceLimits", "Watchdog",
+           "bwrap_binary", "cgroup_problem", "compile_cache", "jailed", "sandbox_problem"]
 
 
 def compile_cache(shared: Path | None, workdir: Path, *,
