@@ -490,3 +490,18 @@ def test_a_cgroup_memory_limit_kills_the_hog_inside_its_group_only(layout):
             process.kill()
             process.wait()
         group.remove()
+
+
+def test_a_hidden_path_named_through_a_symlink_is_hidden_where_it_really_is(layout):
+    """The data cache reached by a link: hiding the link's name hides the real folder too,
+    even inside a folder the jail shows (here the read-only template)."""
+    real = layout["template"] / "real-cache"
+    real.mkdir()
+    (real / "val.bin").write_text("VAL-BEHIND-A-LINK")
+    link = layout["root"] / "cache-link"
+    link.symlink_to(real)
+    argv = jail.jailed([sys.executable, "-c", f"print(open({str(real / 'val.bin')!r}).read())"],
+                       workdir=layout["work"], readonly=[layout["template"]], hidden=[link],
+                       env=ENV)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "VAL-BEHIND-A-LINK" not in done.stdout and "FileNotFoundError" in done.stderr, done

