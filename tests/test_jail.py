@@ -243,11 +243,15 @@ def test_the_jail_dies_with_its_parent_daemons_included(layout):
 
 
 def test_conflicting_paths_are_refused(layout):
+    (layout["cache"] / "sub").mkdir()
     with pytest.raises(ValueError, match="inside hidden"):
         jail.jailed(["true"], workdir=layout["work"], readonly=[layout["cache"] / "sub"],
                     hidden=[layout["cache"]], env=ENV)
     with pytest.raises(ValueError, match="workdir"):
         jail.jailed(["true"], workdir=layout["work"], hidden=[layout["work"]], env=ENV)
+    with pytest.raises(ValueError, match="read-only path .*nowhere does not exist"):
+        jail.jailed(["true"], workdir=layout["work"], readonly=[layout["root"] / "nowhere"],
+                    env=ENV)
 
 
 def test_sandbox_problem_names_a_missing_bwrap(tmp_path):

