@@ -133,26 +133,31 @@ def _library_folder(path: Path, prefixes: Sequence[Path]) -> bool:
 
 
 def python_paths(hidden: Sequence[Path] = (), writable: Sequence[Path] = ()) -> list[Path]:
-    """What this interpreter needs to run: its prefixes and the library folders on sys.path,
-    without any that holds or lies inside a hidden path, or holds a writable one.
+    """What this interpreter needs to run: its prefixes (a hidden path inside one is covered
+    all the same) and the library folders on sys.path, without any that holds or lies inside
+    a hidden path, or holds a writable one.
 
     A source folder on sys.path (the repository root of an editable install, next to results/
     and .cache/; pytest's rootdir) is never bound: pass what a jailed process needs of one in
     `readonly`.
     """
     prefixes = [_absolute(p) for p in {sys.base_prefix, sys.prefix, sys.exec_prefix}]
-    wanted = [*prefixes, Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
-    wanted += [_absolute(entry) for entry in sys.path
-               if entry and _library_folder(_absolute(entry), prefixes)]
-    guarded = [_absolute(p) for p in hidden] + [_absolute(p) for p in writable]
-    found: list[Path] = []
-    for path in map(_absolute, wanted):
+    hidden = [_absolute(p) for p in hidden]
+    for prefix in prefixes:  # the interpreter must be there; covers inside it still apply
+        if any(_is_within(prefix, secret) for secret in hidden):
+            raise ValueError(f"the interpreter ({prefix}) lies inside hidden path")
+    libraries = [Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
+    libraries += [_absolute(entry) for entry in sys.path
+                  if entry and _library_folder(_absolute(entry), prefixes)]
+    guarded = hidden + [_absolute(p) for p in writable]
+    found = [p for p in prefixes if p.exists() and p != Path("/")]
+    for path in map(_absolute, libraries):
         if not path.exists() or path == Path("/") or path in found:
             continue
         if any(_is_within(guard, path) or _is_within(path, guard) for guard in guarded):
             continue
         found.append(path)
-    return found
+    return list(dict.fromkeys(found))
 
 
 def _bind_ro(path: Path) -> list[tuple[Path, list[str]]]:
