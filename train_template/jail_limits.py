@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,13 +238,16 @@ class Watchdog:
         self.peak_tasks = 0
         self._namespace: int | None = None
         self._own_pid_namespace: bool | None = None
+        # Who the root is: a pid is reused once its process is reaped, and a namespace's inode
+        # once it is freed (so an fd pins the jail's namespace while we may scan for it).
+        self._root_start = (_stat_fields(root_pid) or [""] * 20)[19]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def members(self) -> list[int]:
         """The jail's processes: every descendant of the root, and every process in the jail's
         user namespace (one that left the tree by double-forking still lives there)."""
-        found, frontier = [], [self.root_pid]
+        found, frontier = [], [self.root_pid] if self._root_is_ours() else []
         while frontier:
             below = _children(frontier.pop())
             found.extend(below)
@@ -262,8 +266,16 @@ class Watchdog:
         its orphans. The jail's namespace is that of the root's first child, which bwrap
         creates in it before anything of the command runs."""
         if self._namespace is None and tree:
-            inner = _user_namespace(tree[0])
-            self._namespace = inner if inner != _user_namespace(os.getpid()) else None
+            try:
+                pin = os.open(f"/proc/{tree[0]}/ns/user", os.O_RDONLY)
+            except OSError:
+                return []
+            inner = os.fstat(pin).st_ino
+            if inner == _user_namespace(os.getpid()):
+                os.close(pin)
+                return []
+            self._namespace = inner
+            weakref.finalize(self, os.close, pin)
         if self._namespace is None:
             return []
         try:
@@ -309,9 +321,17 @@ class Watchdog:
         left; record `reason` before, so whoever sees the exit knows why."""
         if self.reason is None:
             self.reason = reason
+        self.reap()
+        if self.on_kill is not None:
+            self.on_kill(self.reason)
+
+    def reap(self) -> None:
+        """SIGKILL whatever is left of the jail, giving no reason: after a normal exit, for
+        daemons that a shared pid namespace let outlive the root."""
         deadline = time.monotonic() + 10.0
         while True:
-            for pid in [self.root_pid, *self.members()]:
+            root = [self.root_pid] if self._root_is_ours() else []
+            for pid in [*root, *self.members()]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -319,8 +339,11 @@ class Watchdog:
             if not self.members() or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        if self.on_kill is not None:
-            self.on_kill(self.reason)
+
+    def _root_is_ours(self) -> bool:
+        """The root is still the process we watch (not reaped, its pid not reused)."""
+        fields = _stat_fields(self.root_pid)
+        return fields is not None and len(fields) > 19 and fields[19] == self._root_start
 
     def run(self) -> None:
         """Check every `interval_s` until the jail's root has exited, or `stop`."""
