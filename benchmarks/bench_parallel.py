@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -233,10 +234,10 @@ def summarise(out: Path) -> str:
         end = [quality_at(r, len(r["curve"])) for r in mine]
         equal = [r["quality"][r["at_equal"]] for r in mine]
         reach = [rounds_to(r, target) for r in mine]
-        reached = sorted(x for x in reach if x is not None)
-        median_rounds = (statistics.median([x if x is not None else 10**9 for x in reach])
-                         if reached else None)
-        speed = ("—" if median_rounds is None or median_rounds >= 10**9
+        # a seed that never reaches the target counts as infinitely slow: the median is
+        # "not reached" (—) when half the seeds or more do not reach it
+        median_rounds = statistics.median([x if x is not None else math.inf for x in reach])
+        speed = ("—" if math.isinf(median_rounds)
                  else f"{EQUAL_EXPERIMENTS / median_rounds:.1f}")
         merges = [sum(r["merges"][k] for r in mine) for k in ("proposed", "clean", "improved")]
         lines.append(
