@@ -95,6 +95,10 @@ class CommandOperator(_Operator):
     kind: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
     timeout_s: Positive = 600.0
+    # environment variables the agent gets (e.g. ANTHROPIC_API_KEY); it gets no other secret
+    secrets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    readonly: list[str] = []  # extra paths the agent's program needs, visible read-only
+    sandbox: Literal["require", "warn"] = "warn"  # no jail on this machine: refuse, or warn
 
 
 Operator = Annotated[
@@ -152,21 +156,6 @@ class WorkersConfig(_Section):
         if value == "auto" or (type(value) is int and value >= 1):
             return value
         raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}")
-
-    def resolve(self, *, gpus: float, cpus: float) -> int:
-        """The number of workers to start on a cluster offering `gpus` and `cpus`."""
-        if self.count != "auto":
-            return int(self.count)
-        if self.gpus_per_worker > 0:
-            count = int(gpus // self.gpus_per_worker)
-            if count < 1:
-                raise ConfigError(
-                    f"workers.count is auto with gpus_per_worker {self.gpus_per_worker:g}, "
-                    f"but the cluster has {gpus:g} GPUs; set workers.gpus_per_worker: 0 "
-                    "to run on CPUs"
-                )
-            return count
-        return max(1, int(cpus // self.cpus_per_worker))
 
 
 class BudgetConfig(_Section):
