@@ -40,6 +40,7 @@ HERE_DIR = os.path.dirname(os.path.realpath(__file__))
 # these names from it.
 HARNESS_MODULES = frozenset({
     "candidate", "causality", "channel", "climbmix", "context", "corpus", "harness", "jail",
+    "jail_cgroup", "jail_limits",
     "mfu", "profiles", "referee", "roles", "scoring", "sources", "synthlang"})
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != HERE_DIR]
 
