@@ -95,10 +95,12 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
          "--artefact", str(train_dir / ARTEFACT)],
         workdir=train_dir, readonly=readonly, **common)
     evaluator = ["--profile", profile.name, "--vocab-size", str(vocab_size)]
+    # CUDA: logits travel as IPC handles, which do not open across PID namespaces
+    ipc = dict(common, share_pid_namespace=profile.device == "cuda")
     scorer = roles.spawn("evaluator", HERE / "evaluator_role.py", evaluator, workdir=root / "scorer",
-                         readonly=[*readonly, train_dir], **common)
+                         readonly=[*readonly, train_dir], **ipc)
     prober = roles.spawn("probe evaluator", HERE / "evaluator_role.py", evaluator,
-                         workdir=root / "prober", readonly=[*readonly, train_dir], **common)
+                         workdir=root / "prober", readonly=[*readonly, train_dir], **ipc)
     return Cast(root, trainer, scorer, prober, problem is None)
 
 
