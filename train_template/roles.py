@@ -62,14 +62,24 @@ def role_env(base: Mapping[str, str], seed: int) -> dict[str, str]:
 
 @dataclass
 class Role:
-    """A started role: its process (the jail's outermost) and the referee's end of its channel."""
+    """A started role: its process (the jail's outermost), the referee's end of its channel,
+    and the watchdog on its memory and process count (jailed roles only)."""
 
     name: str
     process: subprocess.Popen
     channel: Channel
+    watchdog: object | None = None
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def killed_for(self) -> str | None:
+        """Why the watchdog killed the role (memory, processes), or None."""
+        if self.watchdog is None:
+            return None
+        if not self.alive():
+            self.watchdog.stop()
+        return self.watchdog.reason
 
 
 def _die_with_referee() -> None:  # runs in the child between fork and exec
@@ -89,15 +99,17 @@ def spawn(name: str, script: Path, args: Sequence[str], *, workdir: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     mine, fd = socketpair()
     argv = [sys.executable, "-s", str(script), *args, "--channel-fd", str(fd)]
+    limits = jail.ResourceLimits() if sandboxed else None  # one experiment's share of the node
     if sandboxed:
         argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env,
-                           share_pid_namespace=share_pid_namespace)
+                           share_pid_namespace=share_pid_namespace, limits=limits)
     try:
         process = subprocess.Popen(argv, cwd=str(workdir), env=dict(env), stdin=subprocess.DEVNULL,
                                    pass_fds=(fd,), close_fds=True, preexec_fn=_die_with_referee)
     finally:
         os.close(fd)
-    return Role(name, process, mine)
+    watchdog = jail.Watchdog(process.pid, limits).start() if limits is not None else None
+    return Role(name, process, mine, watchdog)
 
 
 def descendants(root: int, keep: Iterable[int] = ()) -> list[int]:
@@ -139,6 +151,8 @@ def end(role: Role) -> int | None:
         role.process.wait(timeout=SWEEP_DEADLINE_S)
     except subprocess.TimeoutExpired:
         pass
+    if role.watchdog is not None:
+        role.watchdog.stop()
     return role.process.returncode
 
 
