@@ -579,3 +579,39 @@ def test_a_venv_inside_the_repository_does_not_expose_its_data(tmp_path, where):
     assert ".cache/val.bin absent" in done.stdout and "store.sqlite absent" in done.stdout
     expected_notes = "VISIBLE" if where == "." else "absent"  # a venv-repo shows its own files
     assert f"NOTES.md {expected_notes}" in done.stdout, done.stdout
+
+
+def test_without_a_pid_namespace_the_watchdog_still_finds_an_escaped_daemon(layout):
+    """Sharing the host's pid namespace, a double-forked daemon leaves the jail's process tree
+    (the host adopts it); it is still in the jail's user namespace, where the watchdog looks."""
+    code = textwrap.dedent("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                open("daemon.pid", "w").write(str(os.getpid()))
+                time.sleep(120)
+            os._exit(0)
+        time.sleep(0.5)
+    """)
+    limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+    argv = jail.jailed([sys.executable, "-c", code], workdir=layout["work"], env=ENV,
+                       share_pid_namespace=True, limits=limits)
+    root = subprocess.Popen(argv)
+    watchdog = jail.Watchdog(root.pid, limits, interval_s=0.05).start()
+    root.wait(timeout=60)
+    watchdog.stop()
+    daemon = int((layout["work"] / "daemon.pid").read_text())
+    try:
+        assert Path(f"/proc/{daemon}").exists() and daemon not in descendants(root.pid)
+        assert daemon in watchdog.members()
+        assert watchdog.reason is None  # it ended on its own: no reason to record
+        watchdog.reap()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{daemon}").exists() and "Z" not in Path(
+                f"/proc/{daemon}/stat").read_text().split(")")[-1][:3]:
+            assert time.monotonic() < deadline, "the escaped daemon survived the kill"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(daemon, signal.SIGKILL)

