@@ -69,6 +69,7 @@ class Role:
     process: subprocess.Popen
     channel: Channel
     watchdog: object | None = None
+    cgroup: object | None = None  # jail.ExperimentCgroup where the node delegates one
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -103,13 +104,28 @@ def spawn(name: str, script: Path, args: Sequence[str], *, workdir: Path,
     if sandboxed:
         argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env,
                            share_pid_namespace=share_pid_namespace, limits=limits)
+    group = None
+    if sandboxed and jail.cgroup_problem() is None:  # exact kernel bounds where allowed
+        tag = f"{os.getpid()}-{name.replace(' ', '-')}"
+        try:
+            group = jail.ExperimentCgroup.create(tag, limits)
+        except jail.CgroupUnavailable:
+            group = None
+
+    def before_exec() -> None:  # in the child, between fork and exec
+        _die_with_referee()
+        if group is not None:
+            group.enter()
+
     try:
         process = subprocess.Popen(argv, cwd=str(workdir), env=dict(env), stdin=subprocess.DEVNULL,
-                                   pass_fds=(fd,), close_fds=True, preexec_fn=_die_with_referee)
+                                   pass_fds=(fd,), close_fds=True, preexec_fn=before_exec)
     finally:
         os.close(fd)
-    watchdog = jail.Watchdog(process.pid, limits).start() if limits is not None else None
-    return Role(name, process, mine, watchdog)
+    watchdog = None
+    if limits is not None:  # started at once: a fork bomb must not get ahead of it
+        watchdog = jail.Watchdog(process.pid, limits, cgroup=group).start()
+    return Role(name, process, mine, watchdog, group)
 
 
 def descendants(root: int, keep: Iterable[int] = ()) -> list[int]:
@@ -153,6 +169,9 @@ def end(role: Role) -> int | None:
         pass
     if role.watchdog is not None:
         role.watchdog.stop()
+        role.watchdog.reap()  # what a shared pid namespace let outlive the root
+    if role.cgroup is not None:
+        role.cgroup.remove()
     return role.process.returncode
 
 
