@@ -71,13 +71,21 @@ class LLMOperator(_Operator):
     model: str = "claude-sonnet-5-5"
     base_url: str | None = None  # any server that speaks the Messages API
     api_key_env: str = "ANTHROPIC_API_KEY"
-    temperature: Annotated[float, Field(ge=0, le=1)] = 1.0
-    max_tokens: PositiveInt = 16000
-    timeout_s: Positive = 300.0
+    # Sampling parameters: unset by default. The Claude 5 family refuses non-default values
+    # (HTTP 400), so they are a config error there; older models and local servers take them.
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: PositiveInt | None = None
+    # output_config.effort (thinking is adaptive; never a budget): the levels the model takes
+    effort: str | None = None
+    max_tokens: PositiveInt = 16000  # thinking counts toward it; an edit itself is ~1-3k
     max_apply_retries: NonNegativeInt = 2
     tokens_per_minute: PositiveInt | None = None  # account rate budget; None = unlimited
-    input_usd_per_mtok: NonNegative | None = None  # None = the mutator's price table
+    # dollars per million tokens; needed for a model the built-in price table does not know
+    input_usd_per_mtok: NonNegative | None = None
     output_usd_per_mtok: NonNegative | None = None
+    cache_write_usd_per_mtok: NonNegative | None = None
+    cache_read_usd_per_mtok: NonNegative | None = None
 
     @field_validator("model")
     @classmethod
@@ -85,6 +93,38 @@ class LLMOperator(_Operator):
         if not value.strip():
             raise ValueError("must name a model, e.g. claude-sonnet-5-5")
         return value
+
+    @model_validator(mode="after")
+    def _api_accepts(self) -> LLMOperator:
+        from evolve.mutate.cost import PriceTable
+        from evolve.mutate.models import request_problems
+
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        problems = request_problems(self.model, sampling, self.effort)
+        if PriceTable().find(self.model) is None and (self.input_usd_per_mtok is None
+                                                      or self.output_usd_per_mtok is None):
+            problems.append(f"model {self.model} has no known price: set input_usd_per_mtok and "
+                            "output_usd_per_mtok (0 for a free local server)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def price_entry(self) -> dict[str, float] | None:
+        """This operator's prices for `PriceTable.from_config` (None: the built-in table)."""
+        if self.input_usd_per_mtok is None and self.output_usd_per_mtok is None:
+            return None
+        from evolve.mutate.cost import PriceTable
+
+        known = PriceTable().find(self.model)
+        entry = {"input": self.input_usd_per_mtok if self.input_usd_per_mtok is not None
+                 else known.input if known else 0.0,
+                 "output": self.output_usd_per_mtok if self.output_usd_per_mtok is not None
+                 else known.output if known else 0.0}
+        if self.cache_write_usd_per_mtok is not None:
+            entry["cache_write"] = self.cache_write_usd_per_mtok
+        if self.cache_read_usd_per_mtok is not None:
+            entry["cache_read"] = self.cache_read_usd_per_mtok
+        return entry
 
 
 class CrossoverOperator(_Operator):
@@ -113,6 +153,8 @@ class MutationConfig(_Section):
     # when an LLM operator is down for good: stop the run (resume later), or fall back to the
     # heuristic mutator meanwhile (asking the LLM again every few proposals)
     on_llm_down: Literal["stop", "fallback"] = "stop"
+    # the LLM is down once no call has succeeded for this long (with backoff between tries)
+    llm_down_after_s: Positive = 900.0
     # adapt the operators' weights to how often their children beat their parent: each weight
     # is scaled by a UCB1 score (`evolve status` shows the statistics and current weights)
     adaptive_weights: bool = False

@@ -51,6 +51,9 @@ def settings_from_config(config: Any) -> Settings:
         max_concurrent_proposals=config.mutation.max_concurrent_proposals,
         max_experiments=budget.max_experiments, max_hours=budget.max_hours,
         target_val_bpb=budget.target_val_bpb, max_llm_usd=budget.max_llm_usd,
+        offline_operators=frozenset(
+            name for name, op in zip(operator_names(config), config.mutation.operators,
+                                     strict=True) if op.kind in ("heuristic", "merge")),
         tokens_per_minute=min(tpm) if tpm else None,
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,

@@ -102,7 +102,7 @@ def mix_weights(weights: Mapping[str, float], stats: Mapping[str, OperatorStats]
 def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
                    template_dir: str | Path | None = None, ledger: SpendLedger | None = None,
                    max_in_flight: int = 8, proposal_timeout_s: float | None = None,
-                   seed: int = 0) -> dict[str, Mutator]:
+                   down_after_s: float = 900.0, seed: int = 0) -> dict[str, Mutator]:
     """The mutators for `mutation.operators`, keyed by `names` (the controller's operator
     names). LLM operators share the run's spend ledger; each has its own rate limiter
     (calls in flight, tokens per minute); crossover reuses the first LLM operator's client,
@@ -117,23 +117,18 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
 
     def make_llm(op: Any) -> LLMMutator:
         model = getattr(op, "model", "claude-sonnet-5-5")
-        prices = PriceTable()
-        if getattr(op, "input_usd_per_mtok", None) is not None:
-            entry = {"input": op.input_usd_per_mtok,
-                     "output": op.output_usd_per_mtok if op.output_usd_per_mtok is not None
-                     else prices.lookup(model).output}
-            prices = PriceTable.from_config({model: entry})
-        temperature = getattr(op, "temperature", None)
+        entry = op.price_entry() if hasattr(op, "price_entry") else None
+        prices = PriceTable.from_config({model: entry} if entry else None)
+        sampling = {key: getattr(op, key, None) for key in ("temperature", "top_p", "top_k")}
+        if sampling["temperature"] == 1.0:
+            sampling["temperature"] = None  # the API's default: sending nothing is the same
         return LLMMutator(
             model=model, base_url=getattr(op, "base_url", None),
-            api_key_env=getattr(op, "api_key_env", "ANTHROPIC_API_KEY"),
-            # 1.0 is the API's default; sending nothing keeps models without sampling
-            # parameters happy
-            temperature=None if temperature in (None, 1.0) else temperature,
-            max_tokens=getattr(op, "max_tokens", 16000), timeout_s=getattr(op, "timeout_s", 300.0),
+            api_key_env=getattr(op, "api_key_env", "ANTHROPIC_API_KEY"), sampling=sampling,
+            effort=getattr(op, "effort", None), max_tokens=getattr(op, "max_tokens", 16000),
             max_apply_retries=getattr(op, "max_apply_retries", 2), prices=prices, ledger=ledger,
             limiter=RateLimiter(max_in_flight, getattr(op, "tokens_per_minute", None)),
-            proposal_timeout_s=proposal_timeout_s, seed=seed)
+            proposal_timeout_s=proposal_timeout_s, down_after_s=down_after_s, seed=seed)
 
     for op, name in zip(operators, names, strict=True):
         if op.kind == "llm":
