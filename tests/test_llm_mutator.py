@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import anthropic
 import httpx2
@@ -475,3 +476,21 @@ def test_connection_refused_is_retried_then_reported():
     proposal = run(m.propose(context()))
     assert "failed 2 times: APIConnectionError" in proposal.error and proposal.infrastructure
     assert m.is_down and m.health.consecutive_failures == 2
+
+
+def test_the_answers_rate_limit_headers_pace_the_next_call():
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+    api = FakeAPI(message(GOOD), headers={"anthropic-ratelimit-requests-remaining": "0",
+                                          "anthropic-ratelimit-requests-reset": reset})
+    now, slept = [0.0], []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(4, sleep=sleep, clock=lambda: now[0])
+    m = mutator(api, limiter=limiter)
+    assert run(m.propose(context())).error == "" and slept == []
+    assert limiter.header_pauses == 1 and 3.0 < limiter.paused_until <= 5.0
+    assert run(m.propose(context())).error == ""
+    assert 3.0 < slept[0] <= 5.0  # the second call waited for the window to reset
