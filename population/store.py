@@ -499,6 +499,15 @@ class Store:
             "ORDER BY finished_at DESC, seq DESC LIMIT ?", (limit,))]
         return self._load(seqs)
 
+    def recent_finished(self, limit: int) -> list[Candidate]:
+        """The last `limit` experiments to finish (done, crashed, timed out, rejected; copies
+        left out), newest first: a bounded read for the prompt's table of recent results."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE status IN ('done', 'crashed', 'timed_out', "
+            "'rejected') AND mutator != ? ORDER BY finished_at DESC, seq DESC LIMIT ?",
+            (MIGRATION, limit))]
+        return self._load(seqs)
+
     def children_of(self, parent_id: str) -> list[Candidate]:
         """Every candidate made from this parent (migration copies included), oldest first."""
         seqs = [row[0] for row in self._conn.execute(

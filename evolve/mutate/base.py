@@ -25,7 +25,7 @@ class RunFacts:
     profile: str = ""
     budget: str = ""  # e.g. "300 s of training" or "2.0M training tokens"
     device: str = ""  # e.g. "one NVIDIA H100 80GB"
-    memory_gb: float | None = None  # the device's memory: a soft limit
+    peak_memory_gb: float | None = None  # the parent's peak device memory (GPU runs)
     noise_sigma: float | None = None  # measured seed-to-seed σ of val_bpb, if noise runs are on
 
 

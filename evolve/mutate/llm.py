@@ -236,7 +236,7 @@ class LLMMutator:
     async def _call(self, prompt: Prompt, messages: list[dict[str, Any]],
                     conversation: _Conversation) -> Any:
         """One answer, with our own bounded retries on top of the SDK's."""
-        last = ""
+        last, tries = "", 0
         for attempt in range(self.call_attempts):
             if self.health.fatal_reason:
                 raise CallFailed(f"LLM call refused: {self.health.fatal_reason}")
@@ -244,6 +244,7 @@ class LLMMutator:
                 break  # down: one try per proposal is enough to notice it is back
             if (wait := self.health.wait_s()) > 0:
                 await asyncio.sleep(wait)  # an incident: every caller backs off together
+            tries += 1
             try:
                 message = await self._request(prompt, messages, conversation)
             except _FATAL as error:
@@ -261,7 +262,7 @@ class LLMMutator:
             self.health.succeeded()
             self.calls += 1
             return message
-        raise CallFailed(f"LLM call failed {self.call_attempts} times: {last}")
+        raise CallFailed(f"LLM call failed {tries} time(s): {last}")
 
     def params(self, prompt: Prompt, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The request body (less `stream`), exactly as the API accepts it for this model."""
