@@ -14,8 +14,8 @@ from test_llm_mutator import FakeAPI
 
 from evolve.config import config_from_dict
 from evolve.controller.core import Propose
-from evolve.controller.memory import StoreMemory
 from evolve.controller.proposals import ProposalDone, Proposals
+from evolve.controller.store_index import StoreIndex
 from evolve.mutate.base import INFRASTRUCTURE, MutationContext, RunFacts, unified_diff
 from evolve.mutate.crossover import CrossoverMutator
 from evolve.mutate.llm import LLMMutator
@@ -111,7 +111,7 @@ def _propose(store: Store, mutator, parent_id: str = "root", ticket: int = 50) -
     done: list[ProposalDone] = []
 
     async def go():
-        proposals = Proposals(store, _config(), {"llm": mutator}, StoreMemory(store),
+        proposals = Proposals(store, _config(), {"llm": mutator}, StoreIndex(store),
                               template=TEMPLATE, post=done.append, clock=time.monotonic)
         proposals.start(Propose(ticket, parent_id, 0, "llm", 7))
         await asyncio.gather(*proposals.tasks)

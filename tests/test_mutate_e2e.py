@@ -14,9 +14,9 @@ import pytest
 import yaml
 from messages_standin import StandinServer
 
-from evolve.app import Run
 from evolve.controller.executor import LocalExecutor
 from evolve.mutate.cost import PriceTable
+from evolve.run.app import Run
 from population.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from messages_standin import Refusal, StandinServer
 
-from evolve.app import Run
 from evolve.controller.executor import LocalExecutor
 from evolve.mutate.base import MutationContext
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.mutate.llm import LLMMutator
-from evolve.outage import OfflineStandIn
+from evolve.run.app import Run
+from evolve.run.outage import OfflineStandIn
 from population.candidate import Candidate, Status
 from population.store import Store
 

@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from evolve.controller.core import Propose
-from evolve.controller.memory import StoreMemory
-from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.findings import in_flight, pick_inspirations, recent_results, run_facts
-from evolve.mutate.notebook import LabNotebook
-from evolve.mutate.novelty import NoveltyIndex
-from evolve.preflight import (
+from evolve.controller.store_index import StoreIndex
+from evolve.guard.preflight import (
     check_differs,
     check_harness,
     check_not_duplicate,
@@ -28,6 +24,10 @@ from evolve.preflight import (
     check_parses,
     harness_modules,
 )
+from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.findings import in_flight, pick_inspirations, recent_results, run_facts
+from evolve.mutate.notebook import LabNotebook
+from evolve.mutate.novelty import NoveltyIndex
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -50,7 +50,7 @@ class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
     def __init__(self, store: Store, config: Any, mutators: Mapping[str, Mutator],
-                 memory: StoreMemory, *, template: Path, post: Callable[[ProposalDone], None],
+                 memory: StoreIndex, *, template: Path, post: Callable[[ProposalDone], None],
                  clock: Callable[[], float]) -> None:
         self.store = store
         self.config = config
@@ -136,7 +136,7 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.preflight.preflight` less the duplicate check, in the same order."""
+        """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
                 or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
 
