@@ -37,7 +37,6 @@ from evolve.controller.store_index import StoreIndex  # noqa: E402
 from evolve.mutate.base import INFRASTRUCTURE, unified_diff  # noqa: E402
 from evolve.mutate.cost import PriceTable  # noqa: E402
 from evolve.mutate.llm import LLMMutator  # noqa: E402
-from evolve.mutate.prompt import Prompt  # noqa: E402
 from population.candidate import Candidate, Status  # noqa: E402
 from population.store import Store  # noqa: E402
 
@@ -109,11 +108,11 @@ def fixture_store(path: Path) -> None:
         _add(store, "c00009", a, {"train.py": _edit(a.files["train.py"], "BATCH_SIZE", "48")},
              "smaller batch (48) for more optimizer steps", bpb=None, status=Status.RUNNING,
              t=7)
-        del b
+        assert b.val_bpb is not None
 
 
-def capture(config_path: Path) -> tuple[dict, Prompt | None]:
-    """(the request body as sent, nothing else)."""
+def capture(config_path: Path) -> dict:
+    """The request body exactly as the client sent it."""
     config = load_config(config_path)
     seen: list[dict] = []
 
@@ -146,7 +145,7 @@ def capture(config_path: Path) -> tuple[dict, Prompt | None]:
                 await asyncio.gather(*proposals.tasks)
 
             asyncio.run(go())
-    return seen[0], None
+    return seen[0]
 
 
 def render(body: dict, config_path: Path) -> str:
@@ -226,7 +225,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "gpu.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "llm-request-gpu.md")
     args = parser.parse_args()
-    body, _ = capture(args.config)
+    body = capture(args.config)
     args.out.write_text(render(body, args.config.resolve()))
     print(f"wrote {args.out}")
 

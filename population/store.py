@@ -530,6 +530,15 @@ class Store:
             "SELECT seq FROM candidates WHERE status IN ('proposed', 'running') ORDER BY seq")]
         return self._load(seqs)
 
+    def in_flight(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """(id, parent id, status, description) of the newest `limit` children queued or
+        running, oldest first; no sources are loaded (a prompt needs only what they try)."""
+        rows = self._conn.execute(
+            "SELECT id, parent_id, status, description FROM candidates WHERE status IN "
+            "('proposed', 'running') AND mutator != ? AND description != '' "
+            "ORDER BY seq DESC LIMIT ?", (MIGRATION, limit)).fetchall()
+        return [tuple(row) for row in reversed(rows)]
+
     def count(self, *statuses: Status, include_copies: bool = False) -> int:
         """Candidates in any of `statuses` (all when none); migration copies are not
         experiments and are left out unless asked for."""

@@ -89,14 +89,10 @@ def recent_results(store: Store, rows: int = RECENT_ROWS, scan: int = 4) -> str:
 
 
 def in_flight(store: Store, limit: int = IN_FLIGHT_ROWS) -> list[str]:
-    """Descriptions of the children queued or training now (newest last)."""
-    found = []
-    for c in store.unfinished():
-        if c.mutator == MIGRATION or not c.description:
-            continue
-        state = "training" if c.status is Status.RUNNING else "queued"
-        found.append(f"{_cell(c.description, 140)} (child of {c.parent_id}, {state})")
-    return found[-limit:]
+    """Descriptions of the children queued or training now (newest last; one light query)."""
+    return [f"{_cell(description, 140)} (child of {parent}, "
+            f"{'training' if status == Status.RUNNING.value else 'queued'})"
+            for _, parent, status, description in store.in_flight(limit)]
 
 
 def pick_inspirations(store: Store, parent: Candidate, islands: int, rng: random.Random,
