@@ -63,6 +63,9 @@ def validate(body: Mapping[str, Any], headers: Mapping[str, str],
         return Refusal(400, "invalid_request_error", "max_tokens: must be a positive integer")
     if model not in models:
         return Refusal(404, "not_found_error", f"model: {model}")
+    if is_claude_5(model) and body["max_tokens"] > 128_000:
+        return Refusal(400, "invalid_request_error",
+                       f"max_tokens: {body['max_tokens']} > 128000, the maximum for {model}")
     problem = _message_problem(body["messages"])
     if problem:
         return Refusal(400, "invalid_request_error", problem)

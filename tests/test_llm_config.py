@@ -48,6 +48,13 @@ def test_effort_takes_the_levels_the_model_accepts():
     assert request_problems("claude-haiku-5-5", {}, "medium") == []
 
 
+def test_max_tokens_beyond_the_models_output_limit_is_refused():
+    with pytest.raises(ConfigError, match="max_tokens: 200000 — model claude-opus-5-5 writes at "
+                                          "most 128000"):
+        _llm(model="claude-opus-5-5", max_tokens=200_000)
+    assert _llm(model="claude-opus-5-5", max_tokens=128_000).max_tokens == 128_000
+
+
 def test_a_thinking_budget_cannot_be_configured():
     with pytest.raises(ConfigError, match="thinking_tokens: unknown key"):
         _llm(model="claude-sonnet-5-5", thinking_tokens=8000)

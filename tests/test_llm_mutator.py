@@ -203,7 +203,8 @@ def test_the_stand_in_refuses_what_the_real_api_refuses():
     assert validate(base, headers) is None
     cases = [({"temperature": 0.7}, 400), ({"top_p": 0.9}, 400), ({"top_k": 5}, 400),
              ({"thinking": {"type": "enabled", "budget_tokens": 4000}}, 400),
-             ({"output_config": {"effort": "ultra"}}, 400), ({"model": "claude-nope-9"}, 404)]
+             ({"output_config": {"effort": "ultra"}}, 400), ({"model": "claude-nope-9"}, 404),
+             ({"max_tokens": 200_000}, 400)]
     for extra, status in cases:
         assert validate({**base, **extra}, headers).status == status, extra
     assert validate({k: v for k, v in base.items() if k != "max_tokens"}, headers).status == 400

@@ -100,7 +100,7 @@ class LLMOperator(_Operator):
         from evolve.mutate.models import request_problems
 
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        problems = request_problems(self.model, sampling, self.effort)
+        problems = request_problems(self.model, sampling, self.effort, self.max_tokens)
         if PriceTable().find(self.model) is None and (self.input_usd_per_mtok is None
                                                       or self.output_usd_per_mtok is None):
             problems.append(f"model {self.model} has no known price: set input_usd_per_mtok and "

@@ -82,7 +82,7 @@ class LLMMutator:
         self.model = model
         self.sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
         self.effort = effort
-        problems = request_problems(model, dict(self.sampling), effort)
+        problems = request_problems(model, dict(self.sampling), effort, max_tokens)
         if problems:
             raise ValueError("; ".join(problems))
         self.prices = prices or PriceTable()

@@ -24,6 +24,7 @@ _OLDER = (
     (re.compile(r"^claude-opus-4-5(?:$|[-@])"), ("low", "medium", "high"), False),
 )
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
+CLAUDE_5_MAX_OUTPUT = 128_000  # "Max output: 128K tokens" on every Claude 5 model page
 
 
 def is_claude(model: str) -> bool:
@@ -56,11 +57,14 @@ def adaptive_thinking(model: str) -> bool:
 
 
 def request_problems(model: str, sampling: dict[str, float | int | None],
-                     effort: str | None) -> list[str]:
+                     effort: str | None, max_tokens: int | None = None) -> list[str]:
     """Why a request with these options would be refused by the API ([] = it is fine).
 
     `sampling` maps temperature/top_p/top_k to the configured value (None = not set)."""
     problems = []
+    if max_tokens is not None and is_claude_5(model) and max_tokens > CLAUDE_5_MAX_OUTPUT:
+        problems.append(f"max_tokens: {max_tokens} — model {model} writes at most "
+                        f"{CLAUDE_5_MAX_OUTPUT} output tokens")
     if is_claude_5(model):
         for key in SAMPLING_KEYS:
             value = sampling.get(key)
