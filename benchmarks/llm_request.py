@@ -34,6 +34,7 @@ from evolve.config import load_config  # noqa: E402
 from evolve.controller.core import Propose  # noqa: E402
 from evolve.controller.proposals import Proposals  # noqa: E402
 from evolve.controller.store_index import StoreIndex  # noqa: E402
+from evolve.controller.wiring import run_facts  # noqa: E402
 from evolve.mutate.base import INFRASTRUCTURE, unified_diff  # noqa: E402
 from evolve.mutate.cost import PriceTable  # noqa: E402
 from evolve.mutate.llm import LLMMutator  # noqa: E402
@@ -138,9 +139,9 @@ def capture(config_path: Path) -> dict:
         fixture_store(Path(tmp) / "store.sqlite")
         with Store.open(Path(tmp) / "store.sqlite") as store:
             async def go() -> None:
-                proposals = Proposals(store, config, {"llm": mutator}, StoreIndex(store),
-                                      template=TEMPLATE, post=lambda done: None,
-                                      clock=time.monotonic)
+                proposals = Proposals(store, run_facts(config), {"llm": mutator},
+                                      StoreIndex(store), timeout_s=600.0,
+                                      post=lambda done: None, clock=time.monotonic)
                 proposals.start(Propose(10, "c00003", 0, "llm", 3))
                 await asyncio.gather(*proposals.tasks)
 

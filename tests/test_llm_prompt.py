@@ -16,7 +16,8 @@ from evolve.config import config_from_dict
 from evolve.controller.core import Propose
 from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.store_index import StoreIndex
-from evolve.mutate.base import INFRASTRUCTURE, MutationContext, RunFacts, unified_diff
+from evolve.controller.wiring import run_facts
+from evolve.mutate.base import INFRASTRUCTURE, BriefFacts, MutationContext, unified_diff
 from evolve.mutate.crossover import CrossoverMutator
 from evolve.mutate.llm import LLMMutator
 from evolve.mutate.prompt import PromptLimits, build_prompt, select_brief
@@ -111,8 +112,9 @@ def _propose(store: Store, mutator, parent_id: str = "root", ticket: int = 50) -
     done: list[ProposalDone] = []
 
     async def go():
-        proposals = Proposals(store, _config(), {"llm": mutator}, StoreIndex(store),
-                              template=TEMPLATE, post=done.append, clock=time.monotonic)
+        config = _config()
+        proposals = Proposals(store, run_facts(config), {"llm": mutator}, StoreIndex(store),
+                              timeout_s=600.0, post=done.append, clock=time.monotonic)
         proposals.start(Propose(ticket, parent_id, 0, "llm", 7))
         await asyncio.gather(*proposals.tasks)
 
@@ -220,7 +222,7 @@ def test_the_gpu_brief_names_the_budget_the_gpu_memory_and_the_noise():
     parent = Candidate(id="p", parent_id=None, island=0, generation=0,
                        files={"train.py": "X = 1\n"}, metrics={"val_bpb": 1.0,
                                                               "peak_vram_mb": 45060.2})
-    facts = RunFacts(profile="gpu-5min", budget="300 s of training", device="NVIDIA H100 80GB",
+    facts = BriefFacts(profile="gpu-5min", budget="300 s of training", device="NVIDIA H100 80GB",
                      peak_memory_gb=44.0, noise_sigma=0.0021)
     context = MutationContext(parent=parent, lineage=[parent], inspirations=[],
                               tried_on_parent=[], notebook="", program_md=program,

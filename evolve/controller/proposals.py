@@ -11,21 +11,17 @@ import asyncio
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from evolve.controller.core import Propose
 from evolve.controller.store_index import StoreIndex
+from evolve.controller.wiring import RunFacts
 from evolve.guard.preflight import (
-    check_differs,
-    check_harness,
+    check_child,
     check_not_duplicate,
-    check_only_mutable,
-    check_parses,
     harness_modules,
 )
 from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.findings import in_flight, pick_inspirations, recent_results, run_facts
+from evolve.mutate.findings import brief_facts, in_flight, pick_inspirations, recent_results
 from evolve.mutate.notebook import LabNotebook
 from evolve.mutate.novelty import NoveltyIndex
 from population.candidate import Candidate, Status
@@ -49,18 +45,18 @@ class ProposalDone:
 class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
-    def __init__(self, store: Store, config: Any, mutators: Mapping[str, Mutator],
-                 memory: StoreIndex, *, template: Path, post: Callable[[ProposalDone], None],
+    def __init__(self, store: Store, facts: RunFacts, mutators: Mapping[str, Mutator],
+                 memory: StoreIndex, *, timeout_s: float, post: Callable[[ProposalDone], None],
                  clock: Callable[[], float]) -> None:
         self.store = store
-        self.config = config
+        self.facts = facts
+        self.timeout_s = timeout_s  # mutation.proposal_timeout_s: the shell's hard cut
         self.mutators = dict(mutators)
         self.memory = memory
         self.post = post
         self.clock = clock
-        self.template = template
-        self._harness_modules = harness_modules(template, config.mutable_files)
-        program = template / "program.md"
+        self._harness_modules = harness_modules(facts.template, facts.mutable_files)
+        program = facts.template / "program.md"
         self.program_md = program.read_text() if program.exists() else ""
         self.notebook = LabNotebook(store)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -77,14 +73,15 @@ class Proposals:
         notebook = self._notebook()
         context = MutationContext(
             parent=parent, lineage=self.memory.lineage(parent),
-            inspirations=pick_inspirations(self.store, parent, self.config.population.islands,
+            inspirations=pick_inspirations(self.store, parent, self.facts.islands,
                                            random.Random(decision.seed)),
             tried_on_parent=self.memory.tried_on(parent),
             notebook=notebook, program_md=self.program_md,
-            mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
+            mutable_files=self.facts.mutable_files, seed=decision.seed,
+            trigger=decision.trigger.value, note=decision.note,
             recent=self._recent_text, in_flight=in_flight(self.store),
             parent_log=parent.log_tail,
-            facts=run_facts(self.store, self.template, self.config.profile, parent),
+            facts=brief_facts(self.store, self.facts.template, self.facts.profile, parent),
             vet=self._vet(parent, decision.ticket),
         )
         task = asyncio.get_running_loop().create_task(
@@ -109,12 +106,12 @@ class Proposals:
             applied_edit=proposal.applied_edit, diff=unified_diff(parent.files, files),
             usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
-            seed=self.config.seed, created_at=now, finished_at=now if reason else None,
+            seed=self.facts.seed, created_at=now, finished_at=now if reason else None,
         )
 
     async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
                       context: MutationContext) -> None:
-        timeout = self.config.mutation.proposal_timeout_s
+        timeout = self.timeout_s
         if mutator is None:
             proposal = _error(decision.operator, f"no mutator named {decision.operator!r} is set up")
         else:
@@ -136,9 +133,10 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
+        """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
+        that when the child is added): the first verdict's message, or ""."""
+        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                           harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook and the recent-results table, rebuilt at most every

@@ -19,7 +19,7 @@ Vet = Callable[[Mapping[str, str], str], str]
 
 
 @dataclass(frozen=True)
-class RunFacts:
+class BriefFacts:
     """What the brief says about the machine and the measurement (per profile)."""
 
     profile: str = ""
@@ -44,9 +44,10 @@ class MutationContext:
     recent: str = ""  # table of recent results, children worse than their parent included
     in_flight: Sequence[str] = ()  # descriptions of the proposals being made or run right now
     parent_log: str = ""  # the tail of the parent's training log (untrusted text)
-    facts: RunFacts = field(default_factory=RunFacts)
+    facts: BriefFacts = field(default_factory=BriefFacts)
     vet: Vet | None = None  # pre-flight and novelty, run inside the conversation
-    repair_of: str = ""  # set for a repair: the crashed parent's traceback
+    trigger: str = "drawn"  # why: drawn by weight, or the event (evolve/controller/triggers.py)
+    note: str = ""  # a triggered request's note (e.g. the other line to carry)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,14 @@ class CrossoverMutator:
     def budget_exhausted(self) -> bool:
         return self.llm.budget_exhausted
 
+    @property
+    def fatal_reason(self) -> str:
+        return self.llm.fatal_reason
+
+    @property
+    def spend_summary(self) -> str:
+        return self.llm.spend_summary
+
     async def propose(self, context: MutationContext) -> Proposal:
         # never the parent's own source again (a migration copy of it, say): nothing to combine
         mine = context.parent.source_hash

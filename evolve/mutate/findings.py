@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from evolve.mutate.base import INFRASTRUCTURE, RunFacts
+from evolve.mutate.base import INFRASTRUCTURE, BriefFacts
 from population.candidate import Candidate, Status
 from population.store import MIGRATION, Store
 
@@ -164,7 +164,7 @@ def _profile_budget(template: Path, profile: str) -> tuple[str, str]:
     return f"{found.budget / 1e6:g}M training tokens", found.device
 
 
-def run_facts(store: Store, template: Path, profile: str, parent: Candidate) -> RunFacts:
+def brief_facts(store: Store, template: Path, profile: str, parent: Candidate) -> BriefFacts:
     """The facts of this run the brief names: budget, device, memory, measured noise."""
     budget, kind = _profile_budget(template, profile)
     device = ""
@@ -180,7 +180,7 @@ def run_facts(store: Store, template: Path, profile: str, parent: Candidate) -> 
         sigma = None
     peak = parent.metrics.get("peak_vram_mb")
     memory = float(peak) / 1024 if isinstance(peak, (int, float)) and kind == "cuda" else None
-    return RunFacts(profile=profile, budget=budget, device=device or kind, peak_memory_gb=memory,
+    return BriefFacts(profile=profile, budget=budget, device=device or kind, peak_memory_gb=memory,
                     noise_sigma=sigma)
 
 

@@ -133,6 +133,10 @@ class LLMMutator:
         return self.prices.worst_case(self.model, self._prompt_tokens, self.max_tokens)
 
     @property
+    def spend_summary(self) -> str:
+        return self.ledger.summary() if self.ledger is not None else ""
+
+    @property
     def budget_exhausted(self) -> bool:
         """True when even one more call cannot fit under the dollar cap."""
         return self.ledger is not None and not self.ledger.affordable(

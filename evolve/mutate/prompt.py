@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evolve.mutate.base import MutationContext, RunFacts, unified_diff
+from evolve.mutate.base import BriefFacts, MutationContext, unified_diff
 from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate
 from population.store import edits_from_seed
@@ -197,7 +197,7 @@ def _source_section(files: Mapping[str, str], limit: int) -> str:
     return "\n\n".join(parts)
 
 
-def format_facts(facts: RunFacts) -> str:
+def format_facts(facts: BriefFacts) -> str:
     """One line of this run's measurement facts (budget, device, memory, noise)."""
     parts = []
     if facts.budget:

@@ -41,7 +41,7 @@ def build_repair_prompt(context: MutationContext, limits: PromptLimits | None = 
         f"# This child crashed\nIt tried: {crashed.description or '(no description)'}\n"
         f"Outcome: {crashed.status.value}" + (f" ({crashed.reason})" if crashed.reason else ""),
         "## The end of its log, with the traceback\n"
-        + fenced(context.repair_of or crashed.log_tail, limits.log_tail_chars * 2),
+        + fenced(crashed.log_tail, limits.log_tail_chars * 2),
         "# Your task\nFix the bug that made it crash, in the source shown above, so that the "
         "idea it tried actually runs. Keep the idea: do not revert it, do not start a "
         "different experiment. Make the smallest change that fixes the cause (not just the "
@@ -72,8 +72,16 @@ class RepairMutator:
     def budget_exhausted(self) -> bool:
         return self.llm.budget_exhausted
 
+    @property
+    def fatal_reason(self) -> str:
+        return self.llm.fatal_reason
+
+    @property
+    def spend_summary(self) -> str:
+        return self.llm.spend_summary
+
     async def propose(self, context: MutationContext) -> Proposal:
-        log = context.repair_of or context.parent.log_tail
+        log = context.parent.log_tail
         if not has_traceback(log):
             return Proposal(files={}, description="", rationale="", mutator=self.name,
                             model=self.llm.model,

@@ -14,27 +14,45 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from evolve.mutate.base import MutationContext, Mutator, Proposal
+from evolve.mutate.registry import Health
 
 PROBE_EVERY = 10  # while down, every Nth proposal asks the LLM again
 OFFLINE_KINDS = ("heuristic", "merge")  # operators that spend no LLM money
 
 
 def can_go_down(mutator: Mutator) -> bool:
-    return hasattr(mutator, "is_down") and hasattr(mutator, "down_reason")
+    """Whether the operator declares the `Health` capability (its backend can be down)."""
+    return isinstance(mutator, Health)
 
 
-def _llm_of(mutator: object) -> object:
-    return getattr(mutator, "llm", mutator)
+@runtime_checkable
+class Refusable(Protocol):
+    """A backend that can refuse for good (a bad key, an unknown model): never probed again."""
+
+    @property
+    def fatal_reason(self) -> str: ...
+
+
+@runtime_checkable
+class Budgeted(Protocol):
+    """A backend whose spend is capped: `budget_exhausted` once no call fits under the cap."""
+
+    @property
+    def budget_exhausted(self) -> bool: ...
+
+    @property
+    def spend_summary(self) -> str: ...
 
 
 def _fatal(mutator: object) -> str:
-    return str(getattr(_llm_of(mutator), "fatal_reason", "") or "")
+    return mutator.fatal_reason if isinstance(mutator, Refusable) else ""
 
 
 def _spent(mutator: object) -> bool:
-    return bool(getattr(_llm_of(mutator), "budget_exhausted", False))
+    return isinstance(mutator, Budgeted) and mutator.budget_exhausted
 
 
 class OfflineStandIn:
@@ -62,6 +80,14 @@ class OfflineStandIn:
     @property
     def budget_exhausted(self) -> bool:
         return _spent(self.llm)
+
+    @property
+    def fatal_reason(self) -> str:
+        return _fatal(self.llm)
+
+    @property
+    def spend_summary(self) -> str:
+        return self.llm.spend_summary if isinstance(self.llm, Budgeted) else ""
 
     def _stand_in_reason(self) -> str:
         if self.when_spent and _spent(self.llm):
@@ -129,8 +155,7 @@ def why_stop(mutators: Mapping[str, Mutator], *, stop_when_down: bool,
         if stop_when_down and mutator.is_down:  # type: ignore[attr-defined]
             return outage_message(mutator.down_reason)  # type: ignore[attr-defined]
         if stop_when_spent and _spent(mutator):
-            ledger = getattr(_llm_of(mutator), "ledger", None)
-            return spent_message(ledger.summary() if ledger is not None else "")
+            return spent_message(mutator.spend_summary)  # type: ignore[attr-defined]
     return ""
 
 
