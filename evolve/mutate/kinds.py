@@ -121,6 +121,23 @@ class CrossoverOperator(OperatorSection):
     kind: Literal["crossover"]
 
 
+class RepairOperator(OperatorSection):
+    """Repairs of crashed children: triggered by a crash with a traceback, one per crashed
+    child, never drawn by weight (so its weight stays 0). It uses the first LLM operator's
+    client, budget and health."""
+
+    kind: Literal["repair"]
+    weight: NonNegative = 0.0
+
+    @field_validator("weight")
+    @classmethod
+    def _never_drawn(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError("a repair is triggered by a crash, never drawn by weight: leave "
+                             "weight out (0)")
+        return value
+
+
 class CommandOperator(OperatorSection):
     kind: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
@@ -161,7 +178,15 @@ def build_crossover(op: CrossoverOperator, context: BuildContext) -> Mutator:
     return CrossoverMutator(base)
 
 
+def build_repair(op: RepairOperator, context: BuildContext) -> Mutator:
+    from evolve.mutate.repair import RepairMutator
+
+    base: Any = context.first_of("llm") or build_llm(LLMOperator(kind="llm"), context)
+    return RepairMutator(base)
+
+
 register_operator(OperatorKind("heuristic", HeuristicOperator, build_heuristic))
 register_operator(OperatorKind("llm", LLMOperator, build_llm))
 register_operator(OperatorKind("crossover", CrossoverOperator, build_crossover))
 register_operator(OperatorKind("command", CommandOperator, build_command))
+register_operator(OperatorKind("repair", RepairOperator, build_repair))

@@ -11,14 +11,17 @@ a repair (a fix that crashes again is not chased further).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from evolve.mutate.base import MutationContext, Proposal
-from evolve.mutate.llm import LLMMutator
+from evolve.mutate.operators import REPAIR
 from evolve.mutate.prompt import Prompt, PromptLimits, parent_head, system_text
 from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate, Status
 
-REPAIR = "repair"
+if TYPE_CHECKING:  # the controller asks `wants_repair` without loading the LLM client
+    from evolve.mutate.llm import LLMMutator
+
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w*(?:Error|Exception): ",
                         re.MULTILINE)
 
