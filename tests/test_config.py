@@ -79,6 +79,7 @@ def test_shipped_configs_say_what_the_issue_asks() -> None:
     assert gpu.noise.seeds >= 2 and gpu.confirm.seeds >= 1
     assert kinds["llm"].effort == "high" and kinds["llm"].temperature is None
     assert gpu.mutation.on_llm_down == "fallback"
+    assert kinds["repair"].weight == 0  # triggered by crashes, never drawn
     assert gpu.seed_script == "train.py" and demo.seed_script == "train_cpu.py"
 
 
