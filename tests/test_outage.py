@@ -7,7 +7,6 @@ and a working one behind a dollar cap."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -58,20 +57,24 @@ def test_fallback_hands_proposals_to_the_heuristic_while_the_llm_is_down(overloa
     llm = LLMMutator(model="claude-sonnet-5-5", base_url=overloaded_server.base_url,
                      backoff_s=0.001, max_backoff_s=0.002, sdk_max_retries=0, down_after_s=0.2)
     operator = OfflineStandIn(llm, HeuristicMutator(), probe_every=3)
-    first = asyncio.run(operator.propose(_context()))
-    assert first.error and "OverloadedError" in first.error and first.infrastructure
-    assert not operator.is_down  # one failed proposal is an incident, not an outage
-    time.sleep(0.25)
-    assert operator.is_down and "no LLM call has succeeded" in operator.down_reason
-    asked = len(overloaded_server.requests)
-    second = asyncio.run(operator.propose(_context()))
-    assert not second.error and second.mutator == "heuristic"
-    assert second.files["train.py"] != _context().parent.files["train.py"]
-    assert "the LLM is down" in second.rationale
-    assert len(overloaded_server.requests) == asked  # the heuristic stood in; no call
-    asyncio.run(operator.propose(_context()))
-    probe = asyncio.run(operator.propose(_context()))  # every 3rd proposal asks the LLM again
-    assert probe.mutator == "llm" and len(overloaded_server.requests) == asked + 1
+
+    async def scenario():  # one event loop, as in a run: the client's connections live in it
+        first = await operator.propose(_context())
+        assert first.error and "OverloadedError" in first.error and first.infrastructure
+        assert not operator.is_down  # one failed proposal is an incident, not an outage
+        await asyncio.sleep(0.25)
+        assert operator.is_down and "no LLM call has succeeded" in operator.down_reason
+        asked = len(overloaded_server.requests)
+        second = await operator.propose(_context())
+        assert not second.error and second.mutator == "heuristic"
+        assert second.files["train.py"] != _context().parent.files["train.py"]
+        assert "the LLM is down" in second.rationale
+        assert len(overloaded_server.requests) == asked  # the heuristic stood in; no call
+        await operator.propose(_context())
+        probe = await operator.propose(_context())  # every 3rd proposal asks the LLM again
+        assert probe.mutator == "llm" and len(overloaded_server.requests) == asked + 1, probe
+
+    asyncio.run(scenario())
 
 
 def test_a_revoked_key_is_never_probed_and_stops_the_run_even_in_fallback(tmp_path,
