@@ -109,10 +109,6 @@ class OfflineStandIn:
                                 f"{self.name}: {reason}]".strip())
 
 
-# The old name: tests and callers that only fall back while down.
-FallbackWhenDown = OfflineStandIn
-
-
 def with_offline(mutators: Mapping[str, Mutator], offline: Mutator, *, when_down: bool,
                  when_spent: bool) -> dict[str, Mutator]:
     """Every LLM-backed operator wrapped so that an outage or a spent budget hands its
@@ -121,10 +117,6 @@ def with_offline(mutators: Mapping[str, Mutator], offline: Mutator, *, when_down
         return dict(mutators)
     return {name: OfflineStandIn(m, offline, when_down=when_down, when_spent=when_spent)
             if can_go_down(m) else m for name, m in mutators.items()}
-
-
-def with_fallback(mutators: Mapping[str, Mutator], fallback: Mutator) -> dict[str, Mutator]:
-    return with_offline(mutators, fallback, when_down=True, when_spent=False)
 
 
 def outage_message(reason: str) -> str:
@@ -174,8 +166,3 @@ async def watch_llm(mutators: Mapping[str, Mutator], stop: asyncio.Event,
             stop.set()
             return
         await asyncio.sleep(poll_s)
-
-
-async def stop_when_down(mutators: Mapping[str, Mutator], stop: asyncio.Event,
-                         on_down: Callable[[str], None], poll_s: float = 1.0) -> None:
-    await watch_llm(mutators, stop, on_down, stop_when_down=True, poll_s=poll_s)
