@@ -9,14 +9,14 @@ import re
 import sqlite3
 from pathlib import Path
 
-import anthropic
-import httpx2
 import pytest
+from test_llm_mutator import FakeAPI as LLMApi
+from test_llm_mutator import message
+from test_llm_mutator import mutator as llm_mutator
 
 from evolve.mutate.base import MutationContext
 from evolve.mutate.crossover import CrossoverMutator
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.mutate.llm import LLMMutator
 from evolve.mutate.merge import MergeMutator, describe, merge_files, merge_text
 from population.candidate import Candidate, Status
 from population.store import Store, StoreError
@@ -152,34 +152,14 @@ def test_with_nothing_to_carry_the_other_operator_makes_the_child():
     assert "no win to carry into c00014" in alone.error
 
 
-class FakeAPI:
-    """A Messages API endpoint that answers every request with one edit."""
-
-    def __init__(self, answer: str) -> None:
-        self.answer, self.requests = answer, []
-
-    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        body = json.loads(request.content)
-        self.requests.append(body)
-        return httpx2.Response(200, json={
-            "id": "msg_01", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": self.answer, "citations": None}],
-            "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 900, "output_tokens": 120, "cache_read_input_tokens": 0,
-                      "cache_creation_input_tokens": 0}})
-
-
 def test_a_conflict_goes_to_crossover_when_an_llm_is_configured():
     root, deeper, worse, a, best = lines()
     target = cand("c00015", best, setc(best.files["train.py"], "DEPTH", "2"), 3.45)
     depth_line = next(li for li in SEED.splitlines() if li.startswith("DEPTH "))
-    api = FakeAPI("DESCRIPTION: meet in the middle at depth 3\nRATIONALE: both lines won.\n\n"
-                  f"train.py\n<<<<<<< SEARCH\n{depth_line.replace('3', '2', 1)}\n=======\n"
-                  f"{depth_line}\n>>>>>>> REPLACE\n")
-    client = anthropic.AsyncAnthropic(api_key="test", max_retries=0,
-                                      http_client=anthropic.DefaultAsyncHttpxClient(
-                                          transport=httpx2.MockTransport(api)))
-    llm = LLMMutator(client=client, model="claude-sonnet-5-5", backoff_s=0.001)
+    api = LLMApi(message("DESCRIPTION: meet in the middle at depth 3\nRATIONALE: both lines won.\n\n"
+                         f"train.py\n<<<<<<< SEARCH\n{depth_line.replace('3', '2', 1)}\n=======\n"
+                         f"{depth_line}\n>>>>>>> REPLACE\n"))
+    llm = llm_mutator(api)
     merge = MergeMutator(crossover=CrossoverMutator(llm))
     proposal = asyncio.run(merge.propose(
         context_for(target, [root, a, best, target], [Win(deeper, root)])))
