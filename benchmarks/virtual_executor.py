@@ -29,10 +29,9 @@ from evolve.controller.executor import Emit, Finished, Joined, failed_result
 from evolve.workers.runner import RunRequest, RunResult, run_candidate
 from population.candidate import source_hash
 
-# Metrics that measure the machine (its clock, its memory), not the candidate: left out
-# (training_seconds comes back as the virtual round).
-MACHINE_METRICS = ("training_seconds", "total_seconds", "mfu_percent", "peak_vram_mb",
-                   "tokens_per_second", "eval_seconds", "startup_seconds")
+# Metrics that measure the machine (its clock, its memory), not the candidate: left out, as
+# is every "*_seconds" key (training_seconds comes back as the virtual round).
+MACHINE_METRICS = ("mfu_percent", "peak_vram_mb", "tokens_per_second", "sandboxed")
 CACHED_OUTCOMES = ("done", "crashed", "invalid")  # not timed_out: that may be the machine's load
 
 
@@ -87,7 +86,8 @@ def run_deterministic(request: RunRequest, cache: ResultCache | None) -> dict[st
     except Exception as exc:  # the runner itself broke: a crash, said why (not cached)
         result = failed_result(request, f"the runner failed: {type(exc).__name__}: {exc}", 0.0)
         cache = None
-    metrics = {k: v for k, v in result.metrics.items() if k not in MACHINE_METRICS}
+    metrics = {k: v for k, v in result.metrics.items()
+               if k not in MACHINE_METRICS and not k.endswith("_seconds")}
     entry = {"outcome": result.outcome, "metrics": metrics, "reason": result.reason,
              "log_tail": "" if result.outcome == "done" else result.log_tail,
              "exit_code": result.exit_code, "device": result.device}
