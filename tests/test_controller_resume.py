@@ -7,13 +7,8 @@ import random
 from test_controller_shell import make_config, make_template
 
 from evolve.controller.core import Run, Scheduler, WorkerJoined
-from evolve.controller.resume import (
-    RESUME_LOST,
-    StoreParents,
-    operator_names,
-    recover,
-    settings_from_config,
-)
+from evolve.controller.recovery import RESUME_LOST, recover
+from evolve.controller.wiring import StoreParents, operator_names, settings_from_config
 from population.candidate import Candidate, Status
 from population.store import Store
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.preflight import (
+from evolve.guard.preflight import (
     check_harness,
     check_not_duplicate,
     harness_modules,

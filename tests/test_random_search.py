@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from evolve.config import config_from_dict
-from evolve.controller.resume import StoreParents
+from evolve.controller.wiring import StoreParents
 from population.candidate import Candidate, Status
 from population.selection import FromRoot, make_selector
 from population.store import Store

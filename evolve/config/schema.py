@@ -153,21 +153,6 @@ class WorkersConfig(_Section):
             return value
         raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}")
 
-    def resolve(self, *, gpus: float, cpus: float) -> int:
-        """The number of workers to start on a cluster offering `gpus` and `cpus`."""
-        if self.count != "auto":
-            return int(self.count)
-        if self.gpus_per_worker > 0:
-            count = int(gpus // self.gpus_per_worker)
-            if count < 1:
-                raise ConfigError(
-                    f"workers.count is auto with gpus_per_worker {self.gpus_per_worker:g}, "
-                    f"but the cluster has {gpus:g} GPUs; set workers.gpus_per_worker: 0 "
-                    "to run on CPUs"
-                )
-            return count
-        return max(1, int(cpus // self.cpus_per_worker))
-
 
 class BudgetConfig(_Section):
     max_experiments: PositiveInt | None = None

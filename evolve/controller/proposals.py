@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evolve.controller.core import Propose
-from evolve.controller.memory import StoreMemory
-from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.notebook import LabNotebook
-from evolve.preflight import (
+from evolve.controller.store_index import StoreIndex
+from evolve.guard.preflight import (
     check_differs,
     check_harness,
     check_not_duplicate,
@@ -25,6 +23,8 @@ from evolve.preflight import (
     check_parses,
     harness_modules,
 )
+from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.notebook import LabNotebook
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -47,7 +47,7 @@ class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
     def __init__(self, store: Store, config: Any, mutators: Mapping[str, Mutator],
-                 memory: StoreMemory, *, template: Path, post: Callable[[ProposalDone], None],
+                 memory: StoreIndex, *, template: Path, post: Callable[[ProposalDone], None],
                  clock: Callable[[], float]) -> None:
         self.store = store
         self.config = config
@@ -122,7 +122,7 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.preflight.preflight` less the duplicate check, in the same order."""
+        """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
         return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
                 or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
 

@@ -40,10 +40,11 @@ from evolve.controller.core import (
 from evolve.controller.devices import device_type, island_groups
 from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
-from evolve.controller.memory import StoreMemory
+from evolve.controller.islands import IslandUpkeep
 from evolve.controller.proposals import ProposalDone, Proposals
-from evolve.controller.resume import StoreParents, judge, recover, settings_from_config
-from evolve.controller.upkeep import IslandUpkeep
+from evolve.controller.recovery import judge, recover
+from evolve.controller.store_index import StoreIndex
+from evolve.controller.wiring import StoreParents, settings_from_config
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
@@ -120,7 +121,7 @@ class Controller:
         self.recorder = recorder
         self.work_root = str(work_root)
         self.cache_dir = cache_dir
-        self.data_hash = ""      # the controller's data fingerprint (evolve/datahash.py)
+        self.data_hash = ""      # the controller's data fingerprint (evolve/guard/datahash.py)
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
@@ -137,7 +138,7 @@ class Controller:
         self._running: dict[str, _Running] = {}      # worker -> run in flight
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
-        self.memory = StoreMemory(store)
+        self.memory = StoreIndex(store)
         self.proposals = Proposals(store, config, mutators, self.memory, template=template,
                                    post=self._queue.put_nowait, clock=clock)
         self._crashes = 0

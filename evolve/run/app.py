@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from evolve.config import Config, load_config
-from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller, Progress
-from evolve.live import LiveDisplay
+from evolve.controller.wiring import operator_names
 from evolve.mutate.base import Mutator
-from evolve.outage import stop_when_down, with_fallback
-from evolve.rundir import RunDir, write_atomic
+from evolve.run.live import LiveDisplay
+from evolve.run.outage import stop_when_down, with_fallback
+from evolve.run.rundir import RunDir, write_atomic
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -67,8 +67,8 @@ def take_secrets_out_of_environment(needed: Sequence[str]) -> dict[str, str]:
     """Remove every credential from this process's environment (before Ray starts, so no worker
     ever inherits one, and from /proc/<driver>/environ) and return those in `needed`, the
     only ones the driver keeps: the LLM client's settings, handed to it at construction.
-    Ray's own settings (token mode and path, TLS key path) stay; see `evolve.environ_scrub`."""
-    from evolve.environ_scrub import take_secrets
+    Ray's own settings (token mode and path, TLS key path) stay; see `evolve.guard.environ_scrub`."""
+    from evolve.guard.environ_scrub import take_secrets
 
     return take_secrets(needed)
 
@@ -207,7 +207,7 @@ class Run:
             recorder = RunRecorder(self.run_dir, display)
             controller = Controller(self.config, store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
-            from evolve.datahash import reference_hashes
+            from evolve.guard.datahash import reference_hashes
 
             controller.template_hash, controller.data_hash = reference_hashes(
                 store, self.config.template_dir, self.config.profile, self.config.data)
