@@ -88,7 +88,8 @@ def one_run(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
         env.update(PYTHONPATH=str(checkout), OMP_NUM_THREADS="1")
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(config)],
+        cli = "evolve.run.cli" if (checkout / "evolve" / "run" / "cli.py").exists() else "evolve.cli"
+        done = subprocess.run([sys.executable, "-m", cli, "run", str(config)],
                               cwd=checkout, env=env, capture_output=True, text=True,
                               timeout=args.timeout_s)
         if done.returncode != 0:
