@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from evolve.guard.parsed import StatementMemo, parse, statements
 from population.candidate import source_hash
 
 HARNESS_MODULES: tuple[str, ...] = ("prepare",)
@@ -100,7 +101,7 @@ def check_only_mutable(child_files: Mapping[str, str], mutable_files: Sequence[s
 def check_parses(files: Mapping[str, str]) -> str | None:
     for name in sorted(files):
         try:
-            ast.parse(files[name], filename=name)
+            parse(files[name], filename=name)
         except SyntaxError as exc:
             return f"{name}:{exc.lineno}: syntax error: {exc.msg}"
         except ValueError as exc:  # e.g. null bytes
@@ -135,19 +136,24 @@ def check_harness(
     files: Mapping[str, str], *, harness_modules: Collection[str] = HARNESS_MODULES
 ) -> str | None:
     """The static harness check on every mutable file; train.py must also define train(ctx)."""
-    modules = set(harness_modules) | set(HARNESS_MODULES)
+    modules = frozenset(harness_modules) | frozenset(HARNESS_MODULES)
     for name in sorted(files):
         try:
-            tree = ast.parse(files[name], filename=name)
+            tree = parse(files[name], filename=name)
         except (SyntaxError, ValueError):
             return check_parses({name: files[name]})
         if name == "train.py":
             problem = _defines_train(tree)
             if problem:
                 return f"{name}:{problem}"
-        for lineno, problem in _harness_violations(tree, modules):
+        for lineno, problem in _harness_violations(tree, modules, files[name]):
             return f"{name}:{lineno}: {problem}"
     return None
+
+
+# Top-level statements already walked: a child differs from its parent in a few of them.
+_ALIASES = StatementMemo()  # statement -> the imports it binds
+_CLEAN = StatementMemo()    # (module context, statement) -> True: no violation in it
 
 
 def _defines_train(tree: ast.Module) -> str | None:
@@ -161,56 +167,80 @@ def _defines_train(tree: ast.Module) -> str | None:
     return "1: defines no top-level function train(ctx), which the harness calls"
 
 
-def _harness_violations(tree: ast.Module, harness: set[str]) -> Iterator[tuple[int, str]]:
-    aliases = _import_aliases(tree)
+def _harness_violations(tree: ast.Module, harness: frozenset[str],
+                        source: str) -> Iterator[tuple[int, str]]:
+    """Every violation, statement by statement; a statement whose exact source was clean
+    under the same imports, `train` parameter and harness names is not walked again."""
+    parts = list(statements(tree, source))
+    aliases: dict[str, str] = {}
+    for stmt, key in parts:
+        bound = _ALIASES.get(None, key)
+        if bound is None:
+            bound = tuple(_import_aliases(stmt).items())
+            _ALIASES.put(None, key, bound)
+        aliases.update(bound)  # type: ignore[arg-type]
     ctx_names = {"ctx"} | _train_param(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] in harness:
-                    yield (
-                        node.lineno,
-                        f"imports the harness module {alias.name!r}; the harness is off limits",
-                    )
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            names = {a.name for a in node.names}
-            if module.split(".")[0] in harness or (node.level and names & harness):
+    context = (frozenset(aliases.items()), frozenset(ctx_names), harness)
+    for stmt, key in parts:
+        if _CLEAN.get(context, key):
+            continue
+        clean = True
+        for node in ast.walk(stmt):
+            for violation in _node_violations(node, aliases, harness, ctx_names):
+                clean = False
+                yield violation
+        if clean:
+            _CLEAN.put(context, key, True)
+
+
+def _node_violations(node: ast.AST, aliases: Mapping[str, str], harness: Collection[str],
+                     ctx_names: set[str]) -> Iterator[tuple[int, str]]:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name.split(".")[0] in harness:
                 yield (
                     node.lineno,
-                    f"imports from the harness module {module or names}; the harness is off limits",
+                    f"imports the harness module {alias.name!r}; the harness is off limits",
                 )
-            if module == "sys" and "modules" in names:
-                yield node.lineno, "imports sys.modules, which reaches into the harness"
-        elif isinstance(node, ast.Attribute):
-            dotted = _dotted(node, aliases)
-            if dotted == "sys.modules" or dotted == "sys._getframe":
-                yield node.lineno, f"uses {dotted}, which reaches into the harness"
-            elif node.attr in FRAME_ATTRIBUTES:
-                yield node.lineno, f"uses .{node.attr}, which walks into the caller (the harness)"
-            elif (
-                isinstance(node.value, ast.Name)
-                and node.value.id in ctx_names
-                and node.attr.startswith("_")
-            ):
-                yield (
-                    node.lineno,
-                    f"reads {node.value.id}.{node.attr}, a private part of the harness context",
-                )
-        elif isinstance(node, ast.Call):
-            yield from _call_violations(node, aliases, harness, ctx_names)
-        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
-            for target in targets:
-                problem = _assignment_violation(target, aliases, ctx_names)
-                if problem:
-                    yield node.lineno, problem
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            yield from _string_violations(node.lineno, node.value)
+    elif isinstance(node, ast.ImportFrom):
+        module = node.module or ""
+        names = {a.name for a in node.names}
+        if module.split(".")[0] in harness or (node.level and names & set(harness)):
+            yield (
+                node.lineno,
+                f"imports from the harness module {module or names}; the harness is off limits",
+            )
+        if module == "sys" and "modules" in names:
+            yield node.lineno, "imports sys.modules, which reaches into the harness"
+    elif isinstance(node, ast.Attribute):
+        dotted = _dotted(node, aliases)
+        if dotted == "sys.modules" or dotted == "sys._getframe":
+            yield node.lineno, f"uses {dotted}, which reaches into the harness"
+        elif node.attr in FRAME_ATTRIBUTES:
+            yield node.lineno, f"uses .{node.attr}, which walks into the caller (the harness)"
+        elif (
+            isinstance(node.value, ast.Name)
+            and node.value.id in ctx_names
+            and node.attr.startswith("_")
+        ):
+            yield (
+                node.lineno,
+                f"reads {node.value.id}.{node.attr}, a private part of the harness context",
+            )
+    elif isinstance(node, ast.Call):
+        yield from _call_violations(node, aliases, harness, ctx_names)
+    elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        for target in targets:
+            problem = _assignment_violation(target, aliases, ctx_names)
+            if problem:
+                yield node.lineno, problem
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield from _string_violations(node.lineno, node.value)
 
 
 def _call_violations(
-    node: ast.Call, aliases: Mapping[str, str], harness: set[str], ctx_names: set[str]
+    node: ast.Call, aliases: Mapping[str, str], harness: Collection[str], ctx_names: set[str]
 ) -> Iterator[tuple[int, str]]:
     func = _dotted(node.func, aliases)
     if func in RESEEDING_CALLS:
@@ -271,7 +301,7 @@ def _string_violations(lineno: int, text: str) -> Iterator[tuple[int, str]]:
         yield lineno, why
 
 
-def _import_aliases(tree: ast.Module) -> dict[str, str]:
+def _import_aliases(tree: ast.AST) -> dict[str, str]:
     """Local name -> the full module or object path it was imported as."""
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from evolve.guard.parsed import parse
+
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\b.*$", re.IGNORECASE)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\b.*$", re.IGNORECASE)
@@ -416,7 +418,7 @@ def syntax_problems(files: Mapping[str, str]) -> list[str]:
         if not name.endswith(".py"):
             continue
         try:
-            ast.parse(source)
+            parse(source)  # the tree pre-flight reads next: one parse per child
         except SyntaxError as error:
             line = (error.text or "").rstrip()
             problems.append(f"{name} no longer parses: {error.msg} at line {error.lineno}: {line}")
