@@ -181,8 +181,13 @@ def measure(size: int, experiments: int, workers: int, islands: int,
                 config, store, make_executor(engine, workers), {"llm": make_llm(engine)},
                 Quiet(), work_root=Path(tmp) / "work", tick_s=3600)
             profiler = None
-            if profile:
+            if profile:  # cProfile sees one thread: run the shell's thread work inline
                 import cProfile
+
+                async def inline(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+                    return func(*args, **kwargs)
+
+                asyncio.to_thread = inline  # type: ignore[assignment]
                 profiler = cProfile.Profile()
                 profiler.enable()
             cpu, wall = time.process_time(), time.perf_counter()

@@ -123,8 +123,11 @@ class Proposals:
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.guard.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
+        return (check_only_mutable(files, self.config.mutable_files)
+                or check_parses(files, parents=parent_files)
+                or check_harness(files, harness_modules=self._harness_modules,
+                                 parents=parent_files)
+                or check_differs(parent_files, files) or "")
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of

@@ -1,11 +1,15 @@
-"""One parse per child, and each top-level statement checked once per run.
+"""One parse per child, of what changed: a child is its parent with a few statements edited.
 
-Parsing 25 KB of Python costs about 5 ms and walking its tree as much again. A child's source is
-parsed by its mutator (so a model can be told its edit broke the syntax), then by pre-flight
-(syntax, the harness rules); and a child differs from its parent in a few statements only. So
-the trees of the last sources parsed are shared (`parse`), and `StatementMemo` remembers which
-top-level statements, word for word, already passed a check under the same module context.
-Both are pure memos: a verdict never depends on whether they hit.
+Parsing 25 KB of Python costs about 5 ms, walking its tree as much again, and every child is
+checked twice (by its mutator, so a model can be told its edit broke the syntax, then by
+pre-flight). But a child differs from its parent in a few lines. The parent parsed, so its
+top-level statements are complete; the child's lines before and after the change are the
+parent's, whole statements of them; so the child parses exactly when the changed middle parses
+as a module of its own (the parser has no context across top-level statements: no open bracket,
+string or block crosses from one into the next). Only that middle is parsed; the rest of the
+outline (each top-level statement's exact source) comes from the parent's, kept per source.
+Anything unusual (no parent, the middle does not parse, a line shared across the boundary)
+takes the full parse, which also gives the exact error.
 """
 
 from __future__ import annotations
@@ -13,44 +17,151 @@ from __future__ import annotations
 import ast
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
+from dataclasses import dataclass
 
-TREES_KEPT = 16  # proposals in flight each parse once, then pre-flight reads the same tree
-STATEMENTS_KEPT = 100_000
-
-_trees: OrderedDict[str, ast.Module] = OrderedDict()
-_lock = threading.Lock()
-
-
-def parse(source: str, filename: str = "<unknown>") -> ast.Module:
-    """`ast.parse(source)`, shared by every caller with the same text. Raises as ast.parse does
-    (failures are not kept: a child that does not parse is rejected once). Callers must not
-    change the tree."""
-    with _lock:
-        tree = _trees.get(source)
-        if tree is not None:
-            _trees.move_to_end(source)
-            return tree
-    tree = ast.parse(source, filename=filename)
-    with _lock:
-        _trees[source] = tree
-        while len(_trees) > TREES_KEPT:
-            _trees.popitem(last=False)
-    return tree
-
+OUTLINES_KEPT = 512        # sources whose outline is kept (parents of the next children)
+STATEMENTS_KEPT = 100_000  # statement verdicts kept by a StatementMemo
 
 Key = tuple[str, int, int | None]  # a statement's lines, first and last column: its exact source
 
 
-def statements(tree: ast.Module, source: str) -> Iterator[tuple[ast.stmt, Key]]:
-    """Each top-level statement with a key that is its exact source (decorators included; the
-    columns tell apart `a = 1; b = 2`, two statements on one line)."""
-    lines = source.splitlines(keepends=True)
+@dataclass(frozen=True)
+class Outline:
+    """The top-level statements of a source that parsed: their line spans and exact sources."""
+
+    spans: tuple[tuple[int, int], ...]  # (first line, last line), 1-based, decorators included
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parsed source: its outline, and the nodes of the statements parsed this time (the
+    others are, word for word, statements of the parent: `nodes[i]` is None for them)."""
+
+    outline: Outline
+    nodes: tuple[ast.stmt | None, ...]
+    full: bool  # the whole source was parsed (no parent, or the middle alone did not do)
+
+
+_outlines: OrderedDict[str, Outline] = OrderedDict()
+_lock = threading.Lock()
+
+
+def parse(source: str, filename: str = "<unknown>", parent: str | None = None) -> Parsed:
+    """The source's statements; raises SyntaxError / ValueError exactly when `ast.parse` does.
+    With `parent` (a source that parsed), only the statements that differ are parsed."""
+    base = _outline_of(parent, filename) if parent is not None else None
+    if base is not None:
+        found = _parse_changed(source, parent, base)  # type: ignore[arg-type]
+        if found is not None:
+            _remember(source, found.outline)
+            return found
+    tree = ast.parse(source, filename=filename)
+    outline = outline_of(tree, source)
+    _remember(source, outline)
+    return Parsed(outline, tuple(tree.body), full=True)
+
+
+def lines_of(source: str) -> list[str]:
+    """Lines as the parser counts them for sources without carriage returns ('\n' only:
+    str.splitlines also splits at form feeds and other separators the parser does not)."""
+    parts = source.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    return lines + [parts[-1]] if parts[-1] else lines
+
+
+_serial = iter(range(1 << 62))
+
+
+def outline_of(tree: ast.Module, source: str, first_line: int = 1) -> Outline:
+    """Spans and exact sources of the module's statements. A source with carriage returns gets
+    keys that match nothing (its lines are not counted as the parser counts them)."""
+    if "\r" in source:
+        spans = tuple((s.lineno + first_line - 1, (s.end_lineno or s.lineno) + first_line - 1)
+                      for s in tree.body)
+        return Outline(spans, tuple((f"\r{next(_serial)}", 0, 0) for _ in tree.body))
+    lines = lines_of(source)
+    spans, keys = [], []
     for stmt in tree.body:
         decorators = getattr(stmt, "decorator_list", None) or []
         first = min([stmt.lineno, *(d.lineno for d in decorators)])
         last = stmt.end_lineno or stmt.lineno
-        yield stmt, ("".join(lines[first - 1:last]), stmt.col_offset, stmt.end_col_offset)
+        spans.append((first + first_line - 1, last + first_line - 1))
+        keys.append(("".join(lines[first - 1:last]), stmt.col_offset, stmt.end_col_offset))
+    return Outline(tuple(spans), tuple(keys))
+
+
+def _outline_of(source: str, filename: str) -> Outline | None:
+    with _lock:
+        found = _outlines.get(source)
+        if found is not None:
+            _outlines.move_to_end(source)
+            return found
+    try:
+        tree = ast.parse(source, filename=filename)
+    except (SyntaxError, ValueError):
+        return None
+    outline = outline_of(tree, source)
+    _remember(source, outline)
+    return outline
+
+
+def _remember(source: str, outline: Outline) -> None:
+    with _lock:
+        _outlines[source] = outline
+        _outlines.move_to_end(source)
+        while len(_outlines) > OUTLINES_KEPT:
+            _outlines.popitem(last=False)
+
+
+def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
+    """The child's statements from the parent's outline and a parse of the changed middle;
+    None when that does not settle it (the caller parses the whole source)."""
+    if not base.keys or "\r" in source or "\r" in parent:
+        return None
+    old, new = lines_of(parent), lines_of(source)
+    if not new or not old or not new[-1].endswith("\n") or not old[-1].endswith("\n"):
+        return None
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while (tail < min(len(old), len(new)) - head
+           and old[len(old) - 1 - tail] == new[len(new) - 1 - tail]):
+        tail += 1
+    # parent statements wholly inside the unchanged head / tail lines stay; the rest is middle
+    keep_head = [i for i, (_, last) in enumerate(base.spans) if last <= head]
+    keep_tail = [i for i, (first, _) in enumerate(base.spans) if first > len(old) - tail]
+    n_head = len(keep_head)
+    n_tail = len(keep_tail)
+    if keep_head != list(range(n_head)) or keep_tail != list(range(len(base.spans) - n_tail,
+                                                                    len(base.spans))):
+        return None
+    start = base.spans[n_head - 1][1] if n_head else 0           # lines before the middle
+    stop_old = base.spans[len(base.spans) - n_tail][0] - 1 if n_tail else len(old)
+    shift = len(new) - len(old)
+    stop = stop_old + shift                                        # the middle ends here (new)
+    if stop < start or "__future__" in "".join(new[start:stop]):
+        return None
+    if n_head < len(base.spans) and n_head and base.spans[n_head][0] <= start:
+        return None  # `a = 1; b = (...` : a statement starts on the head's last line
+    if n_tail and len(base.spans) - n_tail > 0 and \
+            base.spans[len(base.spans) - n_tail - 1][1] >= base.spans[len(base.spans) - n_tail][0]:
+        return None  # and the same at the tail's first line
+    middle = "".join(new[start:stop])
+    try:
+        tree = ast.parse(middle)
+    except (SyntaxError, ValueError):
+        return None
+    inner = outline_of(tree, middle, first_line=start + 1)
+    if start:
+        ast.increment_lineno(tree, start)
+    tail_spans = tuple((a + shift, b + shift) for a, b in base.spans[len(base.spans) - n_tail:])
+    outline = Outline(base.spans[:n_head] + inner.spans + tail_spans,
+                      base.keys[:n_head] + inner.keys + base.keys[len(base.keys) - n_tail:])
+    nodes = (None,) * n_head + tuple(tree.body) + (None,) * n_tail
+    return Parsed(outline, nodes, full=False)
 
 
 class StatementMemo:

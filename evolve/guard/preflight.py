@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from evolve.guard.parsed import StatementMemo, parse, statements
+from evolve.guard.parsed import Parsed, StatementMemo, parse
 from population.candidate import source_hash
 
 HARNESS_MODULES: tuple[str, ...] = ("prepare",)
@@ -68,8 +68,8 @@ def preflight(
     """All checks in order, cheapest first; the first failure's reason, or None."""
     return (
         check_only_mutable(child_files, mutable_files)
-        or check_parses(child_files)
-        or check_harness(child_files, harness_modules=harness_modules)
+        or check_parses(child_files, parents=parent_files)
+        or check_harness(child_files, harness_modules=harness_modules, parents=parent_files)
         or check_differs(parent_files, child_files)
         or check_not_duplicate(child_files, has_hash)
     )
@@ -98,10 +98,12 @@ def check_only_mutable(child_files: Mapping[str, str], mutable_files: Sequence[s
     return None
 
 
-def check_parses(files: Mapping[str, str]) -> str | None:
+def check_parses(files: Mapping[str, str], *,
+                 parents: Mapping[str, str] | None = None) -> str | None:
+    """Every file parses. With the parent's files, only what changed is parsed again."""
     for name in sorted(files):
         try:
-            parse(files[name], filename=name)
+            parse(files[name], name, parent=(parents or {}).get(name))
         except SyntaxError as exc:
             return f"{name}:{exc.lineno}: syntax error: {exc.msg}"
         except ValueError as exc:  # e.g. null bytes
@@ -133,64 +135,106 @@ def check_not_duplicate(child_files: Mapping[str, str], has_hash: HashSeen) -> s
 
 
 def check_harness(
-    files: Mapping[str, str], *, harness_modules: Collection[str] = HARNESS_MODULES
+    files: Mapping[str, str], *, harness_modules: Collection[str] = HARNESS_MODULES,
+    parents: Mapping[str, str] | None = None,
 ) -> str | None:
-    """The static harness check on every mutable file; train.py must also define train(ctx)."""
+    """The static harness check on every mutable file; train.py must also define train(ctx).
+    A statement that is, word for word, one already found clean under the same imports,
+    `train` parameter and harness names is not walked again (a child differs from its parent
+    in a few)."""
     modules = frozenset(harness_modules) | frozenset(HARNESS_MODULES)
     for name in sorted(files):
         try:
-            tree = parse(files[name], filename=name)
+            parsed = parse(files[name], name, parent=(parents or {}).get(name))
         except (SyntaxError, ValueError):
             return check_parses({name: files[name]})
-        if name == "train.py":
-            problem = _defines_train(tree)
-            if problem:
-                return f"{name}:{problem}"
-        for lineno, problem in _harness_violations(tree, modules, files[name]):
-            return f"{name}:{lineno}: {problem}"
+        problem = _check_file(name, files[name], parsed, modules)
+        if problem:
+            return problem
     return None
 
 
-# Top-level statements already walked: a child differs from its parent in a few of them.
-_ALIASES = StatementMemo()  # statement -> the imports it binds
-_CLEAN = StatementMemo()    # (module context, statement) -> True: no violation in it
+# Per statement, by its exact source: the imports it binds and what it says about train().
+_FACTS = StatementMemo()
+# (module context, statement) -> True: no violation in it under that context.
+_CLEAN = StatementMemo()
+
+TrainFact = tuple[str, int, bool, str | None] | None  # (def|async, line in it, has args, param)
 
 
-def _defines_train(tree: ast.Module) -> str | None:
-    for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef) and stmt.name == "train":
-            if not (stmt.args.posonlyargs or stmt.args.args or stmt.args.vararg):
-                return f"{stmt.lineno}: train() takes no argument; it must be train(ctx)"
+def _check_file(name: str, source: str, parsed: Parsed, harness: frozenset[str]) -> str | None:
+    facts = _facts(parsed)
+    if facts is None:  # a statement kept from the parent was never looked at: parse it all
+        parsed = parse(source, name)
+        facts = _facts(parsed)
+        assert facts is not None
+    aliases: dict[str, str] = {}
+    for bound, _ in facts:
+        aliases.update(bound)
+    trains = [(parsed.outline.spans[i][0], train) for i, (_, train) in enumerate(facts) if train]
+    if name == "train.py":
+        problem = _defines_train(trains)
+        if problem:
+            return f"{name}:{problem}"
+    ctx_names = {"ctx"} | next(({t[3]} if t[3] else set() for _, t in trains if t[0] == "def"),
+                               set())
+    context = (frozenset(aliases.items()), frozenset(ctx_names), harness)
+    for i, key in enumerate(parsed.outline.keys):
+        if _CLEAN.get(context, key):
+            continue
+        node = parsed.nodes[i]
+        if node is None:  # a parent's statement, not yet seen under this context
+            parsed = parse(source, name)
+            node = parsed.nodes[i]
+        for lineno, problem in _statement_violations(node, aliases, harness, ctx_names):
+            return f"{name}:{lineno}: {problem}"
+        _CLEAN.put(context, key, True)
+    return None
+
+
+def _facts(parsed: Parsed) -> list[tuple[tuple[tuple[str, str], ...], TrainFact]] | None:
+    found = []
+    for key, node in zip(parsed.outline.keys, parsed.nodes, strict=True):
+        fact = _FACTS.get(None, key)
+        if fact is None:
+            if node is None:
+                return None
+            fact = (tuple(_import_aliases(node).items()), _train_fact(node, key))
+            _FACTS.put(None, key, fact)
+        found.append(fact)  # type: ignore[arg-type]
+    return found
+
+
+def _train_fact(node: ast.stmt, key: tuple[str, int, int | None]) -> TrainFact:
+    decorators = getattr(node, "decorator_list", None) or []
+    offset = node.lineno - min([node.lineno, *(d.lineno for d in decorators)])
+    if isinstance(node, ast.FunctionDef) and node.name == "train":
+        args = node.args.posonlyargs + node.args.args
+        has_args = bool(node.args.posonlyargs or node.args.args or node.args.vararg)
+        return ("def", offset, has_args, args[0].arg if args else None)
+    if isinstance(node, ast.AsyncFunctionDef) and node.name == "train":
+        return ("async", offset, False, None)
+    return None
+
+
+def _defines_train(trains: list[tuple[int, TrainFact]]) -> str | None:
+    """The first top-level train: a plain function with a parameter (given (first line, fact)
+    of each top-level train definition, in order)."""
+    for first, fact in trains:
+        assert fact is not None
+        kind, offset, has_args, _ = fact
+        if kind == "def":
+            if not has_args:
+                return f"{first + offset}: train() takes no argument; it must be train(ctx)"
             return None
-        if isinstance(stmt, ast.AsyncFunctionDef) and stmt.name == "train":
-            return f"{stmt.lineno}: train is async; the harness calls a plain train(ctx)"
+        return f"{first + offset}: train is async; the harness calls a plain train(ctx)"
     return "1: defines no top-level function train(ctx), which the harness calls"
 
 
-def _harness_violations(tree: ast.Module, harness: frozenset[str],
-                        source: str) -> Iterator[tuple[int, str]]:
-    """Every violation, statement by statement; a statement whose exact source was clean
-    under the same imports, `train` parameter and harness names is not walked again."""
-    parts = list(statements(tree, source))
-    aliases: dict[str, str] = {}
-    for stmt, key in parts:
-        bound = _ALIASES.get(None, key)
-        if bound is None:
-            bound = tuple(_import_aliases(stmt).items())
-            _ALIASES.put(None, key, bound)
-        aliases.update(bound)  # type: ignore[arg-type]
-    ctx_names = {"ctx"} | _train_param(tree)
-    context = (frozenset(aliases.items()), frozenset(ctx_names), harness)
-    for stmt, key in parts:
-        if _CLEAN.get(context, key):
-            continue
-        clean = True
-        for node in ast.walk(stmt):
-            for violation in _node_violations(node, aliases, harness, ctx_names):
-                clean = False
-                yield violation
-        if clean:
-            _CLEAN.put(context, key, True)
+def _statement_violations(stmt: ast.stmt, aliases: Mapping[str, str], harness: Collection[str],
+                          ctx_names: set[str]) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(stmt):
+        yield from _node_violations(node, aliases, harness, ctx_names)
 
 
 def _node_violations(node: ast.AST, aliases: Mapping[str, str], harness: Collection[str],
@@ -336,11 +380,3 @@ def _patches_module(path: str, aliases: Mapping[str, str], name: str | None = No
     name = name or path.split(".")[0]
     imported = name in aliases or any(v.split(".")[0] == name for v in aliases.values())
     return imported and not PATCHABLE.match(path + ".")
-
-
-def _train_param(tree: ast.Module) -> set[str]:
-    for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef) and stmt.name == "train":
-            args = stmt.args.posonlyargs + stmt.args.args
-            return {args[0].arg} if args else set()
-    return set()

@@ -181,7 +181,7 @@ class LLMMutator:
                     problems.append("the edits leave the file exactly as it was: change something")
                 else:
                     problems.extend(_with_context(p, files) for p in syntax_problems(
-                        {n: s for n, s in files.items() if s != original[n]}))
+                        {n: s for n, s in files.items() if s != original[n]}, original))
             if not problems:
                 description = description or describe_change(original, files)
                 return self._proposal(conversation, mutator, files, description, rationale,
