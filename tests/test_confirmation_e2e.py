@@ -204,3 +204,22 @@ def test_extra_runs_left_open_by_a_stopped_controller_are_closed_as_lost(tmp_pat
                  test=config.test, size=4)
         assert [r.outcome for r in store.extra_runs("root")] == ["lost", "lost"]
         assert "redone" in store.extra_run(queued.id).reason
+
+
+def test_the_roots_noise_seeds_run_beside_it_and_its_children_wait_for_its_record(tmp_path):
+    config = make_config(make_template(tmp_path), budget={"max_experiments": 4},
+                         workers={"count": 4}, confirm={"seeds": 0})
+    with Store.open(tmp_path / "store.sqlite") as store:
+        controller = Controller(config, store, LocalExecutor(4),
+                                {"heuristic": SaltMutator(list(range(1, 9)), {})}, Recorder(),
+                                work_root=tmp_path / "work", tick_s=0.2)
+        assert "max_experiments" in asyncio.run(controller.run())
+        root_run = store.attempts("root")[0]
+        noise_runs = store.extra_runs("root", purpose="noise")
+        assert [r.outcome for r in noise_runs] == ["done", "done"]
+        assert all(r.started_at < root_run.ended_at for r in noise_runs)  # beside, not after
+        root = store.get("root")
+        assert len(root.metrics["noise"]["runs"]) == 3 and store.get_meta(NOISE_META)
+        # every child is recorded after the root (judged against it), never before
+        children = [c for c in store.finished_in_order() if c.id != "root"]
+        assert children and all(c.finished_at >= root.finished_at for c in children)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evolve.guard import parsed, preflight
+from evolve.guard import harness_rules, parsed
 from evolve.guard.preflight import check_harness
 from evolve.guard.preflight import preflight as run_preflight
 from evolve.mutate.edit_format import syntax_problems
@@ -21,8 +21,8 @@ TRAIN = "def train(ctx):\n    return None\n"
 
 def forget() -> None:
     """Both memos empty: the verdict of a first sight."""
-    preflight._CLEAN = parsed.StatementMemo()
-    preflight._FACTS = parsed.StatementMemo()
+    harness_rules._CLEAN = parsed.StatementMemo()
+    harness_rules._FACTS = parsed.StatementMemo()
 
 
 def test_a_child_is_parsed_where_it_changed_and_outlined_as_a_whole():

@@ -175,6 +175,16 @@ class GiveUp:
 
 
 @dataclass(frozen=True)
+class Cancel:
+    """Stop a run in flight (its worker is free again): the baseline failed, so nothing
+    measured against it can count. Not the candidate's fault: no crash, no lost attempt."""
+
+    candidate_id: str
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Migrate:
     finished: int
 
@@ -199,7 +209,7 @@ class RefuseWorker:
     message: str
 
 
-Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop | Finalize | RefuseWorker
+Decision = Propose | Run | Requeue | GiveUp | Cancel | Migrate | Stop | Finalize | RefuseWorker
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -487,10 +497,25 @@ class Scheduler:
         if event.candidate_id == self._root_id:
             self._root_done = True
             if event.outcome != Outcome.DONE:
-                self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
-                            "see its log — nothing can be compared against it")
+                self._root_failed(f"the baseline (root {self._root_id}) did not finish: "
+                                  f"{event.outcome}; see its log — nothing can be compared "
+                                  "against it", out)
         if event.outcome == Outcome.DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
+
+    def _root_failed(self, reason: str, out: list[Decision]) -> None:
+        """Children of the root ran beside it; with no baseline they measure nothing: every run
+        in flight is cancelled at once (its worker freed) and the run stops with the reason."""
+        self._close(reason)
+        for candidate, (worker, island) in list(self._running.items()):
+            del self._running[candidate]
+            self._island_load[island] -= 1
+            self._extra.discard(candidate)
+            if worker in self._workers:
+                self._workers[worker] = None
+                self._free[worker] = None
+            out.append(Cancel(candidate, worker, f"cancelled: {reason}"))
+        self._ready.clear()
 
     def _note_best(self, val_bpb: float) -> None:
         if self._best is None or val_bpb < self._best:
@@ -513,7 +538,8 @@ class Scheduler:
             self._count_finished(out)
             if candidate == self._root_id:
                 self._root_done = True
-                self._close("the baseline (root) was lost on every attempt; check the workers")
+                self._root_failed("the baseline (root) was lost on every attempt; check the "
+                                  "workers", out)
             return
         self._ready.appendleft((candidate, island))
         out.append(Requeue(candidate, lost))
@@ -544,13 +570,15 @@ class Scheduler:
         """Extra runs go to the front of the queue, in the order given, each on the island of
         the candidate it re-scores: with device groups a re-run or test run must use the
         device type its candidate was scored on, or it compares unlike hardware."""
+        # the root's own first run goes before its noise seeds (queued with it at the start)
+        at = 1 if self._ready and self._ready[0][0] == self._root_id else 0
         for job in reversed(job_ids):
             island = islands.get(job)
             if island is None:
                 island = self._islands.get(job_candidate(job), 0)
             island %= len(self._island_load)
             self._extra.add(job)
-            self._ready.appendleft((job, island))
+            self._ready.insert(at, (job, island))
             self._island_load[island] += 1
 
     def _close(self, reason: str) -> None:
@@ -574,7 +602,9 @@ class Scheduler:
             self._close(budget.experiments_reason(cap))
         if self._closing is None:
             self._start_runs(out)
-            if self._no_proposals is None and self._root_done:
+            # Children of the root are proposed and run while it runs: their parent's source
+            # is known, only its score is not (what needs the score waits in the shell).
+            if self._no_proposals is None:
                 self._start_proposals(out)
         else:
             self._start_runs(out, extras_only=True)
@@ -643,7 +673,9 @@ class Scheduler:
 
     def _start_proposals(self, out: list[Decision]) -> None:
         cap = self.settings.max_concurrent_proposals
-        while self._triggered and len(self._proposing) < cap and self._token_room():
+        # a triggered proposal names its parent, which a result decided: after the root's
+        while (self._root_done and self._triggered and len(self._proposing) < cap
+               and self._token_room()):
             request = self._triggered.popleft()  # caused by an event: ahead of drawn ones
             island = request.island
             if island is None:
@@ -660,7 +692,9 @@ class Scheduler:
             ticket = self._next_ticket
             rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
             operator = self._pick_operator(rng)
-            parent = self._parents.choose_parent(island, rng)
+            # until the root's result is in, the root is the only parent there is
+            parent = (self._parents.choose_parent(island, rng) if self._root_done
+                      else self._root_id)
             self._open_ticket(island)
             out.append(Propose(ticket, parent, island, operator, self._seed_of(ticket)))
 

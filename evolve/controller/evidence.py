@@ -34,6 +34,7 @@ from population.survival import is_ranked
 
 NOISE_META = "noise_floor"  # JSON: {"sigma", "mean", "seeds", "runs"}
 WAITING_FOR_NOISE = "waiting for the noise floor"
+WAITING_FOR_ROOT = "waiting for the baseline"  # a child of the root finished before the root
 RESUME_LOST = "the controller stopped before this extra run finished; its decision is redone"
 
 
@@ -79,6 +80,7 @@ class Evidence:
         self.test_every_new_best = bool(test.every_new_best)
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
+        self._root_final = False
         self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds
         if not store.readonly:
             # a controller that stopped left these; the held results they fed run again
@@ -97,6 +99,15 @@ class Evidence:
 
     def pending(self) -> int:
         return len(self.held)
+
+    def root_recorded(self) -> bool:
+        """Whether the baseline's result stands: survival and confirmation compare with it."""
+        if not self._root_final:
+            try:
+                self._root_final = self.store.get(self.root_id).status.is_final
+            except KeyError:
+                return False
+        return self._root_final
 
     def runs_by_seed(self, candidate: Candidate) -> dict[int, float]:
         """Full-budget val_bpb of a candidate per seed: its first run and its extra runs. An
@@ -128,6 +139,10 @@ class Evidence:
             held.trigger = "noise"
             seeds = paired_seeds(self.run_seed, self.noise_seeds)[1:]
             return self._plan(held, [(candidate_id, s, "noise") for s in seeds], now)
+        if not self.root_recorded():  # children run beside the root; their verdicts wait
+            held.trigger = WAITING_FOR_ROOT
+            self.held[candidate_id] = held
+            return []
         if self.confirm_seeds <= 0:
             return None
         if self.noise_seeds > 1 and self.sigma() is None:
@@ -166,14 +181,30 @@ class Evidence:
         bests = [b for i in group if (b := self.store.best(i)) is not None and b.val_bpb is not None]
         return min(bests, key=lambda b: (b.val_bpb, b.finished_at or 0.0)) if bests else None
 
+    def early_noise(self, now: float) -> list[str]:
+        """The root's noise seeds, queued with the root itself so they run beside it."""
+        if self.noise_seeds <= 1 or self.root_recorded():
+            return []
+        jobs = []
+        for seed in paired_seeds(self.run_seed, self.noise_seeds)[1:]:
+            if not any(r.seed == seed and r.outcome in (Outcome.QUEUED, Outcome.RUNNING)
+                       for r in self.store.extra_runs(self.root_id, purpose=Purpose.NOISE)):
+                jobs.append(self.store.add_extra_run(self.root_id, purpose=Purpose.NOISE,
+                                                     seed=seed, now=now).job_id)
+        return jobs
+
     def _plan(self, held: Held, wanted: list[tuple[str, int, str]], now: float) -> list[str]:
-        """Queue the wanted runs, reusing any already queued or running for another decision."""
+        """Queue the wanted runs, reusing any already queued or running for another decision
+        (and the root's noise runs that ran beside it and are already in)."""
         self.held[held.candidate_id] = held
         jobs: list[str] = []
         for cid, seed, purpose in wanted:
-            open_runs = [r for r in self.store.extra_runs(cid)
-                         if r.seed == seed and r.outcome in (Outcome.QUEUED, Outcome.RUNNING)
-                         and r.purpose in (Purpose.NOISE, Purpose.CONFIRM)]
+            runs = [r for r in self.store.extra_runs(cid)
+                    if r.seed == seed and r.purpose in (Purpose.NOISE, Purpose.CONFIRM)]
+            if purpose == Purpose.NOISE and any(
+                    r.outcome not in (Outcome.QUEUED, Outcome.RUNNING, Outcome.LOST) for r in runs):
+                continue  # the root's noise run that ran beside it is already in
+            open_runs = [r for r in runs if r.outcome in (Outcome.QUEUED, Outcome.RUNNING)]
             if open_runs:
                 run = open_runs[0]
             else:
@@ -203,14 +234,24 @@ class Evidence:
                 records.append(self._confirmed(held))
         return records, jobs
 
+    def complete(self) -> list[Record]:
+        """Held results whose extra runs were all in before they were held (the root's noise
+        runs ran beside it): their records, now."""
+        done = [h for h in self.held.values() if h.trigger == "noise" and not h.jobs]
+        return [self._noise_done(h) for h in done]
+
     def after_recorded(self, now: float) -> tuple[list[Record], list[str]]:
-        """Once the root is recorded with its noise floor: screen the results that waited for
-        it, against the population as it now stands."""
+        """Once the root is recorded (with its noise floor, if measured): decide the results
+        that waited for it, against the population as it now stands."""
         records: list[Record] = []
         jobs: list[str] = []
-        if self.sigma() is None:
+        if not self.root_recorded():
             return records, jobs
-        for waiting in [h for h in self.held.values() if h.trigger == WAITING_FOR_NOISE]:
+        waiting_triggers = (WAITING_FOR_NOISE, WAITING_FOR_ROOT)
+        for waiting in [h for h in self.held.values() if h.trigger in waiting_triggers]:
+            if self.confirm_seeds <= 0 or (self.noise_seeds > 1 and self.sigma() is None):
+                records.append(self._release(waiting))
+                continue
             more = self._screen(waiting, now)
             if more is None:
                 records.append(self._release(waiting))

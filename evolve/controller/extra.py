@@ -66,7 +66,20 @@ class ExtraRuns:
         staged = self.stages.after_first_run(result, seed, now)
         if staged is not None:  # multi-fidelity: a short first stage
             return self._staged(result.candidate_id, staged, result.reason, result.log_tail, now)
-        return self.evidence.hold(result, now)
+        held = self.evidence.hold(result, now)
+        if held is not None and not held:  # evidence already in (noise runs beside the root)
+            return self._record_all(self.evidence.complete(), [], now)
+        return held
+
+    def early_jobs(self, now: float) -> list[str]:
+        """Extra runs that start with the root: its noise seeds."""
+        return self.evidence.early_noise(now)
+
+    def release(self, now: float) -> list[str]:
+        """The root is recorded: results that waited for it are decided now; returns the extra
+        runs that calls for."""
+        records, jobs = self.evidence.after_recorded(now)
+        return self._record_all(records, jobs, now)
 
     def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
         """The test-split runs of a candidate just recorded as the best."""
@@ -120,6 +133,11 @@ class ExtraRuns:
             staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
             return self._staged(row.candidate_id, staged, row.reason, "", now)
         records, jobs = self.evidence.on_extra_done(key, now)
+        return self._record_all(records, jobs, now)
+
+    def _record_all(self, records: list, jobs: list[str], now: float) -> list[str]:
+        """Record each, then what waited on them; returns every extra run they call for."""
+        jobs = list(jobs)
         while records:
             for record in records:
                 jobs += self._record(record, now)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evolve.controller.core import (
+    Cancel,
     Event,
     ExtraRunsQueued,
     Finalize,
@@ -164,6 +165,7 @@ class Controller:
                                    post=self._queue.put_nowait, clock=clock)
         self._crashes = 0
         self._rejected = 0
+        self._cancelled = False                # runs were cancelled: the executor must kill them
         self._notices: list[str] = []          # what the operator must hear about, once each
         self._unisolated: set[str] = set()     # nodes already warned about
 
@@ -190,6 +192,11 @@ class Controller:
         if abandon is not None:
             watchers.append(asyncio.create_task(self._on_set(abandon, Signal.ABANDON)))
         reason, stopped = "stopped", False
+        early = self.extra.early_jobs(self.clock())  # the root's noise seeds run beside it
+        if early:
+            self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(early),
+                                                   islands=self._islands_of(early),
+                                                   now=self.clock()))
         try:
             await self.executor.start(self._queue.put_nowait)
             reason = await self._loop()
@@ -200,7 +207,7 @@ class Controller:
             for task in watchers + list(self.proposals.tasks):
                 with contextlib.suppress(BaseException):
                     await task
-            in_flight = bool(self._running)
+            in_flight = bool(self._running) or self._cancelled
             if stopped:  # not after an error: that stays as it was for resume to sort out
                 self._leave_for_resume(reason.startswith(ABANDONED_STOP), self.clock())
             await self.executor.close(abandon=in_flight)
@@ -370,6 +377,7 @@ class Controller:
         self.recorder.on_candidate(candidate)
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
+        jobs: list[str] = []
         if candidate.id == ROOT_ID and status is Status.DONE \
                 and not self.config.workers.device_groups:
             # each island of a device group starts from its first child instead, scored on
@@ -378,8 +386,10 @@ class Controller:
         if status is Status.DONE:
             self._copies(self.population.reseed(self._groups(), now))
             if self._best is candidate:  # a new best
-                return self.extra.on_new_best(candidate, now)
-        return []
+                jobs += self.extra.on_new_best(candidate, now)
+        if candidate.id == ROOT_ID and status is Status.DONE:
+            jobs += self.extra.release(now)  # its children's results that waited for it
+        return jobs
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
@@ -420,6 +430,8 @@ class Controller:
                 self._run(decision)
             case Requeue():
                 pass  # the lost attempt is already closed in the store; the core re-runs it
+            case Cancel():
+                self._cancel(decision)
             case RefuseWorker():  # another device type: kept for `evolve status` and the log
                 self._notice("refused_workers", decision.message)
             case GiveUp() if self.extra.owns(decision.candidate_id):
@@ -476,6 +488,21 @@ class Controller:
             request = dataclasses.replace(
                 request, budget_fraction=self.extra.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
+
+    def _cancel(self, decision: Cancel) -> None:
+        """The baseline failed: a run beside it ends `abandoned` (not the candidate's fault, and
+        resume would run it again); the executor kills it when the run closes, right after."""
+        run = self._running.pop(decision.worker_id, None)
+        if run is None:
+            return
+        self._cancelled = True
+        now = self.clock()
+        if self.extra.owns(run.candidate_id):
+            self.extra.lost(run.attempt_id, decision.reason, now)
+        else:
+            self.store.finish_attempt(run.attempt_id, outcome=Outcome.ABANDONED,
+                                      reason=decision.reason, now=now)
+            self._add_worker_seconds(now - run.started, wasted=False)
 
     def _islands_of(self, jobs: list[str] | tuple[str, ...]) -> dict[str, int]:
         """Extra job -> the island of the candidate it re-scores: it runs on that island's
