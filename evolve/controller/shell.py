@@ -562,6 +562,7 @@ class Controller:
         the store per event; a finished child (one read: its parent) teaches the core's
         operator statistics before the event that frees its worker is handled."""
         self.memory.note(c)
+        self.proposals.notebook.note(c)  # its lineage steps, kept as they finish
         if self._core is not None and (verdict := judge(self.store, c)) is not None:
             self._core.learn(*verdict, candidate_id=c.id)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
