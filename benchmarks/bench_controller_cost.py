@@ -207,11 +207,32 @@ def measure(size: int, experiments: int, workers: int, islands: int,
                 profiler.dump_stats(profile)
             assert reason.startswith("max_experiments"), reason
             finished = store.count(engine["Status"].DONE) + store.count(engine["Status"].REJECTED)
+            notebook_ms = notebook_rebuild_ms(store)
     stamps = recorder.stamps
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     return {"cpu_ms": 1000 * steady, "all_cpu_ms": 1000 * cpu / experiments,
+            "notebook_ms": notebook_ms,
             "startup_cpu_ms": 1000 * (stamps[0] - started), "wall_ms": 1000 * wall / experiments,
             "finished": finished}
+
+
+def notebook_rebuild_ms(store: Any) -> float:
+    """CPU of one lab-notebook rebuild after a new result, as the controller's notebook does
+    it (with the lineage steps it keeps, where the checkout has them), median of 5."""
+    import inspect
+
+    from evolve.mutate import notebook
+
+    options: dict[str, Any] = {}
+    if "steps" in inspect.signature(notebook.build_notebook).parameters:
+        options["steps"] = notebook.Steps(store)
+        notebook.build_notebook(store, **options)  # the first build reads the lineages once
+    times = []
+    for _ in range(5):
+        started = time.process_time()
+        notebook.build_notebook(store, **options)
+        times.append(time.process_time() - started)
+    return 1000 * statistics.median(times)
 
 
 # ---------------------------------------------------------------------- driver (parent process)
@@ -257,10 +278,12 @@ def main() -> None:
                       f"{figures['cpu_ms']:.1f} ms CPU/experiment in the steady state, "
                       f"{figures['all_cpu_ms']:.1f} with start-up "
                       f"({figures['startup_cpu_ms']:.0f} ms before the first result); "
-                      f"wall {figures['wall_ms']:.1f} ms/experiment", flush=True)
+                      f"wall {figures['wall_ms']:.1f} ms/experiment; one notebook rebuild "
+                      f"{figures['notebook_ms']:.1f} ms", flush=True)
     print(f"\nmedians of {args.repeats} interleaved runs, {args.experiments} experiments each, "
           "25 KB sources, an llm prompt per proposal; ms of controller CPU per experiment, "
-          "steady state (first to last result) / all (start-up included):")
+          "steady state (first to last result) / all (start-up included) / one lab-notebook "
+          "rebuild:")
     print("| stored | " + " | ".join(c.name for c in checkouts) + " |")
     print("|---|" + "---|" * len(checkouts))
     for size in args.sizes:
@@ -268,7 +291,8 @@ def main() -> None:
         for c in checkouts:
             steady = statistics.median(r["cpu_ms"] for r in runs[(c, size)])
             every = statistics.median(r["all_cpu_ms"] for r in runs[(c, size)])
-            cells.append(f"{steady:.1f} / {every:.1f}")
+            book = statistics.median(r["notebook_ms"] for r in runs[(c, size)])
+            cells.append(f"{steady:.1f} / {every:.1f} / {book:.1f}")
         print(f"| {size:,} | " + " | ".join(cells) + " |")
 
 
