@@ -24,9 +24,10 @@ from population.outcomes import FINISHED, Outcome
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
-# Outcomes of one attempt, as the workers report them.
+# Outcomes of one attempt, as the workers report them (module constants: the hot path).
 FINISHED_OUTCOMES = FINISHED
 LOST = Outcome.LOST
+DONE = Outcome.DONE
 TOKEN_WINDOW_S = 60.0
 
 
@@ -496,11 +497,11 @@ class Scheduler:
             self._triggered.extend(rule.on_result(event))
         if event.candidate_id == self._root_id:
             self._root_done = True
-            if event.outcome != Outcome.DONE:
+            if event.outcome != DONE:
                 self._root_failed(f"the baseline (root {self._root_id}) did not finish: "
                                   f"{event.outcome}; see its log — nothing can be compared "
                                   "against it", out)
-        if event.outcome == Outcome.DONE and event.val_bpb is not None:
+        if event.outcome == DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
 
     def _root_failed(self, reason: str, out: list[Decision]) -> None:

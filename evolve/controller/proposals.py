@@ -8,6 +8,7 @@ with its timeout and the static pre-flight checks; the outcome comes back throug
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -37,6 +38,9 @@ class ProposalDone:
     seed: int
     proposal: Proposal
     rejection: str  # from the static pre-flight checks, "" if they passed
+
+
+_PARSE_LOCK = threading.Lock()  # see Proposals._static_checks
 
 
 class Proposals:
@@ -115,15 +119,22 @@ class Proposals:
         rejection = ""
         if not proposal.error:
             # Parsing and walking 25 KB of source takes tens of ms: off the event loop.
-            rejection = await asyncio.to_thread(self._static_checks, parent.files, proposal.files)
+            try:
+                rejection = await asyncio.to_thread(self._static_checks, parent.files,
+                                                    proposal.files)
+            except Exception as exc:  # never lose the proposal (the core would wait for it)
+                rejection = f"pre-flight failed: {type(exc).__name__}: {exc}"
         self.post(ProposalDone(decision.ticket, parent, decision.island, decision.seed,
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
-        that when the child is added): the first verdict's message, or ""."""
-        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
-                           harness_modules=self._harness_modules).reason
+        that when the child is added): the first verdict's message, or "".
+        One thread at a time: CPython 3.11 before 3.11.8 corrupts `ast.parse` run in
+        concurrent threads ("AST constructor recursion depth mismatch")."""
+        with _PARSE_LOCK:
+            return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                               harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of

@@ -46,6 +46,15 @@ class Parsed:
 
 _outlines: OrderedDict[str, Outline] = OrderedDict()
 _lock = threading.Lock()
+# CPython 3.11 before 3.11.8 corrupts ast.parse run in concurrent threads ("AST constructor
+# recursion depth mismatch"); the mutator's check (event loop) and pre-flight (a thread) meet.
+_parsing = threading.Lock()
+
+
+def ast_parse(source: str, filename: str = "<unknown>") -> ast.Module:
+    """`ast.parse`, one thread at a time."""
+    with _parsing:
+        return ast.parse(source, filename=filename)
 
 
 def parse(source: str, filename: str = "<unknown>", parent: str | None = None) -> Parsed:
@@ -57,7 +66,7 @@ def parse(source: str, filename: str = "<unknown>", parent: str | None = None) -
         if found is not None:
             _remember(source, found.outline)
             return found
-    tree = ast.parse(source, filename=filename)
+    tree = ast_parse(source, filename)
     outline = outline_of(tree, source)
     _remember(source, outline)
     return Parsed(outline, tuple(tree.body), full=True)
@@ -99,7 +108,7 @@ def _outline_of(source: str, filename: str) -> Outline | None:
             _outlines.move_to_end(source)
             return found
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = ast_parse(source, filename)
     except (SyntaxError, ValueError):
         return None
     outline = outline_of(tree, source)
@@ -151,7 +160,7 @@ def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
         return None  # and the same at the tail's first line
     middle = "".join(new[start:stop])
     try:
-        tree = ast.parse(middle)
+        tree = ast_parse(middle)
     except (SyntaxError, ValueError):
         return None
     inner = outline_of(tree, middle, first_line=start + 1)

@@ -81,6 +81,14 @@ class CommandOperator(OperatorSection):
     kind: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
     timeout_s: Positive = 600.0
+    # environment variables the agent gets (e.g. ANTHROPIC_API_KEY); it gets no other secret
+    secrets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    readonly: list[str] = []  # extra paths the agent's program needs, visible read-only
+    sandbox: Literal["require", "warn"] = "warn"  # no jail on this machine: refuse, or warn
+
+    def secret_names(self) -> Sequence[str]:
+        """The secrets the agent is given: the driver takes them out of its environment too."""
+        return list(self.secrets)
 
 
 def build_llm(op: LLMOperator, context: BuildContext) -> LLMMutator:
@@ -106,7 +114,8 @@ def build_heuristic(op: HeuristicOperator, context: BuildContext) -> Mutator:
 def build_command(op: CommandOperator, context: BuildContext) -> Mutator:
     from evolve.mutate.command import CommandMutator
 
-    return CommandMutator(list(op.argv), template_dir=context.template_dir, timeout_s=op.timeout_s)
+    return CommandMutator(list(op.argv), template_dir=context.template_dir, timeout_s=op.timeout_s,
+                          secrets=op.secrets, readonly=op.readonly, sandbox=op.sandbox)
 
 
 def build_crossover(op: CrossoverOperator, context: BuildContext) -> Mutator:
