@@ -137,24 +137,39 @@ def make_executor(engine: dict[str, Any], count: int) -> Any:
 
 
 def make_llm(engine: dict[str, Any]) -> Any:
-    """The real LLMMutator; its HTTP client answers in-process with the stand-in's edit."""
+    """The real LLMMutator; its HTTP client answers in-process with the stand-in's edit (as a
+    JSON message, or as the event stream when the mutator streams)."""
+    import inspect
+
     import anthropic
     import httpx2
 
     sys.path.insert(0, str(HERE))
-    from messages_standin import _message, _parent_text, edit_answer
+    from messages_standin import _events, _message, _parent_text, edit_answer
+
+    from evolve.mutate.cost import PriceTable
 
     serial = iter(range(10**9))
 
     def answer(request: Any) -> Any:
         body = json.loads(request.content)
         n = next(serial)
-        return httpx2.Response(200, json=_message(body, n, edit_answer(_parent_text(body), n)))
+        message = _message(body, n, edit_answer(_parent_text(body), n))
+        if not body.get("stream"):
+            return httpx2.Response(200, json=message)
+        payload = b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                           for name, data in _events(message))
+        return httpx2.Response(200, content=payload,
+                               headers={"content-type": "text/event-stream"})
 
     client = anthropic.AsyncAnthropic(
         api_key="bench", base_url="http://standin.invalid", max_retries=0,
         http_client=anthropic.DefaultAsyncHttpxClient(transport=httpx2.MockTransport(answer)))
-    return engine["LLMMutator"](model="stand-in", client=client, max_tokens=2000)
+    options: dict[str, Any] = {"model": "stand-in", "client": client, "max_tokens": 2000}
+    if hasattr(PriceTable, "from_config"):  # a free local model has a price of 0
+        options["prices"] = PriceTable.from_config({"stand-in": {"input": 0.0, "output": 0.0}})
+    known = inspect.signature(engine["LLMMutator"]).parameters
+    return engine["LLMMutator"](**{k: v for k, v in options.items() if k in known})
 
 
 class Clocked:
@@ -179,7 +194,9 @@ def measure(size: int, experiments: int, workers: int, islands: int,
             "name": "bench", "template": str(TEMPLATE), "profile": "cpu-micro",
             "population": {"size": 8, "islands": islands, "migration_interval": 10},
             "mutation": {"operators": [{"kind": "llm", "model": "stand-in",
-                                        "base_url": "http://standin.invalid"}]},
+                                        "base_url": "http://standin.invalid",
+                                        "input_usd_per_mtok": 0.0,
+                                        "output_usd_per_mtok": 0.0}]},
             "workers": {"count": workers}, "budget": {"max_experiments": size + experiments},
             "test": {"final": False}})
         with engine["Store"].open(Path(tmp) / "store.sqlite") as store:

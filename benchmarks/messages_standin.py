@@ -30,9 +30,10 @@ def edit_answer(parent_text: str, serial: int) -> str:
     if match is None:
         return "DESCRIPTION: nothing to change\nRATIONALE: no editable constant found.\n"
     old = match.group(0)
-    value = float(match.group(1)) * (1.0 + 0.001 * (serial + 1))
-    new = f"{name} = {value:.9g}{match.group(2)}"
-    return (f"DESCRIPTION: scale {name} to {value:.6g}\n"
+    factor = 1.0 + 0.001 * (serial + 1)
+    new = f"{name} = {float(match.group(1)) * factor:.9g}{match.group(2)}"
+    # a description of its own, as a model's ideas differ (a novelty filter compares them)
+    return (f"DESCRIPTION: idea {serial}: {name.lower()} x{factor:.4f}\n"
             f"RATIONALE: stand-in answer {serial}.\n\n"
             f"train.py\n<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n")
 
