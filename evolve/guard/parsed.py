@@ -15,6 +15,8 @@ takes the full parse, which also gives the exact error.
 from __future__ import annotations
 
 import ast
+import bisect
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -127,38 +129,30 @@ def _remember(source: str, outline: Outline) -> None:
 def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
     """The child's statements from the parent's outline and a parse of the changed middle;
     None when that does not settle it (the caller parses the whole source)."""
-    if not base.keys or "\r" in source or "\r" in parent:
+    if (not base.keys or "\r" in source or "\r" in parent or not source.endswith("\n")
+            or not parent.endswith("\n")):
         return None
-    old, new = lines_of(parent), lines_of(source)
-    if not new or not old or not new[-1].endswith("\n") or not old[-1].endswith("\n"):
-        return None
-    head = 0
-    while head < min(len(old), len(new)) and old[head] == new[head]:
-        head += 1
-    tail = 0
-    while (tail < min(len(old), len(new)) - head
-           and old[len(old) - 1 - tail] == new[len(new) - 1 - tail]):
-        tail += 1
+    n_old = parent.count("\n")
+    shift = source.count("\n") - n_old
+    head, tail = _same_lines(parent, source)
     # parent statements wholly inside the unchanged head / tail lines stay; the rest is middle
-    keep_head = [i for i, (_, last) in enumerate(base.spans) if last <= head]
-    keep_tail = [i for i, (first, _) in enumerate(base.spans) if first > len(old) - tail]
-    n_head = len(keep_head)
-    n_tail = len(keep_tail)
-    if keep_head != list(range(n_head)) or keep_tail != list(range(len(base.spans) - n_tail,
-                                                                    len(base.spans))):
-        return None
+    n_head = bisect.bisect_right([last for _, last in base.spans], head)
+    n_tail = len(base.spans) - bisect.bisect_right([first for first, _ in base.spans],
+                                                   n_old - tail)
+    n_tail = min(n_tail, len(base.spans) - n_head)
     start = base.spans[n_head - 1][1] if n_head else 0           # lines before the middle
-    stop_old = base.spans[len(base.spans) - n_tail][0] - 1 if n_tail else len(old)
-    shift = len(new) - len(old)
-    stop = stop_old + shift                                        # the middle ends here (new)
-    if stop < start or "__future__" in "".join(new[start:stop]):
+    stop_old = base.spans[len(base.spans) - n_tail][0] - 1 if n_tail else n_old
+    if stop_old + shift < start:
         return None
     if n_head < len(base.spans) and n_head and base.spans[n_head][0] <= start:
         return None  # `a = 1; b = (...` : a statement starts on the head's last line
     if n_tail and len(base.spans) - n_tail > 0 and \
             base.spans[len(base.spans) - n_tail - 1][1] >= base.spans[len(base.spans) - n_tail][0]:
         return None  # and the same at the tail's first line
-    middle = "".join(new[start:stop])
+    starts = _line_starts(parent)  # the head's lines are the parent's, and so is the tail
+    middle = source[starts[start]:len(source) - (len(parent) - starts[stop_old])]
+    if "__future__" in middle:
+        return None
     try:
         tree = ast_parse(middle)
     except (SyntaxError, ValueError):
@@ -171,6 +165,48 @@ def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
                       base.keys[:n_head] + inner.keys + base.keys[len(base.keys) - n_tail:])
     nodes = (None,) * n_head + tuple(tree.body) + (None,) * n_tail
     return Parsed(outline, nodes, full=False)
+
+
+def _same_lines(old: str, new: str) -> tuple[int, int]:
+    """Whole lines the two sources share at the start and at the end (not overlapping),
+    found by comparing text, not line by line in Python."""
+    shortest = min(len(old), len(new))
+    lo, hi = 0, shortest  # the longest common prefix, by bisection (C-speed comparisons)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if old.startswith(new[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    prefix = lo
+    lo, hi = 0, shortest - prefix
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if old.endswith(new[len(new) - mid:]):
+            lo = mid
+        else:
+            hi = mid - 1
+    suffix = lo
+    head = old.count("\n", 0, prefix)
+    tail = old.count("\n", len(old) - suffix) if suffix else 0
+    if suffix and not (_line_start(old, len(old) - suffix) and _line_start(new, len(new) - suffix)):
+        tail -= 1  # the suffix begins inside a line: that line differs
+    return head, max(tail, 0)
+
+
+def _line_start(text: str, at: int) -> bool:
+    return at == 0 or text[at - 1] == "\n"
+
+
+@functools.lru_cache(maxsize=OUTLINES_KEPT)
+def _line_starts(source: str) -> tuple[int, ...]:
+    """Where each line begins (and, last, the end): kept for parents."""
+    starts = [0]
+    found = source.find("\n")
+    while found != -1:
+        starts.append(found + 1)
+        found = source.find("\n", found + 1)
+    return tuple(starts)
 
 
 class StatementMemo:
