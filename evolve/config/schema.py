@@ -144,6 +144,9 @@ class WorkersConfig(_Section):
     # isolate: no network where the OS allows (else the run log says so); require: never
     # start an experiment with network access; allow: the normal network (evolve/workers/network.py)
     network: Literal["isolate", "require", "allow"] = "isolate"
+    # warn: run where the harness's jail does not work, every such score marked unsandboxed
+    # (live, status, report, export); require: start nothing there (evolve/workers/jail_check.py)
+    sandbox: Literal["warn", "require"] = "warn"
     device_groups: bool = False  # one island group per device type instead of refusing to mix them
 
     @field_validator("count", mode="before")

@@ -145,6 +145,7 @@ class Controller:
         self._rejected = 0
         self._notices: list[str] = []          # what the operator must hear about, once each
         self._unisolated: set[str] = set()     # nodes already warned about
+        self._unsandboxed: set[str] = set()    # nodes already warned about (workers.sandbox)
 
     # ------------------------------------------------------------------- run
 
@@ -293,6 +294,20 @@ class Controller:
                                          f"({joined.isolation_problem}); its experiments can "
                                          "reach the network")
 
+    def _warn_sandbox(self, worker_id: str, result: RunResult) -> None:
+        """Once per node: its runs are not sandboxed, so their scores are marked so."""
+        if result.metrics.get("sandboxed") is not False:
+            return
+        joined = self._workers.get(worker_id)
+        node = joined.node if joined is not None else worker_id
+        if node in self._unsandboxed:
+            return
+        self._unsandboxed.add(node)
+        where = node[:12] + (f" ({joined.ip})" if joined is not None and joined.ip else "")
+        problem = str(result.metrics.get("sandbox_problem", ""))
+        self._notice("sandbox_warnings", f"sandbox: NOT working on node {where} ({problem}); "
+                                         "its scores are marked unsandboxed")
+
     def _notice(self, meta_key: str, message: str) -> None:
         """Keep a message for the live output and for `evolve status` (store meta, one a line)."""
         if message in self._notices:
@@ -307,6 +322,7 @@ class Controller:
         if run is None or run.candidate_id != result.candidate_id:
             return None  # a run already counted lost
         del self._running[worker_id]
+        self._warn_sandbox(worker_id, result)
         if self.extra.owns(result.candidate_id):
             return self._extra_finished(worker_id, run, result, now)
         outcome = result.outcome
@@ -443,7 +459,8 @@ class Controller:
             profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
             work_root=self.work_root, cache_dir=self.cache_dir,
             torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
-            network=cfg.workers.network, data_hash=self.data_hash, template_hash=self.template_hash,
+            network=cfg.workers.network, sandbox=cfg.workers.sandbox, data_hash=self.data_hash,
+            template_hash=self.template_hash,
         )
         if extra is not None:  # a re-run or test run: its own job name, seed and splits
             request = dataclasses.replace(
