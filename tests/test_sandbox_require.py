@@ -76,9 +76,10 @@ def test_require_refuses_a_template_without_a_jail(tmp_path):
     assert not experiment_dir(req).exists() and not marker.exists()
 
 
-def test_warn_runs_and_marks_the_score_with_the_nodes_reason(tmp_path, monkeypatch):
+@pytest.mark.parametrize("harness_says", [None, True])  # silent; or claims a jail the node lacks
+def test_warn_runs_and_marks_the_score_with_the_nodes_reason(tmp_path, monkeypatch, harness_says):
     no_bubblewrap(tmp_path, monkeypatch)
-    marker, req = started(tmp_path, "warn", jailed_template(tmp_path))
+    marker, req = started(tmp_path, "warn", jailed_template(tmp_path, harness_says))
     result = run_candidate(req)
     assert result.outcome == "done", result.reason
     assert result.metrics["sandboxed"] is False

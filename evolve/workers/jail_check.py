@@ -101,12 +101,15 @@ def log_line(mode: str, problem: str) -> str:
 
 
 def score_mark(result: Mapping[str, object], probe_problem: str) -> tuple[bool, str]:
-    """(sandboxed, why not) of a finished run: the harness's word when it gives one, else
-    unsandboxed for the reason the probe found (or the harness's silence)."""
+    """(sandboxed, why not) of a finished run: sandboxed only when the harness says so and the
+    worker's own probe of the same jail agrees; otherwise the harness's reason, the probe's,
+    or the harness's silence."""
     sandboxed = result.get("sandboxed")
-    if sandboxed is True:
+    if sandboxed is True and not probe_problem:
         return True, ""
     said = result.get("sandbox_problem")
+    if sandboxed is True:
+        return False, probe_problem
     if sandboxed is False:
         reason = said if isinstance(said, str) and said.strip() else probe_problem
         return False, " ".join((reason or "the harness ran it unsandboxed").split())[:300]
