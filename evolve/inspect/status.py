@@ -8,7 +8,7 @@ from rich.table import Table
 
 from evolve.config import Config, load_config
 from evolve.controller.wiring import operator_labels, operator_names
-from evolve.inspect.trust import mark, read_trust, sandbox_summary, unsandboxed_note
+from evolve.inspect.trust import Trust, mark, read_trust, sandbox_summary, unsandboxed_note
 from evolve.mutate.operators import mix_weights, tally
 from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
@@ -131,21 +131,27 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         if best is None:
             console.print("no finished experiment yet")
             return
-        title = f"best lineage → {best.id}  val_bpb {_bpb(best)}"
-        table = Table(title=escape(title), title_justify="left")
-        columns = ("id", "val_bpb", *(("test_bpb",) if show_test else ()), "Δ", "trust",
-                   "description")
-        for column in columns:
-            table.add_column(column)
-        parent: Candidate | None = None
-        for step in store.lineage(best.id):
-            test = trust.test_of(step)
-            shown = ("—" if test is None else f"{test:.6f}",) if show_test else ()
-            table.add_row(step.id, escape(_bpb(step)), *shown, _delta(step, parent), mark(step),
-                          escape(step.description[:80]) or "(seed)")
-            parent = step
-        console.print(table)
-        if best.unsandboxed:
-            console.print(escape(f"best score{unsandboxed_note(best)}"), highlight=False)
+        print_lineage(console, store, best, trust, show_test)
     finally:
         store.close()
+
+
+def print_lineage(console: Console, store: Store, best: Candidate, trust: Trust,
+                  show_test: bool) -> None:
+    """The best lineage as a table (its held-out test scores only when asked for)."""
+    title = f"best lineage → {best.id}  val_bpb {_bpb(best)}"
+    table = Table(title=escape(title), title_justify="left")
+    columns = ("id", "val_bpb", *(("test_bpb",) if show_test else ()), "Δ", "trust",
+               "description")
+    for column in columns:
+        table.add_column(column)
+    parent: Candidate | None = None
+    for step in store.lineage(best.id):
+        test = trust.test_of(step)
+        shown = ("—" if test is None else f"{test:.6f}",) if show_test else ()
+        table.add_row(step.id, escape(_bpb(step)), *shown, _delta(step, parent), mark(step),
+                      escape(step.description[:80]) or "(seed)")
+        parent = step
+    console.print(table)
+    if best.unsandboxed:
+        console.print(escape(f"best score{unsandboxed_note(best)}"), highlight=False)
