@@ -30,8 +30,8 @@ def jailed_template(tmp_path: Path, sandboxed: object = None) -> Path:
     as the fixture's SANDBOXED constant says (None: silent, a harness from before the jail)."""
     template = tmp_path / "template"
     shutil.copytree(TEMPLATE, template)
-    shutil.copy(REPO / "train_template" / "jail.py", template / "jail.py")
-    shutil.copy(REPO / "train_template" / "jail_limits.py", template / "jail_limits.py")
+    for jail in (REPO / "train_template").glob("jail*.py"):
+        shutil.copy(jail, template / jail.name)
     prepare = template / "prepare.py"
     prepare.write_text(prepare.read_text().replace("SANDBOXED = None", f"SANDBOXED = {sandboxed!r}"))
     return template

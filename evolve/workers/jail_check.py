@@ -31,7 +31,7 @@ NO_JAIL = "the template has no jail (jail.py): its harness runs candidates unsan
 NOT_REPORTED = ("the harness did not report a sandbox (its result has no 'sandboxed' field: a "
                 "harness from before the jail)")
 # Environment variables the jail's probe depends on (which bwrap it finds): part of the cache key.
-_PROBE_ENV = ("PATH", "EVOLVE_BWRAP_WHEEL")
+_PROBE_ENV = ("PATH", "EVOLVE_BWRAP", "EVOLVE_BWRAP_WHEEL")
 
 _PROBE = r"""
 import json, sys
