@@ -179,8 +179,11 @@ class ConfirmConfig(_Section):
 
 
 class TestSplitConfig(_Section):
-    final: bool = True            # score the final best lineage on the held-out test split
-    every_new_best: bool = False  # and each new best as it is crowned
+    # Accepted for older configs, now free: every run scores the held-out test split beside val
+    # (shown only by status --test, the report and the export). They only queue test runs for
+    # candidates of runs from before that (store schema 1), which have no test score of their own.
+    final: bool = True            # the final best lineage
+    every_new_best: bool = False  # each new best as it is crowned
 
 
 class StageConfig(_Section):

@@ -282,8 +282,10 @@ class Evidence:
     # --------------------------------------------------------------- test
 
     def test_jobs_for(self, candidate: Candidate, now: float) -> list[str]:
-        """A held-out test run of a candidate, unless it has one (or one is on its way)."""
-        if candidate.status is not Status.DONE:
+        """A held-out test run of a candidate, unless it has one (or one is on its way). A
+        candidate whose own run scored the test split (every run does since store schema 2)
+        is never trained again for it: only candidates of older runs still need one."""
+        if candidate.status is not Status.DONE or candidate.test_bpb is not None:
             return []
         if any(r.outcome in ("queued", "running", "done")
                for r in self.store.extra_runs(candidate.id, purpose="test")):
