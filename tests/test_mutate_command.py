@@ -327,7 +327,7 @@ def test_sandbox_require_refuses_where_there_is_no_jail(tmp_path):
 
 def test_the_operator_config_names_its_secrets_and_sandbox(template):
     from evolve.config import ConfigError, config_from_dict
-    from evolve.mutate.operators import build_mutators
+    from evolve.mutate.registry import build_mutators
 
     (template / "train_cpu.py").write_text(SOURCE)
     (template / "train.py").write_text(SOURCE)

@@ -150,7 +150,7 @@ def test_build_mutators_from_the_config(monkeypatch):
     from evolve.config import config_from_dict
     from evolve.controller.wiring import operator_names
     from evolve.mutate.crossover import CrossoverMutator
-    from evolve.mutate.operators import build_mutators
+    from evolve.mutate.registry import build_mutators
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key-for-build")
     template = Path(__file__).resolve().parent.parent / "train_template"

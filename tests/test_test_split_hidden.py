@@ -28,7 +28,7 @@ from evolve.controller.wiring import operator_names
 from evolve.inspect.export import export_run
 from evolve.inspect.status import render_status
 from evolve.mutate.notebook import build_notebook
-from evolve.mutate.operators import build_mutators
+from evolve.mutate.registry import build_mutators
 from evolve.run.live import LiveDisplay
 from evolve.run.rundir import RunDir
 from population.candidate import Status

@@ -8,6 +8,7 @@ from evolve.controller.core import History
 from evolve.controller.devices import first_types
 from evolve.mutate.operators import credit, tally
 from population.candidate import Candidate, Status
+from population.outcomes import Outcome
 from population.store import MIGRATION, Store
 from population.survival import lost_reason, lost_too_often
 
@@ -31,8 +32,8 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
     for candidate in unfinished:
         history = store.attempts(candidate.id)
         for attempt in history:
-            if attempt.outcome == "running":
-                store.finish_attempt(attempt.id, outcome="lost", reason=RESUME_LOST, now=now)
+            if attempt.outcome == Outcome.RUNNING:
+                store.finish_attempt(attempt.id, outcome=Outcome.LOST, reason=RESUME_LOST, now=now)
         lost = store.lost_count(candidate.id)
         if lost_too_often(lost, max_lost_attempts):
             store.record_result(candidate.id, status=Status.CRASHED, metrics={},

@@ -1,17 +1,18 @@
 """Between the config/store and the core: the operators' names, the core's settings, and the
-live parent choice (the config's selection strategy over the store)."""
+population port over the store (`population.port.StorePopulation`), each built once."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from evolve.config.schema import Config
 from evolve.controller.core import Settings
-from evolve.mutate.operators import label_of
-from population.selection import make_selector
+from evolve.mutate.registry import token_rate
+from population.port import StorePopulation
 from population.store import Store
-from population.survival import population_size
 
 
 def operator_names(config: Any) -> list[str]:
@@ -32,22 +33,20 @@ def operator_names(config: Any) -> list[str]:
 def operator_labels(config: Any) -> dict[str, str]:
     """Operator name -> the label its children are stored under (`label_of`): what its
     statistics are kept by. Operators of one kind (and model) share a label and its stats."""
-    return {name: label_of(op.kind, getattr(op, "model", ""))
+    return {name: op.label()
             for name, op in zip(operator_names(config), config.mutation.operators, strict=True)}
 
 
 def settings_from_config(config: Any) -> Settings:
     operators = [(name, op.weight) for name, op in zip(operator_names(config),
                                                        config.mutation.operators, strict=True)]
-    tpm = [op.tokens_per_minute for op in config.mutation.operators
-           if getattr(op, "tokens_per_minute", None)]
     budget = config.budget
     return Settings(
         lookahead=config.mutation.lookahead,
         max_concurrent_proposals=config.mutation.max_concurrent_proposals,
         max_experiments=budget.max_experiments, max_hours=budget.max_hours,
         target_val_bpb=budget.target_val_bpb, max_llm_usd=budget.max_llm_usd,
-        tokens_per_minute=min(tpm) if tpm else None,
+        tokens_per_minute=token_rate(config.mutation.operators),
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,
         operators=operators, operator_labels=operator_labels(config),
@@ -57,23 +56,30 @@ def settings_from_config(config: Any) -> Settings:
     )
 
 
-class StoreParents:
-    """The core's `ParentSource` over the store: the config's strategy on an island's survivors
-    (bounded queries: only the top `size` rows are read)."""
+@dataclass(frozen=True)
+class RunFacts:
+    """Run-wide facts, built once from the config and handed to the components that need
+    them (each component otherwise takes only its own config section)."""
 
-    def __init__(self, store: Store, config: Any, root_id: str = "root") -> None:
-        self.store = store
-        self.root_id = root_id
-        selection = config.selection
-        self.size = population_size(selection.strategy, config.population.size)
-        self.selector = make_selector(selection.strategy, tournament_size=selection.tournament_size,
-                                      power=selection.rank_power)
+    root_id: str
+    seed: int
+    size: int                        # survivors an island keeps (the strategy's quirk applied)
+    islands: int
+    template: Path
+    mutable_files: tuple[str, ...]
 
-    def choose_parent(self, island: int, rng: random.Random) -> str:
-        if self.selector.name == "random":  # random search: children of the root only
-            return self.root_id
-        survivors = self.store.survivors(island, self.size)
-        if not survivors:  # an island not seeded yet grows from the best there is
-            best = self.store.best()
-            return best.id if best is not None else self.root_id
-        return self.selector.select(survivors, rng).id
+
+def run_facts(config: Config, root_id: str = "root") -> RunFacts:
+    return RunFacts(root_id=root_id, seed=config.seed,
+                    size=config.selection.build().population_size(config.population.size),
+                    islands=config.population.islands, template=Path(config.template_dir),
+                    mutable_files=tuple(config.mutable_files))
+
+
+def store_population(store: Store, config: Any, root_id: str = "root") -> StorePopulation:
+    """The run's population port over the store, built once from the config: the strategy's
+    selector on each island's survivors (bounded queries: only the top `size` rows)."""
+    population = config.population
+    return StorePopulation(store, config.selection.build(), size=population.size,
+                           islands=population.islands, root_id=root_id,
+                           stagnation_reseed_after=population.stagnation_reseed_after)
