@@ -56,6 +56,8 @@ def test_status_report_and_export_show_noise_decisions_and_test(tmp_path):
         asyncio.run(controller.run(None, None))
         best = store.best()
         assert best is not None and best.metrics["confirm"]["accepted"] is True
+        # test.every_new_best is accepted and free: the test score came with each run
+        assert best.test_bpb is not None and not store.extra_runs(purpose="test")
 
     console = Console(record=True, width=200)
     render_status(run_dir, console, islands=1, population_size=4)

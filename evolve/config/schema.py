@@ -175,8 +175,7 @@ class ConfirmConfig(_Section):
 
 class TestSplitConfig(_Section):
     # Accepted for older configs, now free: every run scores the held-out test split beside val
-    # (shown only by status --test, the report and the export). They only queue test runs for
-    # candidates of runs from before that (store schema 1), which have no test score of their own.
+    # (shown only by status --test, the report and the export); nothing is trained again for it.
     final: bool = True            # the final best lineage
     every_new_best: bool = False  # each new best as it is crowned
 

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 from evolve.controller.core import (
     Event,
     ExtraRunsQueued,
-    Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
@@ -149,7 +148,7 @@ class Controller:
         self.size = self.facts.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
-                               test=config.test, fidelity=config.fidelity, record=self._record,
+                               fidelity=config.fidelity, record=self._record,
                                peers=self._peers)
         template = Path(config.template_dir)
         self.template = template
@@ -177,7 +176,7 @@ class Controller:
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = dataclasses.replace(settings_from_config(self.config), finalize=True,
+        settings = dataclasses.replace(settings_from_config(self.config),
                                        device_type=self.store.get_meta("device_type"))
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
@@ -369,14 +368,12 @@ class Controller:
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held),
                                  islands=self._islands_of(held), now=now)
-        then_run = self._record(final, now)
+        self._record(final, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
-                             val_bpb=float(bpb) if status is Status.DONE else None,
-                             then_run=tuple(then_run), islands=self._islands_of(then_run),
-                             now=now)
+                             val_bpb=float(bpb) if status is Status.DONE else None, now=now)
 
-    def _record(self, result: Result, now: float) -> list[str]:
-        """Record a final result; returns the extra runs it calls for (test of a new best)."""
+    def _record(self, result: Result, now: float) -> None:
+        """Record a final result (the held-out test score came with it: no run is queued)."""
         status = result.status
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
@@ -393,14 +390,10 @@ class Controller:
             self._copies(self.population.seed(candidate, now))
         if status is Status.DONE:
             self._copies(self.population.reseed(self._groups(), now))
-            if self._best is candidate:  # a new best
-                return self.extra.on_new_best(candidate, now)
-        return []
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
-        """A re-run or test run ended: stored as its own row; a decision it completes is
-        recorded now."""
+        """A re-run ended: stored as its own row; a decision it completes is recorded now."""
         outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
@@ -453,11 +446,6 @@ class Controller:
                 self.recorder.on_result(candidate, False)
             case Migrate():
                 self._copies(self.population.migrate(self._groups(), self.clock()))
-            case Finalize():  # the last extra runs: the final best lineage on the test split
-                now = self.clock()
-                jobs = self.extra.final_jobs(now)
-                self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _run(self, decision: Run) -> None:
         now = self.clock()

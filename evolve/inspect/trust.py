@@ -55,7 +55,7 @@ class Trust:
                        f"confirmed, {len(self.decisions) - accepted} not credited"
                        + (f", {untrusted} untrusted (reseed themselves)" if untrusted else ""))
         if self.extra_runs:
-            out.append(f"extra runs (noise, confirmation, test): {self.extra_runs}")
+            out.append(f"extra runs (noise, confirmation, stages): {self.extra_runs}")
         return out
 
 
