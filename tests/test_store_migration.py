@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,6 +134,26 @@ def test_resuming_a_version_1_run_directory_continues_it(tmp_path):
     export_run(run_dir.path, tmp_path / "out", candidate="c00000", fmt="dir")
     note = (tmp_path / "out" / "RUN.md").read_text()
     assert f"val_bpb: 1.550000 (unsandboxed: {BEFORE_SANDBOX})" in note
+
+
+def test_the_command_line_reads_an_old_run_and_refuses_a_newer_one_in_one_line(tmp_path):
+    run_dir = old_run(tmp_path)
+    env = {**os.environ, "COLUMNS": "250"}
+    status = subprocess.run([sys.executable, "-m", "evolve.run.cli", "status", "--test",
+                             str(run_dir.path)], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "test_bpb" in status.stdout and "unsandboxed scores: 2 of 2" in status.stdout
+    with sqlite3.connect(run_dir.store_path) as conn:
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(LATEST + 1),))
+    for command in (["status"], ["resume"]):
+        done = subprocess.run([sys.executable, "-m", "evolve.run.cli", *command,
+                               str(run_dir.path)], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert f"has store schema version {LATEST + 1}, newer than this evolve understands " \
+               f"({LATEST})" in done.stderr
 
 
 def test_a_store_of_a_newer_schema_is_refused_naming_both_versions(tmp_path):

@@ -133,12 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evolve.inspect.export import ExportError
     from evolve.inspect.report import ReportError
     from evolve.run.rundir import RunDirError
+    from population.store import StoreError
 
     args = build_parser().parse_args(argv)
     console = Console()
     try:
         return args.handler(args, console)
-    except (ConfigError, RunDirError, ExportError, ReportError, DataMismatch) as exc:
+    except (ConfigError, RunDirError, ExportError, ReportError, DataMismatch, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
