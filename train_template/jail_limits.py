@@ -16,12 +16,14 @@ Defaults (`ResourceLimits()`): 85% of the node's memory divided by `experiments_
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,24 +109,82 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()  # the command name may hold spaces
 
 
-def _user_namespace(pid: int) -> str | None:
+NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: the fd of its parent (linux/nsfs.h)
+
+
+def _user_namespace(pid: int) -> int | None:
+    """The inode of `pid`'s user namespace."""
     try:
-        return os.readlink(f"/proc/{pid}/ns/user")
+        return os.stat(f"/proc/{pid}/ns/user").st_ino
     except OSError:
         return None
 
 
-def _memory_of(pid: int) -> int:
-    """Proportional resident memory of `pid` (PSS; its RSS where smaps_rollup is unreadable)."""
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+def _in_user_namespace(pid: int, namespace: int) -> bool:
+    """Whether `pid` lives in user namespace `namespace` or one nested inside it (bwrap's
+    --disable-userns itself puts the command one level further down)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        for _ in range(33):  # the kernel nests at most 32 deep
+            if os.fstat(fd).st_ino == namespace:
+                return True
+            try:
+                parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            except OSError:  # the initial namespace, or one above ours
+                return False
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
+
+
+def _resident(pid: int) -> int:
+    """Resident memory of `pid` from statm: cheap, but counts shared pages in every process."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _proportional(pid: int) -> int:
+    """Proportional resident memory of `pid` (PSS: a page shared by N processes counts 1/N);
+    walks its page tables, so only asked for when the cheap sum is over the limit."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as source:
+            for line in source:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return _resident(pid)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (/proc/<pid>/task/<tid>/children)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
         try:
-            with open(path) as source:
-                for line in source:
-                    if line.startswith(key):
-                        return int(line.split()[1]) * 1024
+            with open(f"/proc/{pid}/task/{tid}/children") as children:
+                found.extend(int(child) for child in children.read().split())
         except (OSError, ValueError):
             continue
-    return 0
+    return found
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
 
 
 def _tmpfs_bytes(pids: Sequence[int]) -> int:
@@ -176,37 +236,54 @@ class Watchdog:
         self.reason: str | None = None
         self.peak_memory_bytes = 0
         self.peak_tasks = 0
-        self._namespace: str | None = None
+        self._namespace: int | None = None
+        self._own_pid_namespace: bool | None = None
+        # Who the root is: a pid is reused once its process is reaped, and a namespace's inode
+        # once it is freed (so an fd pins the jail's namespace while we may scan for it).
+        self._root_start = (_stat_fields(root_pid) or [""] * 20)[19]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def members(self) -> list[int]:
         """The jail's processes: every descendant of the root, and every process in the jail's
         user namespace (one that left the tree by double-forking still lives there)."""
-        parents: dict[int, list[int]] = {}
-        namespaced: list[int] = []
+        found, frontier = [], [self.root_pid] if self._root_is_ours() else []
+        while frontier:
+            below = _children(frontier.pop())
+            found.extend(below)
+            frontier.extend(below)
+        if found and self._own_pid_namespace is None:
+            self._own_pid_namespace = _pid_namespace(found[0]) not in (
+                None, _pid_namespace(self.root_pid))
+        grouped = self.cgroup.members() if self.cgroup is not None else []
+        if not self._own_pid_namespace:  # orphans may have left the tree: scan every process
+            found += self._scan_namespace(found)
+        return sorted(set(found) | set(grouped))
+
+    def _scan_namespace(self, tree: list[int]) -> list[int]:
+        """Processes in the jail's user namespace (or nested in it), found by a scan of /proc:
+        the tree walk is complete only when the jail has a pid namespace, whose init adopts
+        its orphans. The jail's namespace is that of the root's first child, which bwrap
+        creates in it before anything of the command runs."""
+        if self._namespace is None and tree:
+            try:
+                pin = os.open(f"/proc/{tree[0]}/ns/user", os.O_RDONLY)
+            except OSError:
+                return []
+            inner = os.fstat(pin).st_ino
+            if inner == _user_namespace(os.getpid()):
+                os.close(pin)
+                return []
+            self._namespace = inner
+            weakref.finalize(self, os.close, pin)
+        if self._namespace is None:
+            return []
         try:
             entries = [int(name) for name in os.listdir("/proc") if name.isdigit()]
         except OSError:
             return []
-        for pid in entries:
-            fields = _stat_fields(pid)
-            if fields is None or fields[0] == "Z":
-                continue
-            parents.setdefault(int(fields[1]), []).append(pid)
-            if self._namespace is not None and _user_namespace(pid) == self._namespace:
-                namespaced.append(pid)
-        found, frontier = [], [self.root_pid]
-        while frontier:
-            below = parents.get(frontier.pop(), [])
-            found.extend(below)
-            frontier.extend(below)
-        if self._namespace is None and found:
-            outside = _user_namespace(os.getpid())
-            inner = [ns for ns in map(_user_namespace, found) if ns and ns != outside]
-            self._namespace = inner[0] if inner else None
-        grouped = self.cgroup.members() if self.cgroup is not None else []
-        return sorted(set(found) | set(namespaced) | set(grouped))
+        return [pid for pid in entries if _in_user_namespace(pid, self._namespace)
+                and not _is_zombie(pid)]
 
     def usage(self) -> Usage:
         pids = self.members()
@@ -214,8 +291,10 @@ class Watchdog:
         for pid in pids:
             fields = _stat_fields(pid)
             tasks += int(fields[17]) if fields and len(fields) > 17 else 1  # num_threads
-        memory = sum(_memory_of(pid) for pid in pids)
-        memory += _tmpfs_bytes(pids)
+        tmpfs = _tmpfs_bytes(pids)
+        memory = sum(_resident(pid) for pid in pids) + tmpfs
+        if memory > self.limits.max_rss_bytes:  # shared pages may be counted N times: look closer
+            memory = sum(_proportional(pid) for pid in pids) + tmpfs
         return Usage(tuple(pids), tasks, memory)
 
     def check(self) -> str | None:
@@ -242,9 +321,17 @@ class Watchdog:
         left; record `reason` before, so whoever sees the exit knows why."""
         if self.reason is None:
             self.reason = reason
+        self.reap()
+        if self.on_kill is not None:
+            self.on_kill(self.reason)
+
+    def reap(self) -> None:
+        """SIGKILL whatever is left of the jail, giving no reason: after a normal exit, for
+        daemons that a shared pid namespace let outlive the root."""
         deadline = time.monotonic() + 10.0
         while True:
-            for pid in [self.root_pid, *self.members()]:
+            root = [self.root_pid] if self._root_is_ours() else []
+            for pid in [*root, *self.members()]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -252,8 +339,11 @@ class Watchdog:
             if not self.members() or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        if self.on_kill is not None:
-            self.on_kill(self.reason)
+
+    def _root_is_ours(self) -> bool:
+        """The root is still the process we watch (not reaped, its pid not reused)."""
+        fields = _stat_fields(self.root_pid)
+        return fields is not None and len(fields) > 19 and fields[19] == self._root_start
 
     def run(self) -> None:
         """Check every `interval_s` until the jail's root has exited, or `stop`."""

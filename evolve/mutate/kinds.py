@@ -87,6 +87,7 @@ class CommandOperator(OperatorSection):
     sandbox: Literal["require", "warn"] = "warn"  # no jail on this machine: refuse, or warn
 
     def secret_names(self) -> Sequence[str]:
+        """The secrets the agent is given: the driver takes them out of its environment too."""
         return list(self.secrets)
 
 
