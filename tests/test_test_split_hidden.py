@@ -2,7 +2,7 @@
 not in the LLM's prompts, the lab notebook, the live display, or any candidate's metrics.
 
 A real run: the stand-in harness (its test score moved far from any val score, so a leak in any
-rounding shows), the real LLM operator talking to a local Messages-API server on a real socket,
+rounding shows), the real LLM operator streaming from the strict Messages-API stand-in on a real socket,
 the real store. `evolve status --test` and export are where it appears, for the final lineage.
 """
 
@@ -14,8 +14,7 @@ import json
 import re
 import shutil
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,53 +33,33 @@ from evolve.run.rundir import RunDir
 from population.candidate import Status
 from population.store import Store
 
+sys.path.insert(0, str(Path(__file__).parent))
+from messages_standin import StandinServer  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 # 7.00x: far from every val_bpb (1.x to 3.x), so any rounding of a test score is recognisable.
 TEST_SCORE = '    result["test_bpb"] = 7.0 + val_bpb / 1000\n'
 LEAK = re.compile(r"test_bpb|7\.00\d")
-MATRIX = re.compile(r"MATRIX_LR = ([0-9.]+)( +# Muon, matrices)")
 
 
-class LocalModel(BaseHTTPRequestHandler):
-    """Answers each request with an edit of the parent's MATRIX_LR (a new value each time)."""
-
-    bodies: list[str] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        raw = self.rfile.read(int(self.headers["content-length"])).decode()
-        LocalModel.bodies.append(raw)
-        body = json.loads(raw)
-        found = MATRIX.search(body["messages"][0]["content"][0]["text"])
-        old = f"MATRIX_LR = {found.group(1)}{found.group(2)}"
-        new = f"MATRIX_LR = {0.02 + 0.002 * len(LocalModel.bodies):.3f}{found.group(2)}"
-        answer = (f"DESCRIPTION: Muon LR to {new.split()[2]}\nRATIONALE: try another step size.\n\n"
-                  f"train.py\n<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n")
-        reply = json.dumps({
-            "id": f"msg_{len(LocalModel.bodies)}", "type": "message", "role": "assistant",
-            "model": body["model"], "stop_reason": "end_turn", "stop_sequence": None,
-            "content": [{"type": "text", "text": answer}],
-            "usage": {"input_tokens": 1000, "output_tokens": 100}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def edit_a_constant(body: dict) -> str:
+    """Each answer moves another constant of the parent (distinct ideas, so none is turned
+    away as a variant of one already tried)."""
+    name, factor = STEPS[len(ANSWERED) % len(STEPS)]
+    ANSWERED.append(name)
+    found = re.search(rf"^{name} = ([0-9.]+)(.*)$", body["messages"][0]["content"][0]["text"],
+                      re.MULTILINE)
+    old = f"{name} = {found.group(1)}{found.group(2)}"
+    value = float(found.group(1)) * factor
+    new = f"{name} = {int(value) if name in INTEGERS else round(value, 4)}{found.group(2)}"
+    return (f"DESCRIPTION: {name} times {factor}\nRATIONALE: closer to a better setting.\n\n"
+            f"train.py\n<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n")
 
 
-@pytest.fixture
-def local_model():
-    LocalModel.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LocalModel)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+STEPS = [("MATRIX_LR", 0.75), ("EMBED_LR", 0.8), ("WARMDOWN_FRAC", 0.8), ("BATCH_SIZE", 2),
+         ("UNEMBED_LR", 2), ("SCALAR_LR", 0.5), ("ADAM_BETA1", 1.1)]
+INTEGERS = {"BATCH_SIZE"}
+ANSWERED: list[str] = []
 
 
 class Display:
@@ -100,8 +79,8 @@ class Display:
 
 
 def test_the_test_score_is_stored_but_reaches_no_prompt_notebook_or_live_view(
-        tmp_path, local_model, monkeypatch):
-    monkeypatch.delenv("EVOLVE_TEST_NO_KEY", raising=False)
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOLVE_TEST_KEY", "sk-test-hidden")
     template = tmp_path / "template"
     shutil.copytree(REPO / "tests" / "fixtures" / "sleep_template", template)
     prepare = template / "prepare.py"
@@ -110,31 +89,36 @@ def test_the_test_score_is_stored_but_reaches_no_prompt_notebook_or_live_view(
     prepare.write_text(source.replace('    result["test_bpb"] = val_bpb + 0.01\n', TEST_SCORE))
     train = template / "train_cpu.py"
     train.write_text(train.read_text().replace("SLEEP_S = 0.5 ", "SLEEP_S = 0.02 "))
-    config = config_from_dict({
-        "name": "hidden", "template": str(template), "profile": "cpu-micro", "seed": 1,
-        "population": {"size": 2, "islands": 1}, "workers": {"count": 1},
-        "mutation": {"operators": [{"kind": "llm", "model": "claude-sonnet-5-5",
-                                    "base_url": local_model, "api_key_env": "EVOLVE_TEST_NO_KEY",
-                                    "max_tokens": 2000, "timeout_s": 60}], "lookahead": 0},
-        "budget": {"max_experiments": 5}})
-    run_dir = RunDir.create(tmp_path / "results", "hidden")
-    run_dir.config_path.write_text(config.to_yaml())
-    mutators = build_mutators(config.mutation.operators, operator_names(config),
-                              template_dir=config.template_dir, seed=config.seed)
-    display = Display()
-    with Store.open(run_dir.store_path) as store:
+    with StandinServer(edit_a_constant) as api:
+        config = config_from_dict({
+            "name": "hidden", "template": str(template), "profile": "cpu-micro", "seed": 1,
+            "population": {"size": 2, "islands": 1}, "workers": {"count": 1},
+            "mutation": {"operators": [{"kind": "llm", "model": "claude-sonnet-5-5",
+                                        "base_url": api.base_url, "api_key_env": "EVOLVE_TEST_KEY",
+                                        "max_tokens": 2000}], "lookahead": 0},
+            "budget": {"max_experiments": 5}})
+        run_dir = RunDir.create(tmp_path / "results", "hidden")
+        run_dir.config_path.write_text(config.to_yaml())
+        mutators = build_mutators(config.mutation.operators, operator_names(config),
+                                  template_dir=config.template_dir, seed=config.seed)
+        display = Display()
+        store = Store.open(run_dir.store_path)
         controller = Controller(config, store, LocalExecutor(1), mutators, display,
                                 work_root=run_dir.work_dir, tick_s=0.1)
         asyncio.run(controller.run(None, None))
+    bodies = [json.dumps(body) for body in api.requests]
+    assert api.refused == []
+    with store:
         done = [c for c in store.finished_in_order() if c.status is Status.DONE]
-        assert len(done) == 5
+        everything = store.finished_in_order(include_rejected=True)
+        assert len(done) == 5, [(c.id, c.status, c.reason) for c in everything]
         for c in done:  # scored in the same run, stored apart from the metrics
             assert c.test_bpb == pytest.approx(7.0 + c.val_bpb / 1000)
             assert not any(key.startswith("test") for key in c.metrics)
         notebook = build_notebook(store)
-    assert len(LocalModel.bodies) >= 4 and "Lab notebook" in LocalModel.bodies[-1]
+    assert len(bodies) >= 4 and "Lab notebook" in bodies[-1]
     assert "Best results so far" in notebook
-    for text in [*LocalModel.bodies, notebook, display.out.getvalue()]:
+    for text in [*bodies, notebook, display.out.getvalue()]:
         assert not LEAK.search(text), LEAK.search(text)
 
     console = Console(record=True, width=250, file=io.StringIO())
