@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sleep_requests import REPO, SEED, TEMPLATE, request
+from test_sandbox_require import no_bubblewrap
 
 from evolve.workers.runner import run_candidate
 
@@ -57,13 +58,18 @@ def test_a_run_that_rewrote_its_own_harness_copy_is_invalid(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_that_wrote_the_data_cache_is_invalid_and_the_cache_is_rebuilt(tmp_path):
+def test_a_run_that_wrote_the_data_cache_is_invalid_and_the_cache_is_rebuilt(tmp_path,
+                                                                             monkeypatch):
+    # A node without bubblewrap: the referee runs the roles unjailed (workers.sandbox: warn),
+    # so the candidate can reach the cache, and the check after the run is what stops it.
+    no_bubblewrap(tmp_path, monkeypatch)
     template = REPO / "train_template"
     cache = tmp_path / "cache"
     seed = (template / "train_cpu.py").read_text()
     common = dict(template_dir=str(template), cache_dir=str(cache), timeout_s=300.0)
     honest = run_candidate(request(tmp_path, seed, candidate_id="honest", **common))
     assert honest.outcome == "done", honest.reason + honest.log_tail
+    assert honest.metrics["sandboxed"] is False  # the roles ran as plain processes
     (val,) = cache.rglob("val.bin")
     before = digest(val)
 
