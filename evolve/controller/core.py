@@ -68,14 +68,14 @@ class ResultArrived:
     worker_id: str
     outcome: Outcome | str  # an Outcome; a plain string of one compares equal
     val_bpb: float | None = None
-    then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
+    then_run: tuple[str, ...] = ()  # extra runs (re-runs, stages) to run before children
     islands: Mapping[str, int] = field(default_factory=dict)  # extra job -> island (below)
     now: float
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtraRunsQueued:
-    """Runs that are not experiments (seed re-runs, test-split scoring): they run before any
+    """Runs that are not experiments (seed re-runs, promotions to a longer stage): they run before any
     child, do not count against max_experiments, and still run while the run is closing.
 
     `islands` names the island of the candidate each job re-scores, so with device groups it
@@ -196,13 +196,6 @@ class Stop:
 
 
 @dataclass(frozen=True)
-class Finalize:
-    """The run is about to stop: queue its last extra runs (ExtraRunsQueued, even empty)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class RefuseWorker:
     """A worker of another device type joined; it gets no work (evolve/controller/devices.py)."""
 
@@ -210,7 +203,7 @@ class RefuseWorker:
     message: str
 
 
-Decision = Propose | Run | Requeue | GiveUp | Cancel | Migrate | Stop | Finalize | RefuseWorker
+Decision = Propose | Run | Requeue | GiveUp | Cancel | Migrate | Stop | RefuseWorker
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -244,7 +237,6 @@ class Settings:
     adaptive_operators: bool = False        # scale the weights by UCB1 on improving the parent
     exploration: float = 1.0                # UCB1's exploration constant (adaptive only)
     seed: int = 0
-    finalize: bool = False                  # say Finalize once before stopping
     device_groups: bool = False             # one island group per device type (else refuse mixing)
     device_type: str | None = None          # the type a resumed run was scored on
 
@@ -329,8 +321,6 @@ class Scheduler:
         self._stopped = False
         self._extra: set[str] = set()           # queued or running jobs that are extra runs
         self._islands: dict[str, int] = {}      # candidate -> island it was queued on
-        self._finalizing = False                # Finalize said; waiting for the shell's answer
-        self._finalized = False
         if not self._root_done and all(cid != root_id for cid, _ in self._ready):
             self._ready.appendleft((root_id, root_island))
             self._island_load[root_island % len(self._island_load)] += 1
@@ -382,8 +372,6 @@ class Scheduler:
             case StopRequested():
                 self._close(event.reason)
             case ExtraRunsQueued():
-                if self._finalizing:
-                    self._finalizing, self._finalized = False, True
                 self._queue_extra(event.job_ids, event.islands)
             case ProposalsTriggered():
                 self._triggered.extend(event.requests)
@@ -730,7 +718,7 @@ class Scheduler:
         return rng.choices(names, weights)[0]
 
     def _maybe_stop(self, out: list[Decision]) -> None:
-        if self._running or self._finalizing:
+        if self._running:
             return
         if self._workers and any(job in self._extra for job, _ in self._ready):
             return  # extra runs still to do (they run while closing)
@@ -739,10 +727,6 @@ class Scheduler:
         elif self._no_proposals is not None and not self._proposing and not self._ready:
             reason = self._no_proposals
         else:
-            return
-        if self.settings.finalize and not self._finalized:
-            self._finalizing = True  # until the shell answers with ExtraRunsQueued
-            out.append(Finalize(reason))
             return
         self._stopped = True
         out.append(Stop(reason))

@@ -1,22 +1,22 @@
-"""Evidence before credit: the noise floor, confirmation re-runs and held-out test scoring.
+"""Evidence before credit: the noise floor and confirmation re-runs.
 
 The shell asks `hold()` about every finished first run. A result that needs more evidence (the
 root, to measure σ; a child that would be the new best or enters the population by less than
 m·σ) is held back — not recorded, so it can neither be selected nor crowned — while its extra
 runs go first on the workers. When the last of them is in, `on_extra_done()` hands back the
 final record: the decision, its evidence and the val_bpb the candidate is ranked by. Every
-extra run is a row of the store's extra_runs table.
+extra run is a row of the store's extra_runs table. (The held-out test split needs no run of
+its own: every run scores it, and only `status --test`, the report and the export show it.)
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from evolve.config.schema import ConfirmConfig, NoiseConfig, TestSplitConfig
+from evolve.config.schema import ConfirmConfig, NoiseConfig
 from population.candidate import Candidate, Status
 from population.extra_runs import job_id
 from population.noise import (
@@ -60,7 +60,7 @@ class Evidence:
     """Holds results, plans extra runs and decides, over one writable store."""
 
     def __init__(self, store: Store, *, seed: int, noise: NoiseConfig, confirm: ConfirmConfig,
-                 test: TestSplitConfig, size: int, root_id: str = "root",
+                 size: int, root_id: str = "root",
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
         # island -> the islands scored on its device type (workers.device_groups), or None
@@ -76,8 +76,6 @@ class Evidence:
         self.fresh_seeds = paired_seeds(self.run_seed, self.confirm_seeds + 1)[1:]
         self.margin_sigma = float(confirm.margin_sigma)
         self.z = float(confirm.z)
-        self.test_final = bool(test.final)
-        self.test_every_new_best = bool(test.every_new_best)
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
         self._root_final = False
@@ -318,40 +316,5 @@ class Evidence:
         held.metrics = metrics
         return self._release(held)
 
-    # --------------------------------------------------------------- test
 
-    def test_jobs_for(self, candidate: Candidate, now: float) -> list[str]:
-        """A held-out test run of a candidate, unless it has one (or one is on its way)."""
-        if candidate.status is not Status.DONE:
-            return []
-        if any(r.outcome in (Outcome.QUEUED, Outcome.RUNNING, Outcome.DONE)
-               for r in self.store.extra_runs(candidate.id, purpose=Purpose.TEST)):
-            return []
-        run = self.store.add_extra_run(candidate.id, purpose=Purpose.TEST, seed=int(candidate.seed),
-                                       splits=("val", "test"), now=now)
-        return [run.job_id]
-
-    def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
-        return self.test_jobs_for(candidate, now) if self.test_every_new_best else []
-
-    def final_jobs(self, now: float) -> list[str]:
-        """Test-split runs for the final best lineage (root first)."""
-        best = self.store.best()
-        if not self.test_final or best is None:
-            return []
-        jobs: list[str] = []
-        for candidate in self.store.lineage(best.id):
-            jobs += self.test_jobs_for(candidate, now)
-        return jobs
-
-
-def held_out_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
-    """The latest finished held-out test run of a candidate: {val_bpb, test_bpb}."""
-    done = [r for r in store.extra_runs(candidate_id, purpose=Purpose.TEST)
-            if r.outcome == Outcome.DONE and r.test_bpb is not None]
-    if not done:
-        return None
-    return {"val_bpb": done[-1].val_bpb or math.nan, "test_bpb": done[-1].test_bpb or math.nan}
-
-
-__all__ = ["Evidence", "Held", "Record", "job_id", "held_out_scores"]
+__all__ = ["Evidence", "Held", "Record", "job_id"]

@@ -22,7 +22,6 @@ from evolve.controller.core import (
     Cancel,
     Event,
     ExtraRunsQueued,
-    Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
@@ -151,7 +150,7 @@ class Controller:
         self.size = self.facts.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
-                               test=config.test, fidelity=config.fidelity, record=self._record,
+                               fidelity=config.fidelity, record=self._record,
                                peers=self._peers)
         template = Path(config.template_dir)
         self.template = template
@@ -170,6 +169,7 @@ class Controller:
         self._cancelled = False                # runs were cancelled: the executor must kill them
         self._notices: list[str] = []          # what the operator must hear about, once each
         self._unisolated: set[str] = set()     # nodes already warned about
+        self._unsandboxed: set[str] = set()    # nodes already warned about (workers.sandbox)
 
     # ------------------------------------------------------------------- run
 
@@ -180,7 +180,7 @@ class Controller:
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = dataclasses.replace(settings_from_config(self.config), finalize=True,
+        settings = dataclasses.replace(settings_from_config(self.config),
                                        device_type=self.store.get_meta("device_type"))
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
@@ -326,6 +326,20 @@ class Controller:
                                          f"({joined.isolation_problem}); its experiments can "
                                          "reach the network")
 
+    def _warn_sandbox(self, worker_id: str, result: RunResult) -> None:
+        """Once per node: its runs are not sandboxed, so their scores are marked so."""
+        if result.metrics.get("sandboxed") is not False:
+            return
+        joined = self._workers.get(worker_id)
+        node = joined.node if joined is not None else worker_id
+        if node in self._unsandboxed:
+            return
+        self._unsandboxed.add(node)
+        where = node[:12] + (f" ({joined.ip})" if joined is not None and joined.ip else "")
+        problem = str(result.metrics.get("sandbox_problem", ""))
+        self._notice("sandbox_warnings", f"sandbox: NOT working on node {where} ({problem}); "
+                                         "its scores are marked unsandboxed")
+
     def _notice(self, meta_key: str, message: str) -> None:
         """Keep a message for the live output and for `evolve status` (store meta, one a line)."""
         if message in self._notices:
@@ -340,6 +354,7 @@ class Controller:
         if run is None or run.candidate_id != result.candidate_id:
             return None  # a run already counted lost
         del self._running[worker_id]
+        self._warn_sandbox(worker_id, result)
         if self.extra.owns(result.candidate_id):
             return self._extra_finished(worker_id, run, result, now)
         outcome = result.outcome
@@ -362,14 +377,12 @@ class Controller:
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held),
                                  islands=self._islands_of(held), now=now)
-        then_run = self._record(final, now)
+        self._record(final, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
-                             val_bpb=float(bpb) if status is Status.DONE else None,
-                             then_run=tuple(then_run), islands=self._islands_of(then_run),
-                             now=now)
+                             val_bpb=float(bpb) if status is Status.DONE else None, now=now)
 
-    def _record(self, result: Result, now: float) -> list[str]:
-        """Record a final result; returns the extra runs it calls for (test of a new best)."""
+    def _record(self, result: Result, now: float) -> None:
+        """Record a final result (the held-out test score came with it: no run is queued)."""
         status = result.status
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
@@ -383,7 +396,6 @@ class Controller:
             requests = repair_requests(candidate, self._repair_operator)
             if requests:
                 self.trigger(*requests)
-        jobs: list[str] = []
         if candidate.id == ROOT_ID and status is Status.DONE \
                 and not self.config.workers.device_groups:
             # each island of a device group starts from its first child instead, scored on
@@ -391,16 +403,17 @@ class Controller:
             self._copies(self.population.seed(candidate, now))
         if status is Status.DONE:
             self._copies(self.population.reseed(self._groups(), now))
-            if self._best is candidate:  # a new best
-                jobs += self.extra.on_new_best(candidate, now)
         if candidate.id == ROOT_ID and status is Status.DONE:
-            jobs += self.extra.release(now)  # its children's results that waited for it
-        return jobs
+            # its children's results that waited for it are decided now; their
+            # confirmation runs, if any, go to the queue like any extra runs
+            jobs = self.extra.release(now)
+            if jobs:
+                self._queue.put_nowait(ExtraRunsQueued(
+                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
-        """A re-run or test run ended: stored as its own row; a decision it completes is
-        recorded now."""
+        """A re-run ended: stored as its own row; a decision it completes is recorded now."""
         outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
@@ -455,11 +468,6 @@ class Controller:
                 self.recorder.on_result(candidate, False)
             case Migrate():
                 self._copies(self.population.migrate(self._groups(), self.clock()))
-            case Finalize():  # the last extra runs: the final best lineage on the test split
-                now = self.clock()
-                jobs = self.extra.final_jobs(now)
-                self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _run(self, decision: Run) -> None:
         now = self.clock()
@@ -484,7 +492,8 @@ class Controller:
             profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
             work_root=self.work_root, cache_dir=self.cache_dir,
             torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
-            network=cfg.workers.network, data_hash=self.data_hash, template_hash=self.template_hash,
+            network=cfg.workers.network, sandbox=cfg.workers.sandbox, data_hash=self.data_hash,
+            template_hash=self.template_hash,
         )
         if extra is not None:  # a re-run or test run: its own job name, seed and splits
             request = dataclasses.replace(
