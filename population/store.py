@@ -18,18 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from population import extra_runs
-from population.candidate import Candidate, Status
+from population import extra_runs, migrations
+from population.candidate import Candidate, Status, split_marks
 from population.extra_runs import ExtraRun
 from population.outcomes import Outcome
-from population.schema import (
-    COLUMNS,
-    COLUMNS_V1,
-    MIGRATIONS,
-    SCHEMA,
-    candidate_from_row,
-    has_column,
-)
+from population.schema import COLUMNS, PLACEHOLDERS, SCHEMA, candidate_from_row
 from population.wins import Win
 
 _RANK = {
@@ -100,7 +93,7 @@ def _finite_bpb(metrics: Mapping[str, Any]) -> float | None:
 class Store:
     """The population's memory: every candidate and every attempt of a run."""
 
-    SCHEMA_VERSION: int = 2
+    SCHEMA_VERSION: int = migrations.LATEST
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool,
                  lock_fd: int | None) -> None:
@@ -108,7 +101,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._lock_fd = lock_fd
-        self._columns = COLUMNS  # COLUMNS_V1 for a read-only open of a version-1 store
+        self._columns = COLUMNS  # a reader of an older store derives the newer columns
 
     # ---- opening and closing -------------------------------------------------------------
 
@@ -196,21 +189,16 @@ class Store:
                 self._conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(self.SCHEMA_VERSION),))
+        elif found < self.SCHEMA_VERSION and self.readonly:
+            self._columns = migrations.select_list("candidates", COLUMNS, found)
         elif found < self.SCHEMA_VERSION:
-            self._migrate(found)
-
-    def _migrate(self, found: int) -> None:
-        """Bring an older store up to this version, one step per version (the writer), or
-        read it as it is (read-only: a live run of an older evolve may be writing it)."""
-        if self.readonly:
-            if not has_column(self._conn, "candidates", "donor_id"):
-                self._columns = COLUMNS_V1
-            return
-        for version in range(found + 1, self.SCHEMA_VERSION + 1):
-            with self._write():
-                MIGRATIONS[version](self._conn)
-                self._conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
-                                   (str(version),))
+            try:
+                with self._write():
+                    migrations.migrate(self._conn, found)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"{self.path} has store schema version {found}; bringing it to "
+                    f"{self.SCHEMA_VERSION} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection and release the writer lock (idempotent)."""
@@ -240,6 +228,11 @@ class Store:
             raise StatusError(
                 f"candidate {candidate.id} must be added as proposed, rejected or done, "
                 f"not {candidate.status.value}")
+        metrics, problem, test_bpb = split_marks(candidate.metrics)
+        candidate = candidate.replace(
+            metrics=metrics,
+            sandbox_problem=candidate.sandbox_problem if problem is None else problem,
+            test_bpb=candidate.test_bpb if test_bpb is None else test_bpb)
         bpb = _finite_bpb(candidate.metrics)
         if candidate.status is Status.DONE and bpb is None:
             raise ValueError(f"candidate {candidate.id} is done but has no finite val_bpb")
@@ -254,8 +247,7 @@ class Store:
                 finished: float | None) -> None:
         try:
             self._conn.execute(
-                f"INSERT INTO candidates ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO candidates ({COLUMNS}) VALUES ({PLACEHOLDERS})",
                 (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
                  candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
                  candidate.description, candidate.rationale, candidate.mutator,
@@ -263,7 +255,7 @@ class Store:
                  json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
                  Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
                  candidate.reason, candidate.log_tail, int(candidate.seed), created,
-                 finished, candidate.donor_id))
+                 finished, candidate.sandbox_problem, candidate.test_bpb, candidate.donor_id))
         except sqlite3.IntegrityError:
             raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
 
@@ -286,10 +278,14 @@ class Store:
     def record_result(self, candidate_id: str, *, status: Status, metrics: Mapping,
                       reason: str = "", log_tail: str = "",
                       now: float | None = None) -> Candidate:
-        """The final word on a candidate: its status, metrics and finish time."""
+        """The final word on a candidate: its status, metrics and finish time. The run's
+        held-out test score and sandbox mark leave `metrics` for columns of their own."""
         status = Status(status)
         if not status.is_final:
             raise StatusError(f"record_result needs a final status, not {status.value}")
+        metrics, problem, test_bpb = split_marks(metrics)
+        if status is Status.DONE and not problem:
+            problem = self._extra_run_problem(candidate_id) or problem
         bpb = _finite_bpb(metrics)
         if status is Status.DONE and bpb is None:
             raise ValueError(
@@ -299,10 +295,20 @@ class Store:
             self._check_move(candidate_id, status)
             self._conn.execute(
                 "UPDATE candidates SET status=?, metrics=?, val_bpb=?, reason=?, log_tail=?, "
-                "finished_at=? WHERE id=?",
+                "finished_at=?, sandbox_problem=?, test_bpb=? WHERE id=?",
                 (status.value, json.dumps(dict(metrics)), bpb if status is Status.DONE else None,
-                 reason, log_tail, time.time() if now is None else now, candidate_id))
+                 reason, log_tail, time.time() if now is None else now,
+                 problem if status is Status.DONE else None,
+                 test_bpb if status is Status.DONE else None, candidate_id))
         return self.get(candidate_id)
+
+    def _extra_run_problem(self, candidate_id: str) -> str | None:
+        """Why one of the candidate's finished re-runs (its score's evidence) was not
+        sandboxed, if one was not."""
+        for run in extra_runs.select(self._conn, candidate_id):
+            if run.outcome == "done" and run.metrics.get("sandboxed") is False:
+                return str(run.metrics.get("sandbox_problem") or "a re-run was not sandboxed")
+        return None
 
     def _check_move(self, candidate_id: str, new: Status) -> None:
         row = self._conn.execute(

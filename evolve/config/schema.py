@@ -149,6 +149,9 @@ class WorkersConfig(_Section):
     # isolate: no network where the OS allows (else the run log says so); require: never
     # start an experiment with network access; allow: the normal network (evolve/workers/network.py)
     network: Literal["isolate", "require", "allow"] = "isolate"
+    # warn: run where the harness's jail does not work, every such score marked unsandboxed
+    # (live, status, report, export); require: start nothing there (evolve/workers/jail_check.py)
+    sandbox: Literal["warn", "require"] = "warn"
     device_groups: bool = False  # one island group per device type instead of refusing to mix them
 
     @field_validator("count", mode="before")
@@ -177,8 +180,10 @@ class ConfirmConfig(_Section):
 
 
 class TestSplitConfig(_Section):
-    final: bool = True            # score the final best lineage on the held-out test split
-    every_new_best: bool = False  # and each new best as it is crowned
+    # Accepted for older configs, now free: every run scores the held-out test split beside val
+    # (shown only by status --test, the report and the export); nothing is trained again for it.
+    final: bool = True            # the final best lineage
+    every_new_best: bool = False  # each new best as it is crowned
 
 
 class StageConfig(_Section):

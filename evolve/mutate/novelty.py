@@ -12,6 +12,7 @@ with comments and spacing normalised (so a reworded comment is not a new idea).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +52,9 @@ def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     return "\n".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _norm(line: str) -> str:
+    # the children of a parent share almost every line: each distinct line is normalised once
     return " ".join(_COMMENT.sub("", line).split())
 
 
