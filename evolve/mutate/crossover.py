@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from evolve.mutate.base import MutationContext, Proposal
-from evolve.mutate.llm import LLMMutator
 from evolve.mutate.prompt import build_crossover_prompt
+from evolve.mutate.shared_llm import SharesLLM
 
 
-class CrossoverMutator:
+class CrossoverMutator(SharesLLM):
     """Edits apply to `context.parent`; the second parent is `context.inspirations[0]`.
 
     It shares the LLM mutator's client, budget, rate limits and health, so a run spends and
@@ -15,29 +15,6 @@ class CrossoverMutator:
     """
 
     name = "crossover"
-
-    def __init__(self, llm: LLMMutator) -> None:
-        self.llm = llm
-
-    @property
-    def is_down(self) -> bool:
-        return self.llm.is_down
-
-    @property
-    def down_reason(self) -> str:
-        return self.llm.down_reason
-
-    @property
-    def budget_exhausted(self) -> bool:
-        return self.llm.budget_exhausted
-
-    @property
-    def fatal_reason(self) -> str:
-        return self.llm.fatal_reason
-
-    @property
-    def spend_summary(self) -> str:
-        return self.llm.spend_summary
 
     async def propose(self, context: MutationContext) -> Proposal:
         # never the parent's own source again (a migration copy of it, say): nothing to combine

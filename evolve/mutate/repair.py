@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.operators import REPAIR
 from evolve.mutate.prompt import Prompt, PromptLimits, parent_head, system_text
+from evolve.mutate.shared_llm import SharesLLM
 from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate, Status
 
 if TYPE_CHECKING:  # the controller asks `wants_repair` without loading the LLM client
-    from evolve.mutate.llm import LLMMutator
+    pass
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w*(?:Error|Exception): ",
                         re.MULTILINE)
@@ -55,33 +56,10 @@ def build_repair_prompt(context: MutationContext, limits: PromptLimits | None = 
     return Prompt(system, [{"role": "user", "content": content}])
 
 
-class RepairMutator:
+class RepairMutator(SharesLLM):
     """Fixes a crashed child; shares the LLM mutator's client, budget, limits and health."""
 
     name = REPAIR
-
-    def __init__(self, llm: LLMMutator) -> None:
-        self.llm = llm
-
-    @property
-    def is_down(self) -> bool:
-        return self.llm.is_down
-
-    @property
-    def down_reason(self) -> str:
-        return self.llm.down_reason
-
-    @property
-    def budget_exhausted(self) -> bool:
-        return self.llm.budget_exhausted
-
-    @property
-    def fatal_reason(self) -> str:
-        return self.llm.fatal_reason
-
-    @property
-    def spend_summary(self) -> str:
-        return self.llm.spend_summary
 
     async def propose(self, context: MutationContext) -> Proposal:
         log = context.parent.log_tail
