@@ -87,20 +87,26 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
     env = roles.role_env(os.environ, args.seed)
     readonly = [HERE, *_python_paths()]
     hidden = [args.cache_dir]
-    common = dict(env=env, hidden=hidden, sandboxed=problem is None)
+    common = dict(env=env, sandboxed=problem is None)
+    # No role sees another's folder (the experiment folder is bound read-only into each):
+    # what the scorer writes must never reach the probe that checks it.
+    scorer_dir, prober_dir = root / "scorer", root / "prober"
+    scorer_dir.mkdir()
+    prober_dir.mkdir()
     trainer = roles.spawn(
         "trainer", HERE / "trainer_role.py",
         ["--profile", profile.name, "--seed", str(args.seed), "--budget-fraction",
          repr(float(args.budget_fraction)), "--vocab-size", str(vocab_size), "--train", str(train),
          "--artefact", str(train_dir / ARTEFACT)],
-        workdir=train_dir, readonly=readonly, **common)
+        workdir=train_dir, readonly=readonly, hidden=[*hidden, scorer_dir, prober_dir], **common)
     evaluator = ["--profile", profile.name, "--vocab-size", str(vocab_size)]
     # CUDA: logits travel as IPC handles, which do not open across PID namespaces
     ipc = dict(common, share_pid_namespace=profile.device == "cuda")
-    scorer = roles.spawn("evaluator", HERE / "evaluator_role.py", evaluator, workdir=root / "scorer",
-                         readonly=[*readonly, train_dir], **ipc)
+    scorer = roles.spawn("evaluator", HERE / "evaluator_role.py", evaluator, workdir=scorer_dir,
+                         readonly=[*readonly, train_dir], hidden=[*hidden, prober_dir], **ipc)
     prober = roles.spawn("probe evaluator", HERE / "evaluator_role.py", evaluator,
-                         workdir=root / "prober", readonly=[*readonly, train_dir], **ipc)
+                         workdir=prober_dir, readonly=[*readonly, train_dir],
+                         hidden=[*hidden, scorer_dir], **ipc)
     return Cast(root, trainer, scorer, prober, problem is None)
 
 
