@@ -17,10 +17,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "train_template"
 sys.path.insert(0, str(TEMPLATE))
 
 import mfu  # noqa: E402
+from causality import check_model  # noqa: E402
 from context import TrainContext  # noqa: E402
 from corpus import Split  # noqa: E402
 from profiles import get_profile  # noqa: E402
-from scoring import causality_probe  # noqa: E402
 
 TINY = {"DEPTH": "3", "MODEL_DIM": "64", "HEAD_DIM": "32", "BATCH_SIZE": "2",
         "WINDOW_PATTERN": '"SL"', "SHORT_WINDOW": "8"}
@@ -46,8 +46,8 @@ def cpu_context(seq_len: int, steps: int, batch: int, vocab: int = 256) -> Train
     tokens = rng.integers(1, vocab, size=20_000).astype(np.uint16)
     starts = np.arange(0, 20_000, 97, dtype=np.int64)
     tokens[starts] = 0
-    return TrainContext(profile, torch.device("cpu"), Split(tokens=tokens, starts=starts), vocab,
-                        seed=0, budget_fraction=1.0)
+    return TrainContext.local(profile, torch.device("cpu"), Split(tokens=tokens, starts=starts),
+                              vocab, seed=0, budget_fraction=1.0)
 
 
 def test_seed_constants_match_the_cpu_seed() -> None:
@@ -84,8 +84,10 @@ def test_tiny_override_takes_optimizer_steps_and_stays_causal() -> None:
     assert [b.attn.window for b in model.blocks] == [8, None, 8]
     assert model.ve_layers == [0, 2]
     model.eval()
-    rows = np.asarray(ctx._tokens[:32 * 4 + 4], dtype=np.int64)[: 4 * 33].reshape(4, 33)
-    causality_probe(model, rows, 256, torch.device("cpu"), 0, ctx.autocast)
+    rows = np.asarray(ctx._source.server._tokens[:32 * 4 + 4], dtype=np.int64)[: 4 * 33].reshape(4, 33)
+    _, problem = check_model(model, rows, np.zeros(4, dtype=np.int64), np.ones(256),
+                             torch.device("cpu"), autocast=ctx.autocast)
+    assert problem is None, problem
 
 
 def test_sliding_window_limits_what_a_token_sees() -> None:

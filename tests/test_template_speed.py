@@ -38,7 +38,7 @@ def split() -> Split:
 
 def context(**changes) -> TrainContext:
     profile = dataclasses.replace(get_profile("cpu-micro"), **changes)
-    return TrainContext(profile, torch.device("cpu"), split(), 256, seed=7, budget_fraction=1.0)
+    return TrainContext.local(profile, torch.device("cpu"), split(), 256, seed=7, budget_fraction=1.0)
 
 
 def stream_hash(batches) -> tuple[int, str]:
@@ -56,7 +56,7 @@ def test_the_token_stream_is_the_committed_iterators() -> None:
 
 
 def test_a_time_budget_hands_out_the_same_stream() -> None:
-    ctx = context(budget_kind="time", budget=60.0, clock_skip_steps=3)
+    ctx = context(budget_kind="time", budget=60.0, clock_skip_steps=3, warmup_max_s=10.0)
     taken = []
     for pair in ctx.batches(4):
         taken.append(pair)
@@ -66,7 +66,7 @@ def test_a_time_budget_hands_out_the_same_stream() -> None:
 
 
 def test_the_clock_skips_warm_up_and_counts_up_to_leaving_the_loop() -> None:
-    ctx = context(budget_kind="time", budget=60.0, clock_skip_steps=2)
+    ctx = context(budget_kind="time", budget=60.0, clock_skip_steps=2, warmup_max_s=10.0)
     start = time.perf_counter()
     for step, _ in enumerate(ctx.batches(2)):
         time.sleep(0.3 if step < 2 else 0.05)  # the two warm-up steps are slow and not counted
@@ -76,7 +76,7 @@ def test_the_clock_skips_warm_up_and_counts_up_to_leaving_the_loop() -> None:
     assert ctx.steps == 6
     # clocked: batches 3..6 handed out after the warm-up (4 x 0.05 s), not the 0.6 s of warm-up
     assert 4 * 0.05 <= ctx.counted_seconds < elapsed - 2 * 0.3 + 0.01
-    assert ctx.spent_at is None and 0 < ctx.progress() < 1
+    assert ctx._source.server.spent_at is None and 0 < ctx.progress() < 1
 
 
 def reference_orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:

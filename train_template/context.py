@@ -1,14 +1,20 @@
-"""The `ctx` handed to train(ctx): device, shapes, the budgeted train-batch iterator, a logger.
+"""The training budget on both sides of the channel: the referee's BatchServer, train.py's ctx.
 
-The budget lives here, not in train.py: the iterator stops when it is spent, and a second
-call to batches() continues the same budget.
+BatchServer (numpy, no torch) lives in the referee: it draws the train rows in the seed's
+order, counts the tokens it served and reads its own clock, and serves nothing once the
+budget is spent. What the trainer process does is never counted by the trainer itself.
 
-The time-budget clock is wall time since the end of the unclocked warm-up steps. On CUDA it
-does not drain the GPU every step: each tick records an event and waits only for the one of
-the tick before, so the host prepares batch k while the GPU still runs batch k-1 (the budget
-check lags by at most one step). When the budget runs out, or train.py leaves the loop, the
-clock waits for every event still pending, so it never counts less than a full
-synchronisation at every tick would have. On CPU nothing runs ahead and nothing lags.
+TrainContext is the `ctx` handed to train(ctx). Its batches come from a source: over the
+channel from the referee (trainer_role.py), or straight from a BatchServer in the same
+process (LocalSource: tests and research notebooks, where nothing is judged).
+
+Time budgets: the clock starts after the unclocked warm-up (the compile steps): at most
+`clock_skip_steps` batches, all of the size of the first, within `warmup_max_s` seconds; a
+warm-up batch of another size, or a first clocked batch of another size, ends the warm-up
+and charges its seconds to the budget. On CUDA the ctx does not drain the GPU every step:
+before asking for batch k+1 it waits only for the work of batch k-1, so the referee's clock
+(read when a request arrives) lags the GPU by at most one step; when the budget is spent the
+ctx waits for everything pending.
 """
 
 from __future__ import annotations
@@ -18,17 +24,148 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
-import torch
 from corpus import Split
 from profiles import Profile
 
 
+class BudgetError(ValueError):
+    """A batch request the profile does not allow (the trainer broke the contract)."""
+
+
+class BatchServer:
+    """The referee's train batches: seed order, token and time budget, its own clock."""
+
+    def __init__(self, profile: Profile, train: Split, seed: int, budget_fraction: float,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget_kind = profile.budget_kind
+        self.budget = profile.budget * budget_fraction
+        self.seq_len = profile.seq_len
+        self.max_rows = profile.max_batch_rows
+        self._skip = profile.clock_skip_steps if profile.budget_kind == "time" else 0
+        self._warmup_max_s = profile.warmup_max_s
+        self._clock = clock
+        self._tokens = train.tokens
+        starts = np.asarray(train.starts, dtype=np.int64)
+        self._starts = starts[starts + self.seq_len < len(train.tokens)]
+        if len(self._starts) == 0:
+            raise ValueError(f"train split has no document of {self.seq_len + 1} tokens")
+        self._rng = np.random.default_rng(seed)
+        self._offsets = np.arange(self.seq_len + 1)
+        self.tokens_served = 0
+        self.batches_served = 0
+        self.origin: float | None = None        # clock() when the budget clock started
+        self.warmup_started: float | None = None
+        self._warmup_rows: int | None = None
+        self.spent_at: float | None = None      # clock() when a request found the budget spent
+        self.last_at: float | None = None       # clock() at the last batch served or "stop"
+
+    def counted_seconds(self, now: float | None = None) -> float:
+        if self.origin is None:
+            return 0.0
+        end = now if now is not None else self._clock()
+        return max(0.0, end - self.origin)
+
+    def _start_clock(self, now: float, rows: int) -> None:
+        """The warm-up is over: the clock starts now, or at the warm-up's start if it cheated."""
+        fair = rows == self._warmup_rows and now - (self.warmup_started or now) <= self._warmup_max_s
+        self.origin = now if fair else (self.warmup_started or now)
+
+    def _tick(self, rows: int, now: float) -> None:
+        if self.origin is not None:
+            return
+        if self.budget_kind != "time":  # the clock is the record's only (tokens are the budget)
+            self.origin = now
+            return
+        if self.warmup_started is None:
+            self.warmup_started, self._warmup_rows = now, rows
+        if self.batches_served >= self._skip or rows != self._warmup_rows \
+                or now - self.warmup_started > self._warmup_max_s:
+            self._start_clock(now, rows)
+
+    def _has_budget(self, batch_tokens: int, now: float) -> bool:
+        if self.budget_kind == "tokens":
+            return self.tokens_served + batch_tokens <= self.budget
+        return self.counted_seconds(now) < self.budget
+
+    def serve(self, rows: int) -> np.ndarray | None:
+        """int64 [rows, seq_len + 1] of train tokens, or None once the budget is spent."""
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= self.max_rows:
+            raise BudgetError(f"batch of {rows!r} rows requested; this profile allows 1 to "
+                              f"{self.max_rows}")
+        if self.spent_at is not None:
+            return None
+        now = self._clock()
+        self._tick(rows, now)
+        if not self._has_budget(rows * self.seq_len, now):
+            self.spent_at = now
+            return None
+        starts = self._rng.choice(self._starts, size=rows)
+        batch = np.asarray(self._tokens[starts[:, None] + self._offsets], dtype=np.int64)
+        self.tokens_served += rows * self.seq_len
+        self.batches_served += 1
+        self.last_at = self._clock()
+        return batch
+
+    def stop(self) -> None:
+        """The trainer left its loop: the clock's reading for the record is taken here."""
+        self.last_at = self._clock()
+
+    def time_spent_at(self) -> float | None:
+        """clock() when a time budget runs out, whether or not anyone asks (None: tokens, or
+        the clock has not started)."""
+        if self.budget_kind != "time" or self.origin is None:
+            return None
+        return self.origin + self.budget
+
+    def training_seconds(self) -> float:
+        """The record: clocked seconds up to the budget's end or the last thing the trainer did."""
+        marks = [m for m in (self.spent_at, self.last_at) if m is not None]
+        return self.counted_seconds(max(marks)) if marks else 0.0
+
+    def state(self) -> dict:
+        """What the trainer may know: used, left and progress (for its LR schedule)."""
+        seconds = self.counted_seconds()
+        used = self.tokens_served if self.budget_kind == "tokens" else seconds
+        return {
+            "tokens_used": self.tokens_served,
+            "steps": self.batches_served,
+            "counted_seconds": seconds,
+            "progress": min(1.0, max(0.0, used / self.budget)) if self.budget > 0 else 1.0,
+        }
+
+
+class BatchSource(Protocol):
+    def next(self, rows: int) -> tuple[np.ndarray | None, dict]: ...
+    def stop(self) -> dict: ...
+
+
+class LocalSource:
+    """Batches straight from a BatchServer in this process (tests; nothing judged)."""
+
+    def __init__(self, server: BatchServer) -> None:
+        self.server = server
+
+    def next(self, rows: int) -> tuple[np.ndarray | None, dict]:
+        batch = self.server.serve(rows)
+        return batch, self.server.state()
+
+    def stop(self) -> dict:
+        self.server.stop()
+        return self.server.state()
+
+
 class TrainContext:
-    def __init__(self, profile: Profile, device: torch.device, train: Split, vocab_size: int,
-                 seed: int, budget_fraction: float) -> None:
+    """ctx: device, shapes, the budgeted batch iterator (fed by `source`), a logger."""
+
+    def __init__(self, profile: Profile, device, vocab_size: int, seed: int,
+                 budget_fraction: float, source: BatchSource) -> None:
+        import torch
+
+        self._torch = torch
         self.device = device
         self.profile = profile.name
         self.seq_len = profile.seq_len
@@ -39,91 +176,86 @@ class TrainContext:
         self.budget = profile.budget * budget_fraction
         self._bf16 = profile.autocast_bf16 and device.type == "cuda"
         self._skip = profile.clock_skip_steps if profile.budget_kind == "time" else 0
-        self._tokens = train.tokens
-        starts = np.asarray(train.starts, dtype=np.int64)
-        self._starts = starts[starts + self.seq_len < len(train.tokens)]
-        if len(self._starts) == 0:
-            raise ValueError(f"train split has no document of {self.seq_len + 1} tokens")
-        self._rng = np.random.default_rng(seed)
-        self._offsets = np.arange(self.seq_len + 1)
-        self.tokens_used = 0
-        self.steps = 0
-        self.counted_seconds = 0.0
-        self._origin: float | None = None  # perf_counter() when the clock started
-        self._lag = 1 if device.type == "cuda" else 0  # steps the host may run ahead of the clock
-        self._marks: deque[torch.cuda.Event | None] = deque()  # recorded at ticks, not yet waited on
+        self._source = source
+        self._state: dict = {"tokens_used": 0, "steps": 0, "counted_seconds": 0.0, "progress": 0.0}
+        self._marks: deque = deque()  # CUDA events recorded at requests, not yet waited on
         self._spent = False
-        self.spent_at: float | None = None  # perf_counter() when the budget ran out
 
-    # ---- budget ---------------------------------------------------------------------------
+    @classmethod
+    def local(cls, profile: Profile, device, train: Split, vocab_size: int, seed: int,
+              budget_fraction: float) -> TrainContext:
+        """A ctx serving from `train` in this process (no referee: for tests and notebooks)."""
+        server = BatchServer(profile, train, seed, budget_fraction)
+        return cls(profile, device, vocab_size, seed, budget_fraction, LocalSource(server))
 
-    def _tick(self) -> None:
-        """Charge the time since the clock started (time budgets, after the skipped steps)."""
-        if self.budget_kind != "time" or self.steps < self._skip:
+    # ---- what the referee last said ------------------------------------------------------
+    @property
+    def tokens_used(self) -> int:
+        return int(self._state["tokens_used"])
+
+    @property
+    def steps(self) -> int:
+        return int(self._state["steps"])
+
+    @property
+    def counted_seconds(self) -> float:
+        return float(self._state["counted_seconds"])
+
+    # ---- batches ------------------------------------------------------------------------
+    def _sync_before_request(self) -> None:
+        """CUDA: wait for the work of the step before last (all of it at the clock's start)."""
+        if self.device.type != "cuda" or self.budget_kind != "time" or self.steps < self._skip:
             return
-        if self._origin is None:  # the warm-up steps are done: drain them, start the clock
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._origin = time.perf_counter()
+        if self.steps == self._skip:
+            self._torch.cuda.synchronize(self.device)
             return
-        mark = None
-        if self.device.type == "cuda":
-            mark = torch.cuda.Event()
-            mark.record()  # the end of the work queued so far (the previous batch's step)
+        mark = self._torch.cuda.Event()
+        mark.record()
         self._marks.append(mark)
-        self._catch_up(self._lag)
+        while len(self._marks) > 1:
+            self._marks.popleft().synchronize()
 
-    def _catch_up(self, lag: int) -> None:
-        """Wait until at most `lag` ticks' events are pending, then read the clock."""
-        if self._origin is None:
-            return
-        while len(self._marks) > lag:
-            mark = self._marks.popleft()
-            if mark is not None:
-                mark.synchronize()
-        self.counted_seconds = time.perf_counter() - self._origin
+    def _drain(self) -> None:
+        while self._marks:
+            self._marks.popleft().synchronize()
 
-    def _has_budget(self, batch_tokens: int) -> bool:
-        if self.budget_kind == "tokens":
-            return self.tokens_used + batch_tokens <= self.budget
-        return self.counted_seconds < self.budget
-
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int) -> Iterator[tuple]:
         """(x, y) LongTensors [batch_size, seq_len] on device, until the budget is spent."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        cuda = self.device.type == "cuda"
+        torch, cuda = self._torch, self.device.type == "cuda"
         try:
             while not self._spent:
-                self._tick()
-                if not self._has_budget(batch_size * self.seq_len):
-                    self._catch_up(0)
-                    self._spent, self.spent_at = True, time.perf_counter()
+                self._sync_before_request()
+                rows, self._state = self._source.next(int(batch_size))
+                if rows is None:
+                    self._drain()
+                    self._spent = True
                     return
-                starts = self._rng.choice(self._starts, size=batch_size)
-                rows = torch.from_numpy(
-                    np.asarray(self._tokens[starts[:, None] + self._offsets], dtype=np.int64))
+                tensor = torch.from_numpy(rows)
                 if cuda:
-                    rows = rows.pin_memory().to(self.device, non_blocking=True)
-                self.tokens_used += batch_size * self.seq_len
-                self.steps += 1
-                yield rows[:, :-1], rows[:, 1:]
-        finally:  # train.py left the loop early (or crashed): count up to here
+                    tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+                yield tensor[:, :-1], tensor[:, 1:]
+        finally:  # train.py left the loop early (or crashed): the record's clock reads here
             if not self._spent:
-                self._catch_up(0)
+                self._drain()
+                self._state = self._source.stop()
 
     def progress(self) -> float:
         """Fraction of the budget used, in [0, 1]: drive LR schedules with it."""
-        used = self.tokens_used if self.budget_kind == "tokens" else self.counted_seconds
-        return min(1.0, max(0.0, used / self.budget)) if self.budget > 0 else 1.0
+        return float(self._state["progress"])
 
     def tokens_left(self) -> float:
         """Training tokens left (token budgets); math.inf under a time budget."""
-        return max(0.0, self.budget - self.tokens_used) if self.budget_kind == "tokens" else math.inf
+        if self.budget_kind != "tokens":
+            return math.inf
+        return max(0.0, self.budget - self.tokens_used)
 
     def time_left(self) -> float:
         """Training seconds left (time budgets); math.inf under a token budget."""
-        return max(0.0, self.budget - self.counted_seconds) if self.budget_kind == "time" else math.inf
+        if self.budget_kind != "time":
+            return math.inf
+        return max(0.0, self.budget - self.counted_seconds)
 
     def log(self, msg: str) -> None:
         print(f"[train] {msg}", file=sys.stdout, flush=True)
@@ -131,5 +263,5 @@ class TrainContext:
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA profiles that ask for it; a no-op elsewhere."""
         if self._bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return self._torch.autocast(device_type="cuda", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()

@@ -1,38 +1,110 @@
-"""One experiment: seed, train the candidate, then score and check what it returned.
+"""One experiment, refereed: train in one untrusted process, score in another, check causality
+in a third, and keep the data, the clock, the counts and the loss in this one.
 
-prepare.py parses the command line and loads the data source; this module owns the clock
-and the score, and is the only part of the harness that imports torch.
+prepare.py parses the command line and loads the data source; run() here is the referee.
+It never imports or unpickles candidate code. The untrusted roles (trainer_role.py,
+evaluator_role.py) start jailed (jail.py) where the node allows it, each in a folder of its
+own under ./roles; every one of their processes is dead before the result exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.util
-import random
-import resource
+import math
+import os
+import shutil
 import sys
+import sysconfig
 import time
-import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from context import TrainContext
+import jail
+import roles
+from context import BatchServer
 from corpus import Corpus, JudgedFailure, UsageError, eval_rows
-from mfu import mfu_percent
 from profiles import Profile, get_profile
-from scoring import InvalidModel, causality_probe, evaluate_bpb
+
+HERE = Path(__file__).resolve().parent
+ROLES_DIR = "roles"
+ARTEFACT = "model.pt"
+_SKIP = {ROLES_DIR, "__pycache__", ".git", "result.json", "run.log"}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass
+class Cast:
+    """The roles of one run and where each works."""
+
+    root: Path
+    trainer: roles.Role
+    scorer: roles.Role
+    prober: roles.Role
+    sandboxed: bool
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "trainer"
+
+    def all(self) -> list[roles.Role]:
+        return [self.trainer, self.scorer, self.prober]
 
 
-def pick_device(profile: Profile) -> torch.device:
+def _candidate_copy(train: Path, into: Path) -> Path:
+    """Copy the train script's folder (the candidate's files) into the trainer's folder."""
+    for entry in train.parent.iterdir():
+        if entry.name in _SKIP or entry.is_symlink():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, into / entry.name, symlinks=False,
+                            ignore=shutil.ignore_patterns("__pycache__", ROLES_DIR))
+        elif entry.is_file():
+            shutil.copy2(entry, into / entry.name)
+    return into / train.name
+
+
+def _python_paths() -> list[Path]:
+    """The interpreter and its libraries: read-only inside the jail."""
+    found = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if value := sysconfig.get_path(key):
+            found.add(Path(value))
+    return sorted(p for p in found if p.exists())
+
+
+def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
+    """Lay out ./roles and start the trainer and both evaluators (these import torch while
+    the trainer trains, so scoring starts warm)."""
+    root = Path.cwd() / ROLES_DIR
+    if root.exists():
+        shutil.rmtree(root)
+    train_dir = root / "trainer"
+    train_dir.mkdir(parents=True)
+    train = _candidate_copy(args.train, train_dir)
+    problem = jail.sandbox_problem()
+    if problem:
+        print(f"referee: NOT sandboxed ({problem}); the roles run as plain processes", flush=True)
+    env = roles.role_env(os.environ, args.seed)
+    readonly = [HERE, *_python_paths()]
+    hidden = [args.cache_dir]
+    common = dict(env=env, hidden=hidden, sandboxed=problem is None)
+    trainer = roles.spawn(
+        "trainer", HERE / "trainer_role.py",
+        ["--profile", profile.name, "--seed", str(args.seed), "--budget-fraction",
+         repr(float(args.budget_fraction)), "--vocab-size", str(vocab_size), "--train", str(train),
+         "--artefact", str(train_dir / ARTEFACT)],
+        workdir=train_dir, readonly=readonly, **common)
+    evaluator = ["--profile", profile.name, "--vocab-size", str(vocab_size)]
+    scorer = roles.spawn("evaluator", HERE / "evaluator_role.py", evaluator, workdir=root / "scorer",
+                         readonly=[*readonly, train_dir], **common)
+    prober = roles.spawn("probe evaluator", HERE / "evaluator_role.py", evaluator,
+                         workdir=root / "prober", readonly=[*readonly, train_dir], **common)
+    return Cast(root, trainer, scorer, prober, problem is None)
+
+
+def referee_device(profile: Profile):
+    import torch
+
     if profile.device == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
@@ -40,113 +112,111 @@ def pick_device(profile: Profile) -> torch.device:
     return torch.device("cpu")
 
 
-def import_train(path: Path):
-    """Import the candidate's train script as module `train`; it must define train(ctx)."""
-    if not path.is_file():
-        raise UsageError(f"train script {path} not found")
-    spec = importlib.util.spec_from_file_location("train", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"{path.name} failed to import: {type(exc).__name__}: {exc}") from exc
-    if not callable(getattr(module, "train", None)):
-        raise JudgedFailure("crash", f"{path.name} defines no train(ctx) function")
-    return module
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory on CUDA; on CPU the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def overrun_reason(ctx: TrainContext, returned_at: float) -> str | None:
-    """Under a time budget, train() must return soon after the budget is spent.
-
-    Otherwise it could keep training on batches it stored: seconds past the budget beyond
-    max(30 s, 10% of the budget) make the run invalid. Token budgets need no such guard.
-    """
-    if ctx.budget_kind != "time" or ctx.spent_at is None:
-        return None
-    overrun = returned_at - ctx.spent_at
-    allowed = max(30.0, 0.1 * ctx.budget)
-    if overrun <= allowed:
-        return None
-    return (f"train() returned {overrun:.1f}s after the time budget was spent "
-            f"(allowed {allowed:.0f}s): training past the budget")
-
-
-def floor_tolerance(floor: float) -> float:
-    """How far below the floor a score may fall by rounding before it is impossible."""
-    return max(1e-3, 1e-3 * floor)
+def handed_back_model(cast_: Cast) -> Path:
+    """The artefact, once no trainer process is left to change it."""
+    artefact = cast_.train_dir / ARTEFACT
+    if artefact.is_symlink() or not artefact.is_file():
+        raise JudgedFailure("crash", "the trainer handed back no model file")
+    return artefact
 
 
 def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: float) -> dict:
-    """Train, score, check; returns the result dict. Raises UsageError/DataError/JudgedFailure.
-
-    load_corpus: the data source (prepare.py's registry); start: process start, time.time().
-    """
-    profile = dataclasses.replace(get_profile(args.profile))  # a private copy: train.py cannot edit it
-    device = pick_device(profile)
+    """Referee one experiment; the result dict. Raises UsageError/DataError/JudgedFailure."""
+    profile = get_profile(args.profile)
     corpus = load_corpus()
-    train_split = corpus.load_split("train")
-    module = import_train(args.train)
-    seed_everything(args.seed)
-    ctx = TrainContext(profile, device, train_split, corpus.vocab_size, args.seed,
-                       args.budget_fraction)
-    t0 = time.perf_counter()
+    server = BatchServer(profile, corpus.load_split("train"), args.seed, args.budget_fraction,
+                         clock=time.monotonic)
+    cast_ = cast(args, profile, corpus.vocab_size)
     try:
-        model = module.train(ctx)
-    except (Exception, SystemExit) as exc:  # SystemExit too: train.py does not end the harness
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"train.py crashed: {type(exc).__name__}: {exc}") from exc
-    returned_at = time.perf_counter()
-    wall = returned_at - t0
-    if (reason := overrun_reason(ctx, returned_at)) is not None:
-        raise JudgedFailure("invalid", reason)
-    if not isinstance(model, torch.nn.Module):
-        raise JudgedFailure("invalid", f"train(ctx) returned {type(model).__name__}, not a torch.nn.Module")
-    model.eval()
-    result: dict = {"status": "ok"}
-    evals = {split: eval_rows(corpus.load_split(split), profile.seq_len, profile.val_tokens)
-             for split in args.splits}  # loaded only now, after training returned
-    try:
-        for split, (rows, first) in evals.items():
-            if split == "val":
-                causality_probe(model, rows, corpus.vocab_size, device, args.seed, ctx.autocast)
-            result[f"{split}_bpb"] = evaluate_bpb(model, rows, first, corpus.token_bytes, device,
-                                                  profile.eval_batch_rows, ctx.autocast)
-            if split == "val" and corpus.floor_bpb is not None:
-                result["entropy_floor_bpb"] = corpus.floor_bpb(rows, first)
-    except InvalidModel as exc:
-        raise JudgedFailure("invalid", str(exc)) from exc
-    except Exception as exc:
-        traceback.print_exc()
-        raise JudgedFailure("crash", f"the model failed during evaluation: {type(exc).__name__}: {exc}") from exc
-    floor = result.get("entropy_floor_bpb")
-    if floor is not None and result["val_bpb"] < floor - floor_tolerance(floor):
-        raise JudgedFailure("invalid", f"val_bpb {result['val_bpb']:.6f} is below the entropy floor "
-                            f"{floor:.6f}: impossible, so a bug or a leak")
-    training_seconds = ctx.counted_seconds if profile.budget_kind == "time" else wall
-    params = sum(p.numel() for p in model.parameters())
-    depth = getattr(module, "DEPTH", 0)
+        result = _referee(args, profile, corpus, server, cast_)
+    finally:
+        for role in cast_.all():
+            roles.end(role)
+        roles.sweep()
+        shutil.rmtree(cast_.root, ignore_errors=True)
+    result["total_seconds"] = time.time() - start
+    return result
+
+
+def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_: Cast) -> dict:
+    from referee import Evaluator, serve_trainer  # torch loads here, while the roles start
+
+    device = referee_device(profile)
+    handback = serve_trainer(cast_.trainer, server, profile.handback_s)
+    roles.end(cast_.trainer)
+    roles.sweep(keep=[cast_.scorer, cast_.prober])  # what the trainer left running dies here
+    artefact = handed_back_model(cast_)
+    scorer = Evaluator(cast_.scorer, corpus.vocab_size, device)
+    ipc = device.type == "cuda"
+    info = scorer.load(str(artefact), str(cast_.train_dir / args.train.name), ipc)
+    result: dict = {"status": "ok", "sandboxed": cast_.sandboxed}
+    result.update(_score(args, profile, corpus, scorer, cast_, device, artefact))
+    seconds = server.training_seconds()
+    tokens = server.tokens_served
     result.update({
-        "training_seconds": training_seconds,
-        "total_seconds": time.time() - start,
-        "peak_vram_mb": peak_memory_mb(device),
-        "mfu_percent": mfu_percent(model, module, profile.seq_len, ctx.tokens_used,
-                                   training_seconds, device),
-        "total_tokens_M": ctx.tokens_used / 1e6,
-        "num_steps": ctx.steps,
-        "num_params_M": params / 1e6,
-        "depth": depth if isinstance(depth, int) else 0,
-        "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "training_seconds": seconds,
+        "peak_vram_mb": handback.peak_mb,
+        "mfu_percent": _mfu(info, tokens, seconds, device),
+        "total_tokens_M": tokens / 1e6,
+        "num_steps": server.batches_served,
+        "num_params_M": float(info.get("num_params", 0)) / 1e6,
+        "depth": int(info.get("depth", 0)),
+        "device": _device_name(device),
         "budget_kind": profile.budget_kind,
+        "handback_seconds": handback.waited_s,
     })
     return result
+
+
+def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, artefact: Path) -> dict:
+    """Score the splits with the scorer, then check causality on val with the fresh prober."""
+    from causality import check
+    from referee import Evaluator
+    from scoring import InvalidModel, below_floor, score_rows
+
+    out: dict = {}
+    scored = {}
+    try:
+        for split in args.splits:
+            rows, first = eval_rows(corpus.load_split(split), profile.seq_len, profile.val_tokens)
+            scored[split] = (rows, first, score_rows(scorer.logits, rows, first, corpus.token_bytes,
+                                                     device, profile.eval_batch_rows))
+            out[f"{split}_bpb"] = scored[split][2].bpb
+        scorer.bye()
+        roles.end(cast_.scorer)
+        roles.sweep(keep=[cast_.prober])
+        t0 = time.monotonic()
+        prober = Evaluator(cast_.prober, corpus.vocab_size, device)
+        prober.load(str(artefact), str(cast_.train_dir / args.train.name), device.type == "cuda")
+        rows, first, val = scored["val"]
+        problem, stats = check(prober.logits, val, rows, profile.eval_batch_rows,
+                               profile.probe_rows, args.seed, device)
+        prober.bye()
+        out.update(stats, causality_seconds=time.monotonic() - t0)
+        if problem:
+            raise JudgedFailure("invalid", problem)
+        if corpus.floor_bpb is not None:
+            out["entropy_floor_bpb"] = float(corpus.floor_bpb(rows, first))
+    except InvalidModel as exc:
+        raise JudgedFailure("invalid", str(exc)) from exc
+    if (problem := below_floor(out["val_bpb"], out.get("entropy_floor_bpb"))) is not None:
+        raise JudgedFailure("invalid", problem)
+    for split in args.splits:
+        if not math.isfinite(out[f"{split}_bpb"]):
+            raise JudgedFailure("invalid", f"{split}_bpb is not finite")
+    return out
+
+
+def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
+    from mfu import mfu_of
+
+    flops = info.get("flops_per_token", 0.0)
+    return mfu_of(float(flops), tokens, seconds, _device_name(device))
+
+
+def _device_name(device) -> str:
+    if device.type == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(device)

@@ -72,9 +72,15 @@ def flops_per_token(model: torch.nn.Module, module: ModuleType | None, seq_len: 
 def mfu_percent(model: torch.nn.Module, module: ModuleType | None, seq_len: int, tokens: float,
                 seconds: float, device: torch.device) -> float:
     """Achieved FLOP/s over the GPU's bf16 peak, in percent; 0 on CPU or an unknown GPU."""
-    if device.type != "cuda" or seconds <= 0:
+    if device.type != "cuda":
         return 0.0
-    peak = peak_flops(torch.cuda.get_device_name(device))
-    if peak is None:
+    return mfu_of(flops_per_token(model, module, seq_len), tokens, seconds,
+                  torch.cuda.get_device_name(device))
+
+
+def mfu_of(flops_token: float, tokens: float, seconds: float, device_name: str) -> float:
+    """MFU in percent from FLOPs per token (the referee's tokens and seconds); 0 on CPU."""
+    peak = peak_flops(device_name)
+    if peak is None or seconds <= 0 or device_name == "cpu":
         return 0.0
-    return 100.0 * flops_per_token(model, module, seq_len) * tokens / seconds / peak
+    return 100.0 * flops_token * tokens / seconds / peak

@@ -28,16 +28,40 @@ Without that module, `--data climbmix` is a one-line error.
 
 from __future__ import annotations
 
+import os  # noqa: I001 (already loaded by the interpreter's start-up: found without sys.path)
+import sys
 import time
 
 HARNESS_START = time.time()
+HERE_DIR = os.path.dirname(os.path.realpath(__file__))
+# The referee imports nothing from this folder but the harness's own modules: in a worker's
+# experiment folder the candidate's files sit beside prepare.py, and a `json.py` or `numpy.py`
+# of theirs must never load here. So the folder leaves sys.path, and a finder serves only
+# these names from it.
+HARNESS_MODULES = frozenset({
+    "candidate", "causality", "channel", "climbmix", "context", "corpus", "harness", "jail",
+    "mfu", "profiles", "referee", "roles", "scoring", "sources", "synthlang"})
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != HERE_DIR]
+
+
+class _HarnessFinder:
+    """Finds the harness's modules in HERE_DIR (and only them)."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in HARNESS_MODULES:
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(name, [HERE_DIR])
+
+
+sys.meta_path.insert(0, _HarnessFinder)
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -106,9 +130,20 @@ def print_summary(result: dict) -> None:
     sys.stdout.flush()
 
 
-def write_result(path: Path | None, result: dict) -> None:
-    if path is not None:
-        atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
+def write_result(args: argparse.Namespace, result: dict) -> None:
+    """To the runner's pipe (--result-fd) and/or a file (--result): only the referee writes
+    either, after every candidate process is dead."""
+    data = (json.dumps(result, indent=1) + "\n").encode()
+    if getattr(args, "result", None) is not None:
+        atomic_write_bytes(args.result, data)
+    fd = getattr(args, "result_fd", None)
+    if fd is not None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
 
 # ---- command line ----------------------------------------------------------------------
@@ -132,6 +167,16 @@ def _splits(text: str) -> tuple[str, ...]:
     return tuple(text.split(","))
 
 
+def _result_fd(text: str) -> int:
+    fd = int(text)
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"--result-fd {fd} is not an open file descriptor") from exc
+    os.set_inheritable(fd, False)  # no role ever inherits it
+    return fd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prepare.py", description="The evolve experiment harness.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -144,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             cmd.add_argument("--seed", type=int, default=0)
             cmd.add_argument("--result", type=Path, default=None, help="result JSON path")
+            cmd.add_argument("--result-fd", type=_result_fd, default=None,
+                             help="an open file descriptor (a pipe) to write the result JSON to")
             cmd.add_argument("--splits", type=_splits, default=("val",))
             cmd.add_argument("--budget-fraction", type=_fraction, default=1.0)
             cmd.add_argument("--train", type=Path, default=HERE / "train.py",
@@ -168,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"(vocab {corpus.vocab_size}, tokens {sizes})")
             return 0
         args.train = args.train.resolve()
+        if not args.train.is_file():
+            raise UsageError(f"train script {args.train} not found")
+        from roles import become_referee
+
+        become_referee()
         meta = {"profile": profile.name, "data": args.data, "seed": args.seed,
                 "budget_fraction": args.budget_fraction}
         from harness import run  # torch is imported only by `run`, not by `prepare`
@@ -178,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except JudgedFailure as failure:
-        write_result(args.result, {"status": failure.status, "reason": failure.reason, **meta})
+        write_result(args, {"status": failure.status, "reason": failure.reason, **meta})
         print(f"error: {failure.reason}", file=sys.stderr)
         return 1
     result.update(meta)
-    write_result(args.result, result)
+    write_result(args, result)
     print_summary(result)
     return 0
 

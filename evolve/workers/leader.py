@@ -13,7 +13,10 @@ SIGKILLs every descendant and then the whole process group. The runner's own kil
 through the leader (see sandbox.reap_group), never straight at the keeper. Standalone (stdlib
 only) so it starts under `python -I`.
 
-    python -I leader.py <runner pid> <harness argv...>
+    python -I leader.py [--pass-fd N] <runner pid> <harness argv...>
+
+--pass-fd N: an open descriptor (the result pipe's write end) the harness inherits under the
+same number; leader and keeper close their own copies as soon as the harness has it.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def _wait_for(harness: int) -> int:
             return os.waitstatus_to_exitcode(status)
 
 
-def keeper(leader: int, command: list[str], prctl) -> None:
+def keeper(leader: int, command: list[str], prctl, passed: tuple[int, ...] = ()) -> None:
     """In a child of the leader: run the harness, then leave nothing of it alive."""
     if prctl is not None:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -129,7 +132,10 @@ def keeper(leader: int, command: list[str], prctl) -> None:
             os.kill(os.getpid(), signal.SIGUSR2)
         threading.Thread(target=watch, daemon=True).start()
     me = os.getpid()
-    harness = subprocess.Popen(command, preexec_fn=lambda: _die_with(me, signal.SIGKILL, prctl))
+    harness = subprocess.Popen(command, preexec_fn=lambda: _die_with(me, signal.SIGKILL, prctl),
+                               pass_fds=passed)
+    for fd in passed:  # only the harness holds the result pipe now
+        os.close(fd)
     code = _wait_for(harness.pid)
     _sweep(me)
     if code < 0:  # mirror a signal death, so the leader (and the runner) see what killed it
@@ -140,6 +146,9 @@ def keeper(leader: int, command: list[str], prctl) -> None:
 
 
 def main(argv: list[str]) -> int:
+    passed: tuple[int, ...] = ()
+    if argv[:1] == ["--pass-fd"]:
+        passed, argv = (int(argv[1]),), argv[2:]
     runner_pid, command = int(argv[0]), argv[1:]
     prctl = _prctl()
     # A group-wide SIGTERM (the runner's timeout) is meant for the harness; leader and keeper
@@ -151,11 +160,13 @@ def main(argv: list[str]) -> int:
     child = os.fork()
     if child == 0:
         try:
-            keeper(leader, command, prctl)
+            keeper(leader, command, prctl, passed)
         except BaseException as exc:  # e.g. the harness could not be started
             print(f"leader: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         finally:
             os._exit(1)
+    for fd in passed:
+        os.close(fd)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:  # mirror the keeper's (that is, the harness's) signal death

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ NOT_HARNESS = frozenset({"train.py", "train_cpu.py", "program.md"})
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".ruff_cache")
 
 HARNESS_ENTRY = "prepare.py"
-RESULT_FILE = "result.json"
+RESULT_FILE = "result.json"  # the runner's copy of what the harness sent down the result pipe
+RESULT_MAX_BYTES = 1 << 20
 LOG_FILE = "run.log"
 TAIL_LINES = 50
 TAIL_MAX_CHARS = 8000
@@ -93,11 +95,12 @@ def experiment_dir(request: RunRequest) -> Path:
     return Path(request.work_root) / f"{safe_id}-a{request.attempt}"
 
 
-def harness_command(request: RunRequest) -> list[str]:
-    """The harness command line of docs/contracts.md section 1."""
+def harness_command(request: RunRequest, result_fd: int) -> list[str]:
+    """The harness command line of docs/contracts.md section 1; the result comes back on
+    `result_fd`, a pipe only the harness's referee holds (never a file the candidate can write)."""
     argv = [
         sys.executable, HARNESS_ENTRY, "run", "--profile", request.profile, "--data", request.data,
-        "--seed", str(request.seed), "--result", RESULT_FILE,
+        "--seed", str(request.seed), "--result-fd", str(result_fd),
     ]
     if tuple(request.splits) != ("val",):
         argv += ["--splits", ",".join(request.splits)]
@@ -125,33 +128,78 @@ def run_candidate(request: RunRequest) -> RunResult:
 
     env = scrubbed_env(os.environ, threads=request.torch_threads, seed=request.seed)
     timed_out = False
-    with open(log_path, "wb") as log:
-        log.write(f"{sandbox.note}\n".encode())
-        log.flush()
-        try:
-            process = start_in_group([*sandbox.prefix, *harness_command(request)], cwd=directory,
-                                     env=env, log=log)
-        except OSError as exc:
-            return _result(request, "crashed", {}, f"could not start the harness: {exc}",
-                           log_path, None, started)
-        try:
-            process.wait(timeout=max(0.0, request.timeout_s))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            kill_group(process)
-        finally:
-            # Whatever happened (done, timeout, or the runner itself interrupted), nothing of the
-            # experiment outlives this call: background children the candidate forked included.
-            reap_group(process)
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_path, "wb") as log:
+            log.write(f"{sandbox.note}\n".encode())
+            log.flush()
+            try:
+                process = start_in_group([*sandbox.prefix, *harness_command(request, write_end)],
+                                         cwd=directory, env=env, log=log, pass_fd=write_end)
+            except OSError as exc:
+                return _result(request, "crashed", {}, f"could not start the harness: {exc}",
+                               log_path, None, started)
+            finally:
+                os.close(write_end)
+            reader = ResultReader(read_end)
+            try:
+                process.wait(timeout=max(0.0, request.timeout_s))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                kill_group(process)
+            finally:
+                # Whatever happened (done, timeout, or the runner itself interrupted), nothing of
+                # the experiment outlives this call: background children it forked included.
+                reap_group(process)
+            sent = reader.finish()
+    finally:
+        os.close(read_end)
     exit_code = process.returncode
     if timed_out:
         reason = f"timed out after {request.timeout_s:g} s (wall-clock limit); process group killed"
         result = _result(request, "timed_out", {}, reason, log_path, exit_code, started)
     else:
-        result = _judge(request, directory, log_path, exit_code, started)
+        _keep_result_copy(directory, sent)
+        result = _judge(request, sent, log_path, exit_code, started)
     if not request.keep_workdir:
         tidy(directory)
     return result
+
+
+class ResultReader:
+    """Reads the result pipe while the harness runs (so a large result never blocks it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._data, self._too_big = fd, bytearray(), False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            if len(self._data) + len(chunk) > RESULT_MAX_BYTES:
+                self._too_big = True
+                return
+            self._data += chunk
+
+    def finish(self) -> bytes | None:
+        """What arrived (None: too big). The harness is dead by now; a straggler holding the
+        write end (it never should) is not waited for beyond a moment."""
+        self._thread.join(timeout=2.0)
+        return None if self._too_big else bytes(self._data)
+
+
+def _keep_result_copy(directory: Path, sent: bytes | None) -> None:
+    """The experiment folder's result.json is the runner's copy of the pipe, nothing else."""
+    target = directory / RESULT_FILE
+    target.unlink(missing_ok=True)  # whatever a candidate process left there is not a result
+    if sent:
+        target.write_bytes(sent)
 
 
 def tidy(directory: Path) -> None:
@@ -211,10 +259,11 @@ def materialise(request: RunRequest, directory: Path) -> str:
     return ""
 
 
-def _judge(request: RunRequest, directory: Path, log_path: Path, exit_code: int | None,
+def _judge(request: RunRequest, sent: bytes | None, log_path: Path, exit_code: int | None,
            started: float) -> RunResult:
-    """Turn the exit code and the result file (never the printed log) into an outcome."""
-    result, problem = _read_result(directory / RESULT_FILE)
+    """Turn the exit code and the piped result (never the printed log, never a file in the
+    experiment folder) into an outcome."""
+    result, problem = _parse_result(sent)
     status = result.get("status") if result else None
     harness_reason = str(result.get("reason", "")).strip() if result else ""
     if status == "invalid":
@@ -234,20 +283,18 @@ def _judge(request: RunRequest, directory: Path, log_path: Path, exit_code: int 
     return _result(request, "crashed", {}, reason, log_path, exit_code, started)
 
 
-def _read_result(path: Path) -> tuple[dict | None, str]:
-    """The harness's result JSON, or None and why not."""
+def _parse_result(sent: bytes | None) -> tuple[dict | None, str]:
+    """The harness's result JSON from the pipe, or None and why not."""
+    if sent is None:
+        return None, f"the harness sent a result over {RESULT_MAX_BYTES} bytes"
+    if not sent:
+        return None, "the harness sent no result"
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, "the harness wrote no result file"
-    except OSError as exc:
-        return None, f"cannot read the result file: {exc}"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"result file is not JSON: {exc}"
+        data = json.loads(sent.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"the harness's result is not JSON: {exc}"
     if not isinstance(data, dict):
-        return None, "result file is not a JSON object"
+        return None, "the harness's result is not a JSON object"
     return data, ""
 
 

@@ -90,19 +90,23 @@ def _parent_death_hook(sig: int) -> Callable[[], None] | None:
 
 
 def start_in_group(
-    argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str], log: IO[bytes]
+    argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str], log: IO[bytes],
+    pass_fd: int | None = None,
 ) -> subprocess.Popen:
     """Start `argv` in a new session/process group that is SIGKILLed whole if we die.
 
     The group's leader is `leader.py`: it dies with us (parent-death SIGKILL), and its keeper
     (a child subreaper) then kills every process the experiment started, those that left the
-    group included, so nothing of the experiment outlives the worker.
+    group included, so nothing of the experiment outlives the worker. `pass_fd` (the result
+    pipe) reaches the harness under the same number, and nothing else of ours does.
     """
-    command = [sys.executable, "-I", str(LEADER), str(os.getpid()), *argv]
+    passing = ["--pass-fd", str(pass_fd)] if pass_fd is not None else []
+    command = [sys.executable, "-I", str(LEADER), *passing, str(os.getpid()), *argv]
     return subprocess.Popen(
         command, cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
         preexec_fn=_parent_death_hook(signal.SIGKILL), close_fds=True,
+        pass_fds=(pass_fd,) if pass_fd is not None else (),
     )
 
 

@@ -1,0 +1,182 @@
+"""The referee's untrusted processes: how they start (jailed, fresh interpreter, one channel)
+and how they end (every descendant killed, those that left their parent included).
+
+The referee makes itself a child subreaper, so whatever a role forks stays below the referee
+in the process tree even after a double fork or setsid, and sweep() finds and kills it. It
+makes itself non-dumpable, so a process of the same user cannot open /proc/<referee>/fd (the
+result fd, the channels) or read its memory. Stdlib only, no candidate code ever imported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jail
+from channel import Channel, socketpair
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+SWEEP_DEADLINE_S = 5.0
+# What a role's environment keeps of Python's own variables (the rest could redirect imports).
+_PYTHON_KEEP = ("PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
+
+
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def become_referee() -> None:
+    """Non-dumpable (no /proc/<pid>/fd or mem for same-user processes) and a subreaper."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def role_env(base: Mapping[str, str], seed: int) -> dict[str, str]:
+    """The roles' environment: no PYTHON* variable but the harmless ones, no cache location."""
+    env = {k: v for k, v in base.items()
+           if not (k.startswith("PYTHON") and k not in _PYTHON_KEEP) and k != "EVOLVE_CACHE_DIR"}
+    env["PYTHONHASHSEED"] = str(seed)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+@dataclass
+class Role:
+    """A started role: its process (the jail's outermost) and the referee's end of its channel."""
+
+    name: str
+    process: subprocess.Popen
+    channel: Channel
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def _die_with_referee() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def spawn(name: str, script: Path, args: Sequence[str], *, workdir: Path,
+          readonly: Sequence[Path], hidden: Sequence[Path], env: Mapping[str, str],
+          sandboxed: bool) -> Role:
+    """Start `python -s script args --channel-fd N` in `workdir`, jailed when `sandboxed`.
+
+    -s: no user site-packages. The script's own folder (the harness) comes first on sys.path;
+    PYTHON* variables that could redirect imports were dropped from `env`.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    mine, fd = socketpair()
+    argv = [sys.executable, "-s", str(script), *args, "--channel-fd", str(fd)]
+    if sandboxed:
+        argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env)
+    try:
+        process = subprocess.Popen(argv, cwd=str(workdir), env=dict(env), stdin=subprocess.DEVNULL,
+                                   pass_fds=(fd,), close_fds=True, preexec_fn=_die_with_referee)
+    finally:
+        os.close(fd)
+    return Role(name, process, mine)
+
+
+def descendants(root: int, keep: Iterable[int] = ()) -> list[int]:
+    """Live processes below `root` in the process tree, except `keep` and what is below them."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                text = stat.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    spared = set(keep)
+    found, frontier = [], [root]
+    while frontier:
+        below = [pid for pid in children.get(frontier.pop(), []) if pid not in spared]
+        found.extend(below)
+        frontier.extend(below)
+    return found
+
+
+def end(role: Role) -> int | None:
+    """Kill `role` and everything it started; its exit code (negative: the signal)."""
+    role.channel.close()
+    if role.process.poll() is None:
+        try:
+            role.process.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        role.process.wait(timeout=SWEEP_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    return role.process.returncode
+
+
+def sweep(keep: Sequence[Role] = ()) -> None:
+    """SIGKILL every descendant of the referee but the `keep` roles, until none is left.
+
+    Orphans of ended roles were reparented to the referee (a subreaper), so they are found
+    here whatever they did to leave their parent; their zombies are reaped too.
+    """
+    spared = [r.process.pid for r in keep if r.alive()]
+    deadline = time.monotonic() + SWEEP_DEADLINE_S
+    while (found := descendants(os.getpid(), spared)) and time.monotonic() < deadline:
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap(spared)
+        time.sleep(0.01)
+    _reap(spared)
+
+
+def _reap(spared: Sequence[int]) -> None:
+    """Collect dead children that are not roles still wanted (their Popen waits for them)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    me = str(os.getpid())
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in spared:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                text = stat.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if fields[0] == "Z" and fields[1] == me:
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+            except ChildProcessError:
+                pass
