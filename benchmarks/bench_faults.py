@@ -31,7 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_TEMPLATE = REPO / "tests" / "fixtures" / "sleep_template"
-EVOLVE = [sys.executable, "-m", "evolve.cli"]
+EVOLVE = [sys.executable, "-m", "evolve.run.cli"]
 NODE = {"num_cpus": 2, "num_gpus": 2}
 FINAL = ("done", "crashed", "timed_out")
 
@@ -172,7 +172,7 @@ def _stop_line(output: str) -> str:
 
 def count(run_dir: Path) -> dict:
     """Experiments, losses and (must be 0) lost or duplicated results, from the store."""
-    from evolve.controller.resume import RESUME_LOST
+    from evolve.controller.recovery import RESUME_LOST
     from population.store import Store
 
     store = Store.open(run_dir / "store.sqlite", readonly=True)

@@ -53,8 +53,8 @@ PROFILE = "cpu-bench"
 def run_one(strategy: str, seed: int, experiments: int, out: str) -> dict:
     """One evolve run in this process (LocalExecutor, one worker); its curve as a dict."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from evolve.app import Run
     from evolve.controller.executor import LocalExecutor
+    from evolve.run.app import Run
     from population.candidate import Status
     from population.store import Store
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from population.outcomes import Outcome, Purpose
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS extra_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -35,8 +37,9 @@ CREATE TABLE IF NOT EXISTS extra_runs (
     reason TEXT NOT NULL
 )"""
 INDEX = "CREATE INDEX IF NOT EXISTS extra_runs_candidate ON extra_runs (candidate_id, purpose)"
-PURPOSES = ("noise", "confirm", "test", "stage")
-OUTCOMES = ("queued", "running", "done", "crashed", "timed_out", "invalid", "lost")
+PURPOSES = tuple(p.value for p in Purpose)
+OUTCOMES = tuple(o.value for o in (Outcome.QUEUED, Outcome.RUNNING, Outcome.DONE, Outcome.CRASHED,
+                                    Outcome.TIMED_OUT, Outcome.INVALID, Outcome.LOST))
 _COLUMNS = ("id, candidate_id, purpose, seed, splits, budget_fraction, worker, queued_at, "
             "started_at, ended_at, outcome, val_bpb, test_bpb, metrics, reason")
 
@@ -45,7 +48,7 @@ _COLUMNS = ("id, candidate_id, purpose, seed, splits, budget_fraction, worker, q
 class ExtraRun:
     id: int
     candidate_id: str
-    purpose: str                 # noise | confirm | test | stage (a promotion, multi-fidelity)
+    purpose: Purpose             # noise | confirm | test | stage (a promotion, multi-fidelity)
     seed: int
     splits: tuple[str, ...]
     budget_fraction: float
@@ -53,7 +56,7 @@ class ExtraRun:
     queued_at: float
     started_at: float | None
     ended_at: float | None
-    outcome: str                 # queued | running | done | crashed | timed_out | invalid | lost
+    outcome: Outcome             # queued | running | done | crashed | timed_out | invalid | lost
     val_bpb: float | None
     test_bpb: float | None
     metrics: Mapping[str, Any] = field(default_factory=dict)
@@ -109,8 +112,8 @@ def finish(conn: sqlite3.Connection, run_id: int, *, outcome: str, metrics: Mapp
     conn.execute(
         "UPDATE extra_runs SET outcome=?, val_bpb=?, test_bpb=?, metrics=?, reason=?, "
         "ended_at=? WHERE id=?",
-        (outcome, _finite(metrics.get("val_bpb")) if outcome == "done" else None,
-         _finite(metrics.get("test_bpb")) if outcome == "done" else None,
+        (outcome, _finite(metrics.get("val_bpb")) if outcome == Outcome.DONE else None,
+         _finite(metrics.get("test_bpb")) if outcome == Outcome.DONE else None,
          json.dumps(dict(metrics)), reason, time.time() if now is None else now, run_id))
 
 
@@ -133,8 +136,8 @@ def select(conn: sqlite3.Connection, candidate_id: str | None = None,
 def _from_row(row: Any) -> ExtraRun:
     (rid, cid, purpose, seed, splits, fraction, worker, queued, started, ended, outcome, val,
      test, metrics, reason) = tuple(row)
-    return ExtraRun(rid, cid, purpose, seed, tuple(s for s in splits.split(",") if s), fraction,
-                    worker, queued, started, ended, outcome, val, test, json.loads(metrics),
+    return ExtraRun(rid, cid, Purpose(purpose), seed, tuple(s for s in splits.split(",") if s),
+                    fraction, worker, queued, started, ended, Outcome(outcome), val, test, json.loads(metrics),
                     reason)
 
 

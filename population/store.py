@@ -21,6 +21,7 @@ from typing import Any
 from population import extra_runs
 from population.candidate import Candidate, Status
 from population.extra_runs import ExtraRun
+from population.outcomes import Outcome
 from population.schema import COLUMNS, SCHEMA, candidate_from_row
 
 _RANK = {
@@ -35,8 +36,7 @@ _RANK = {
 # worker would not score it (another harness or data on its node) and `abandoned`: the
 # controller stopped on purpose with it in flight; neither is the candidate's doing, so
 # neither counts as lost. The column is free text: older stores need no migration.
-ATTEMPT_OUTCOMES = ("running", "done", "crashed", "timed_out", "invalid", "lost", "refused",
-                    "abandoned")
+ATTEMPT_OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.QUEUED)
 FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
@@ -74,7 +74,7 @@ class Attempt:
     device: str
     started_at: float
     ended_at: float | None
-    outcome: str
+    outcome: Outcome
     reason: str
 
 
@@ -308,7 +308,7 @@ class Store:
                        now: float | None = None) -> None:
         """Close an attempt with its outcome (done, crashed, timed_out, invalid, lost,
         refused, abandoned)."""
-        if outcome not in ATTEMPT_OUTCOMES or outcome == "running":
+        if outcome not in ATTEMPT_OUTCOMES or outcome == Outcome.RUNNING:
             raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES[1:]}, "
                              f"not {outcome!r}")
         with self._write():
@@ -316,7 +316,7 @@ class Store:
                 "SELECT outcome FROM attempts WHERE id=?", (attempt_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no attempt {attempt_id} in the store")
-            if row[0] != "running":
+            if row[0] != Outcome.RUNNING:
                 raise StatusError(f"attempt {attempt_id} already finished as {row[0]}")
             self._conn.execute(
                 "UPDATE attempts SET outcome=?, reason=?, ended_at=? WHERE id=?",
@@ -442,7 +442,7 @@ class Store:
         rows = self._conn.execute(
             "SELECT id, candidate_id, worker, node, device, started_at, ended_at, outcome, reason "
             "FROM attempts WHERE candidate_id=? ORDER BY id", (candidate_id,)).fetchall()
-        return [Attempt(*row) for row in rows]
+        return [Attempt(*row[:7], Outcome(row[7]), row[8]) for row in rows]
 
     def lost_count(self, candidate_id: str) -> int:
         """How many attempts at this candidate were lost with their worker (refused and

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from population.candidate import Candidate, Status
 
@@ -25,10 +25,15 @@ def rank_key(candidate: Candidate) -> tuple[float, float, str]:
             math.inf if finished is None else finished, candidate.id)
 
 
+def is_score(value: Any) -> bool:
+    """A score that can be compared: a real number, finite (None, NaN, inf, a bool or a
+    string never is). The one test of "is this val_bpb usable" (shell, extra runs, survival)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def is_ranked(candidate: Candidate) -> bool:
     """Only done candidates with a finite score take part in survival."""
-    bpb = candidate.val_bpb
-    return candidate.status is Status.DONE and bpb is not None and math.isfinite(bpb)
+    return candidate.status is Status.DONE and is_score(candidate.val_bpb)
 
 
 def survivors(candidates: Iterable[Candidate], size: int) -> list[Candidate]:
@@ -36,11 +41,6 @@ def survivors(candidates: Iterable[Candidate], size: int) -> list[Candidate]:
     if size < 1:
         raise ValueError(f"population size must be at least 1, not {size}")
     return sorted(filter(is_ranked, candidates), key=rank_key)[:size]
-
-
-def population_size(strategy: str, size: int) -> int:
-    """Greedy keeps only the champion, whatever `population.size` says."""
-    return 1 if strategy == "greedy" else size
 
 
 def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) -> Verdict:

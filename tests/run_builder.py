@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from evolve.rundir import RunDir
-from evolve.runview import file_diff
+from evolve.inspect.runview import file_diff
+from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
 from population.store import Store
 

@@ -31,11 +31,12 @@ from evolve.controller.core import (
     WorkerJoined,
 )
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.resume import judge, operator_labels, recover, settings_from_config
+from evolve.controller.recovery import judge, recover
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import operator_labels, settings_from_config
+from evolve.inspect.status import operator_table
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.operators import OperatorStats, tally
-from evolve.status import operator_table
 from population.candidate import Candidate, Status
 from population.store import Store
 

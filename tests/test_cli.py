@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_TEMPLATE = REPO / "tests" / "fixtures" / "sleep_template"
-EVOLVE = [sys.executable, "-m", "evolve.cli"]
+EVOLVE = [sys.executable, "-m", "evolve.run.cli"]
 
 
 def _env() -> dict[str, str]:

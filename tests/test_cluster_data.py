@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.datahash import DataMismatch, data_fingerprint, reference_hashes
+from evolve.guard.datahash import DataMismatch, data_fingerprint, reference_hashes
 from evolve.workers.pristine import template_hash
 from evolve.workers.runner import RunRequest, TemplateError, run_candidate
 from population.store import Store

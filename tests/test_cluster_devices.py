@@ -26,10 +26,10 @@ from evolve.controller.core import (
 from evolve.controller.devices import DevicePolicy, device_type
 from evolve.controller.executor import Joined, LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.live import LiveDisplay
+from evolve.inspect.status import render_status
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.rundir import RunDir
-from evolve.status import render_status
+from evolve.run.live import LiveDisplay
+from evolve.run.rundir import RunDir
 from population.store import Store
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"

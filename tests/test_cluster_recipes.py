@@ -212,7 +212,7 @@ def test_submit_script_delivers_the_entrypoint_intact(tmp_path: Path) -> None:
     assert job.returncode == 0, job.stderr
     seen = json.loads(job.stdout)
     assert seen["key"] == "sk-test-123"
-    assert seen["argv"] == ["-m", "evolve.cli", "run", "configs/cluster/run.yaml", "--address",
+    assert seen["argv"] == ["-m", "evolve.run.cli", "run", "configs/cluster/run.yaml", "--address",
                             "auto", "--set", f"output.results_dir={tmp_path / 'results'}",
                             "--set", "name=two words"]
     assert "sk-test-123" not in " ".join(argv)  # the key never travels in the job request

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from evolve.config import Config, ConfigError, WorkersConfig, config_from_dict, load_config
+from evolve.workers.pool import worker_count
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,12 +126,17 @@ def test_config_is_frozen(tmp_path: Path, template: Path) -> None:
 
 
 def test_workers_auto_resolves_from_the_cluster() -> None:
-    assert WorkersConfig(count="auto", gpus_per_worker=1).resolve(gpus=8, cpus=64) == 8
-    assert WorkersConfig(count="auto", gpus_per_worker=2).resolve(gpus=8, cpus=64) == 4
-    assert WorkersConfig(count="auto", cpus_per_worker=2).resolve(gpus=0, cpus=5) == 2
-    assert WorkersConfig(count=3, gpus_per_worker=1).resolve(gpus=8, cpus=64) == 3
-    with pytest.raises(ConfigError, match="gpus_per_worker"):
-        WorkersConfig(count="auto", gpus_per_worker=1).resolve(gpus=0, cpus=8)
+    def resolve(workers: WorkersConfig, *, gpus: float, cpus: float) -> int:
+        return worker_count(workers.count, gpus_per_worker=workers.gpus_per_worker,
+                            cpus_per_worker=workers.cpus_per_worker,
+                            resources={"GPU": gpus, "CPU": cpus})
+
+    assert resolve(WorkersConfig(count="auto", gpus_per_worker=1), gpus=8, cpus=64) == 8
+    assert resolve(WorkersConfig(count="auto", gpus_per_worker=2), gpus=8, cpus=64) == 4
+    assert resolve(WorkersConfig(count="auto", cpus_per_worker=2), gpus=0, cpus=5) == 2
+    assert resolve(WorkersConfig(count=3, gpus_per_worker=1), gpus=8, cpus=64) == 3
+    with pytest.raises(ValueError, match="gpus_per_worker"):
+        resolve(WorkersConfig(count="auto", gpus_per_worker=1), gpus=0, cpus=8)
 
 
 def test_config_from_dict_for_programmatic_runs(template: Path) -> None:

@@ -193,13 +193,14 @@ def test_a_real_gain_is_confirmed_and_crowned(tmp_path):
 
 
 def test_extra_runs_left_open_by_a_stopped_controller_are_closed_as_lost(tmp_path):
-    template = make_template(tmp_path)
+    config = make_config(make_template(tmp_path))
     with Store.open(tmp_path / "store.sqlite") as store:
         store.add(Candidate(id="root", parent_id=None, island=0, generation=0,
                             files={"train.py": "x = 1\n"}))
         queued = store.add_extra_run("root", purpose="noise", seed=5)
         running = store.add_extra_run("root", purpose="confirm", seed=6)
         store.start_extra_run(running.id, worker="w0")
-        Evidence(store, make_config(template), size=4)
+        Evidence(store, seed=config.seed, noise=config.noise, confirm=config.confirm,
+                 test=config.test, size=4)
         assert [r.outcome for r in store.extra_runs("root")] == ["lost", "lost"]
         assert "redone" in store.extra_run(queued.id).reason

@@ -113,7 +113,7 @@ def _spy_run(tmp_path: Path, env: dict[str, str], roots: list[str], ray_token: s
         "budget": {"max_experiments": 1}, "output": {"results_dir": str(tmp_path / "results")},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "evolve.cli", "run", str(tmp_path / "run.yaml")]
+    argv = [sys.executable, "-m", "evolve.run.cli", "run", str(tmp_path / "run.yaml")]
     argv += ["--address", address] if address else []
     driver = subprocess.Popen(argv, cwd=tmp_path, env={**env, **planted, "OMP_NUM_THREADS": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

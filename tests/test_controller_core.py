@@ -289,3 +289,22 @@ def test_resume_continues_proposal_numbering():
     core = Scheduler(Settings(), Champion(), "root", history=History(root_done=True, proposals_made=12))
     (p,) = of(Propose, core.handle(WorkerJoined(worker_id="w0", now=0.0)))
     assert p.ticket == 12
+
+
+def test_migration_keeps_its_rhythm_across_resume():
+    # Every 3 finished experiments; a run resumed after 4 migrates at 6 and 9, not at 5 or 7.
+    core = Scheduler(Settings(islands=2, migration_interval=3), Champion(), "root",
+                     history=History(finished=4, root_done=True))
+    pending = of(Propose, core.handle(WorkerJoined(worker_id="w0", now=0.0)))
+    migrations, n = [], 0
+    while n < 5:
+        n += 1
+        proposal = pending.pop(0)
+        out = core.handle(ProposalReady(ticket=proposal.ticket, candidate_id=f"c{n}", now=n))
+        pending += of(Propose, out)
+        (run,) = of(Run, out)
+        out = core.handle(ResultArrived(candidate_id=run.candidate_id, worker_id="w0",
+                                        outcome="done", val_bpb=1.0, now=n + 0.5))
+        pending += of(Propose, out)
+        migrations += of(Migrate, out)
+    assert migrations == [Migrate(6), Migrate(9)]

@@ -20,6 +20,7 @@ from evolve.controller.core import (
 from evolve.controller.evidence import NOISE_META, Evidence
 from population.candidate import Candidate, Status
 from population.extra_runs import parse_job_id
+from population.result import Result
 from population.store import Store
 
 
@@ -102,13 +103,15 @@ def test_with_device_groups_a_new_best_is_confirmed_against_its_own_types_best(t
         store.set_meta(NOISE_META, json.dumps({"sigma": 0.01, "mean": 1.0, "seeds": [],
                                                "runs": []}))
 
-        grouped = Evidence(store, config, size=4, peers=lambda island: [island])
-        jobs = grouped.hold("c", Status.DONE, {"val_bpb": 1.2}, "", "", now=3.0)
+        grouped = Evidence(store, seed=config.seed, noise=config.noise, confirm=config.confirm,
+                            test=config.test, size=4, peers=lambda island: [island])
+        jobs = grouped.hold(Result("c", Status.DONE, {"val_bpb": 1.2}), now=3.0)
         assert jobs and grouped.held["c"].trigger == "new best"
         assert grouped.held["c"].incumbent_id == "b1"
         rescored = {store.extra_run(parse_job_id(job)).candidate_id for job in jobs}
         assert rescored == {"c", "b1"}  # nothing of island 0's hardware
 
         # Without groups every island is one comparison: 1.2 is no new best against 1.0.
-        assert Evidence(store, config, size=4).hold("c", Status.DONE, {"val_bpb": 1.2}, "", "",
+        assert Evidence(store, seed=config.seed, noise=config.noise, confirm=config.confirm,
+                            test=config.test, size=4).hold(Result("c", Status.DONE, {"val_bpb": 1.2}),
                                                     now=3.0) is None

@@ -7,13 +7,8 @@ import random
 from test_controller_shell import make_config, make_template
 
 from evolve.controller.core import Run, Scheduler, WorkerJoined
-from evolve.controller.resume import (
-    RESUME_LOST,
-    StoreParents,
-    operator_names,
-    recover,
-    settings_from_config,
-)
+from evolve.controller.recovery import RESUME_LOST, recover
+from evolve.controller.wiring import operator_names, settings_from_config, store_population
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -55,7 +50,7 @@ def test_recover_requeues_running_first_and_gives_up_on_the_lost_too_often(tmp_p
         assert history.proposals_made == 40 and history.elapsed_s == 123.5
 
         config = make_config(make_template(tmp_path, 0.1), population={"islands": 2})
-        core = Scheduler(settings_from_config(config), StoreParents(store, config), "root",
+        core = Scheduler(settings_from_config(config), store_population(store, config), "root",
                          history=history)
         out = core.handle(WorkerJoined(worker_id="w9", now=0.0))
         assert [d for d in out if isinstance(d, Run)] == [Run("was_running", "w9", 3)]
@@ -69,7 +64,7 @@ def test_store_parents_fall_back_to_the_best_for_an_empty_island(tmp_path):
         store.record_result("root", status=Status.DONE, metrics={"val_bpb": 1.5})
         store.add(child("a"))
         store.record_result("a", status=Status.DONE, metrics={"val_bpb": 1.2})
-        parents = StoreParents(store, config)
+        parents = store_population(store, config)
         assert parents.choose_parent(1, random.Random(0)) == "a"
         assert parents.choose_parent(0, random.Random(0)) in ("a", "root")
 

@@ -15,8 +15,8 @@ import pytest
 
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller, Progress
+from evolve.controller.wiring import operator_names
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Candidate, Status

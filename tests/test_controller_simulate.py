@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from evolve.controller.simulate import SimSpec, simulate
+import pytest
+
+from evolve.controller.simulate import SimSpec, Simulation, simulate
 
 
 def test_workers_stay_busy_at_64_workers():
@@ -34,3 +36,13 @@ def test_lookahead_zero_is_one_proposal_at_a_time():
     ahead = simulate(SimSpec(workers=1, hours=6.0, lookahead=1, seed=4))
     # Sequential: each worker waits through each proposal (10-90 s against 300 s).
     assert sequential.utilisation < 0.9 < ahead.utilisation
+
+
+def test_the_strategy_is_built_with_its_parameters():
+    # The simulator once built every strategy with its defaults, whatever the spec said.
+    sim = Simulation(SimSpec(workers=8, strategy="tournament", selection={"tournament_size": 5}))
+    assert sim.population.selector.tournament_size == 5
+    greedy = Simulation(SimSpec(workers=8, strategy="greedy", population_size=8))
+    assert greedy.population.size == 1  # the strategy's quirk, asked of its selector
+    with pytest.raises(ValueError, match="tournament_sizes"):
+        Simulation(SimSpec(workers=8, selection={"tournament_sizes": 5}))

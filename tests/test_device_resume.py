@@ -26,7 +26,7 @@ from evolve.controller.core import (
 )
 from evolve.controller.devices import DevicePolicy, first_types
 from evolve.controller.executor import Joined, LocalExecutor
-from evolve.controller.resume import recover
+from evolve.controller.recovery import recover
 from evolve.controller.shell import Controller
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Candidate, Status

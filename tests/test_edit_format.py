@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evolve.mutate.edit_format import (
     EditError,
+    ParsedAnswer,
     apply_answer,
-    apply_edit,
     describe_change,
+    feedback,
     parse_answer,
     resolve_file,
 )
 
 MUTABLE = ["train.py"]
+
+
+def apply_edit(text: str, files: Mapping[str, str], mutable_files: Sequence[str]) -> tuple[
+        ParsedAnswer, dict[str, str], str]:
+    """Parse and apply a whole answer; raise EditError (feedback text) if any part fails (the
+    parse + apply + feedback steps the mutators take, in one call for these tests)."""
+    answer = parse_answer(text, mutable_files)
+    result = apply_answer(answer, files, mutable_files)
+    if result.failed:
+        raise EditError(feedback(result))
+    if not result.applied:
+        raise EditError("the answer has no edit: give SEARCH/REPLACE blocks (or a complete file) "
+                        "in the format described.")
+    return answer, result.files, "\n\n".join(result.applied)
 
 
 def block(search: str, replace: str, name: str = "train.py") -> str:

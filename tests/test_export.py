@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from run_builder import SEED, build_run
 
-from evolve.export import ExportError, export_run
-from evolve.report_data import read_run
+from evolve.inspect.export import ExportError, export_run
+from evolve.inspect.report_data import read_run
 
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
        "-c", "core.autocrlf=false")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from evolve.guard.preflight import preflight
 from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.constants import find_constants, replace_constant
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.mutate.moves import CHOICES, LEARNING_RATES, MOVES, NotApplicable
-from evolve.preflight import preflight
 from population.candidate import Candidate
 
 REPO = Path(__file__).resolve().parent.parent

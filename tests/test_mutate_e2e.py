@@ -16,10 +16,10 @@ import pytest
 
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
-from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import operator_names
 from evolve.mutate.cost import SpendLedger
-from evolve.mutate.operators import build_mutators
+from evolve.mutate.registry import build_mutators
 from population.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

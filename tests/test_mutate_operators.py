@@ -148,9 +148,9 @@ def test_rate_limiter_holds_calls_to_the_budget():
 
 def test_build_mutators_from_the_config(monkeypatch):
     from evolve.config import config_from_dict
-    from evolve.controller.resume import operator_names
+    from evolve.controller.wiring import operator_names
     from evolve.mutate.crossover import CrossoverMutator
-    from evolve.mutate.operators import build_mutators
+    from evolve.mutate.registry import build_mutators
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key-for-build")
     template = Path(__file__).resolve().parent.parent / "train_template"

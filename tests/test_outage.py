@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.app import Run
 from evolve.controller.executor import LocalExecutor
 from evolve.mutate.base import MutationContext
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.mutate.llm import LLMMutator
-from evolve.outage import FallbackWhenDown
+from evolve.run.app import Run
+from evolve.run.outage import FallbackWhenDown
 from population.candidate import Candidate, Status
 
 REPO = Path(__file__).resolve().parent.parent

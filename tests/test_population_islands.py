@@ -22,7 +22,7 @@ from population.islands import (
 )
 from population.selection import make_selector, proposal_rng
 from population.store import Store
-from population.survival import population_size, verdict
+from population.survival import verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,8 +82,8 @@ def evolve(path: Path, seed: int, strategy: str,
            experiments: int = 36) -> tuple[list[tuple], list[tuple]]:
     """A miniature steady-state loop over the real store, with scores from a seeded RNG."""
     islands, interval, patience = 3, 9, 4
-    size = population_size(strategy, 3)
     selector = make_selector(strategy, tournament_size=2)
+    size = selector.population_size(3)
     score_rng = random.Random(seed)
     verdicts = []
     with Store.open(path) as store:
@@ -138,7 +138,8 @@ def test_a_seeded_run_replays_exactly(tmp_path: Path, strategy: str) -> None:
 
 def test_importing_population_pulls_in_no_heavy_dependency() -> None:
     code = ("import sys, population, population.store, population.selection, "
-            "population.survival, population.islands, population.candidate\n"
+            "population.survival, population.islands, population.candidate, population.port, "
+            "population.budget, population.outcomes, population.result\n"
             "print(sorted(m for m in ('ray', 'torch', 'anthropic', 'httpx', 'numpy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -14,7 +14,6 @@ from population.selection import Greedy, Rank, Tournament, make_selector, propos
 from population.survival import (
     lost_reason,
     lost_too_often,
-    population_size,
     rank_key,
     survivors,
     verdict,
@@ -68,7 +67,7 @@ def test_rank_is_blind_to_the_scale_and_sign_of_scores() -> None:
 
 @pytest.mark.parametrize("strategy", ["greedy", "tournament", "rank"])
 def test_selection_is_deterministic_under_a_seed(strategy: str) -> None:
-    selector = make_selector(strategy, tournament_size=2, power=1.5)
+    selector = make_selector(strategy, tournament_size=2, rank_power=1.5)
     assert selector.name == strategy
     runs = [[selector.select(POP, proposal_rng(7, i)).id for i in range(50)] for _ in range(2)]
     assert runs[0] == runs[1]
@@ -90,7 +89,8 @@ def test_survivors_are_the_best_done_by_val_bpb() -> None:
     assert [c.id for c in survivors(pool, 10)] == ["fast", "tie", "mid", "slow"]
     with pytest.raises(ValueError):
         survivors(pool, 0)
-    assert population_size("greedy", 8) == 1 and population_size("rank", 8) == 8
+    assert make_selector("greedy").population_size(8) == 1
+    assert make_selector("rank").population_size(8) == 8
 
 
 def test_greedy_keep_and_revert_against_the_champion_at_arrival() -> None:

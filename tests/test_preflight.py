@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.preflight import (
+from evolve.guard.preflight import (
     check_harness,
     check_not_duplicate,
     harness_modules,
@@ -225,3 +225,40 @@ def test_order_reports_the_cheapest_real_problem_first() -> None:
     child = SEED + "import prepare\n"
     reason = run(child, seen={source_hash({"train.py": child})})
     assert reason is not None and "harness module" in reason
+
+
+# ---- typed verdicts (check_child) ---------------------------------------------------------------
+
+
+def test_check_child_returns_every_verdict_typed_with_file_and_line() -> None:
+    from evolve.guard.preflight import Check, check_child
+
+    child = SEED + "import prepare\n"
+    report = check_child({"train.py": SEED, "model.py": "A = 1\n"},
+                         {"train.py": child, "model.py": "A = (\n", "extra.py": "B = 2\n"},
+                         mutable_files=["train.py", "model.py"])
+    assert not report.ok
+    assert [v.check for v in report.verdicts] == [Check.ONLY_MUTABLE, Check.PARSES, Check.HARNESS]
+    only, parses, harness = report.verdicts
+    assert only.file == "extra.py" and only.line is None
+    assert parses.file == "model.py" and parses.line == 1 and "syntax error" in parses.message
+    assert harness.file == "train.py" and harness.line == LINE and "prepare" in harness.message
+    # The stored reason is the first verdict, as `preflight` has always reported it.
+    assert report.reason == only.message == preflight(
+        {"train.py": SEED, "model.py": "A = 1\n"},
+        {"train.py": child, "model.py": "A = (\n", "extra.py": "B = 2\n"},
+        mutable_files=["train.py", "model.py"])
+
+
+def test_check_child_passes_a_good_child_and_skips_duplicates_unless_asked() -> None:
+    from evolve.guard.preflight import Check, check_child
+
+    child = SEED.replace("DEPTH = 2", "DEPTH = 3")
+    assert check_child({"train.py": SEED}, {"train.py": child}, mutable_files=["train.py"]).ok
+    seen = {source_hash({"train.py": child})}
+    report = check_child({"train.py": SEED}, {"train.py": child}, mutable_files=["train.py"],
+                         has_hash=seen)
+    assert [v.check for v in report.verdicts] == [Check.DUPLICATE]
+    same = check_child({"train.py": SEED}, {"train.py": SEED + "# note\n"},
+                       mutable_files=["train.py"])
+    assert [v.check for v in same.verdicts] == [Check.DIFFERS]

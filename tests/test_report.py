@@ -13,10 +13,10 @@ from matplotlib.image import imread
 from report_browser import INSTALL_HINT, chromium, dump_dom, screenshot
 from run_builder import FLOOR, build_run
 
-from evolve.report import ReportError, build_report
-from evolve.report_charts import island_chart, lineage_chart, progress_chart
-from evolve.report_data import read_run
-from evolve.rundir import RunDir
+from evolve.inspect.report import ReportError, build_report
+from evolve.inspect.report_charts import island_chart, lineage_chart, progress_chart
+from evolve.inspect.report_data import read_run
+from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
 from population.store import Store
 

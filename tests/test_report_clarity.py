@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from evolve.app import RunRecorder
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.export import RUN_NOTE, export_run
+from evolve.inspect.export import RUN_NOTE, export_run
+from evolve.inspect.report import build_report
+from evolve.inspect.report_charts import lineage_chart
+from evolve.inspect.report_data import read_run
+from evolve.inspect.status import render_status
 from evolve.mutate.base import MutationContext, Proposal
-from evolve.report import build_report
-from evolve.report_charts import lineage_chart
-from evolve.report_data import read_run
-from evolve.rundir import RunDir
-from evolve.status import render_status
+from evolve.run.app import RunRecorder
+from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
 from population.store import MIGRATION, Store
 

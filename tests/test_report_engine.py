@@ -8,14 +8,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from evolve.app import RunRecorder
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.export import export_run
+from evolve.inspect.export import export_run
+from evolve.inspect.report import build_report
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.report import build_report
-from evolve.rundir import RunDir
+from evolve.run.app import RunRecorder
+from evolve.run.rundir import RunDir
 from population.store import Store
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "sleep_template"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.app import Run
-from evolve.datahash import DataMismatch, DataPrepareError, reference_hashes
+from evolve.guard.datahash import DataMismatch, DataPrepareError, reference_hashes
+from evolve.run.app import Run
 from population.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_TEMPLATE = REPO / "tests" / "fixtures" / "sleep_template"
-EVOLVE = [sys.executable, "-m", "evolve.cli"]
+EVOLVE = [sys.executable, "-m", "evolve.run.cli"]
 UNREACHABLE_RAY = "127.0.0.1:9"  # a resume that tried to attach here would hang or fail
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.rundir import TSV_COLUMNS, RunDir, RunDirError
+from evolve.run.rundir import TSV_COLUMNS, RunDir, RunDirError
 from population.candidate import Candidate, Status
 
 

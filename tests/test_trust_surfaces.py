@@ -9,16 +9,16 @@ import subprocess
 from rich.console import Console
 from test_confirmation_e2e import make_config, make_template
 
-from evolve.app import RunRecorder
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.export import export_run
-from evolve.live import LiveDisplay
+from evolve.inspect.export import export_run
+from evolve.inspect.report import build_report
+from evolve.inspect.report_data import read_run
+from evolve.inspect.status import render_status
 from evolve.mutate.base import MutationContext, Proposal
-from evolve.report import build_report
-from evolve.report_data import read_run
-from evolve.rundir import RunDir
-from evolve.status import render_status
+from evolve.run.app import RunRecorder
+from evolve.run.live import LiveDisplay
+from evolve.run.rundir import RunDir
 from population.store import Store
 
 

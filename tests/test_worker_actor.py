@@ -7,12 +7,47 @@ import signal
 import time
 
 import pytest
+import ray
 import ray.exceptions as rex
 from sleep_requests import SEED, alive, request  # noqa: E402
 
-from evolve.workers.actor import WorkerInfo, is_worker_lost
-from evolve.workers.pool import create_workers, describe_workers, worker_count
+from evolve.workers.actor import CandidateWorker, WorkerInfo, is_worker_lost
+from evolve.workers.pool import worker_count
 from evolve.workers.runner import TemplateError, experiment_dir
+
+
+def create_workers(count: int | str = "auto", *, gpus_per_worker: float = 0.0,
+                   cpus_per_worker: float = 1.0, name_prefix: str = "w",
+                   start: int = 0) -> list:
+    """Start the workers (actor handles) on the attached Ray cluster, spread across nodes.
+
+    Worker ids are `<name_prefix><start + i>`, so replacements can continue the numbering.
+    """
+    n = worker_count(count, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                     resources=ray.available_resources())
+    options = CandidateWorker.options(
+        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, scheduling_strategy="SPREAD",
+        max_restarts=0,
+    )
+    return [options.remote(f"{name_prefix}{start + i}") for i in range(n)]
+
+
+def describe_workers(workers: list, *, timeout_s: float = 120.0) -> list[WorkerInfo]:
+    """Wait until every worker is placed and say where each runs.
+
+    Raises TimeoutError naming how many could not be placed (the cluster lacks resources).
+    """
+    refs = [worker.describe.remote() for worker in workers]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        raise TimeoutError(
+            f"{len(pending)} of {len(refs)} workers were not placed within {timeout_s:g} s: "
+            "the cluster lacks the CPUs/GPUs they ask for (see workers.count and "
+            "workers.gpus_per_worker)")
+    try:
+        return ray.get(refs)
+    except rex.RayError as exc:
+        raise RuntimeError(f"a worker failed to start: {exc}") from exc
 
 
 def wait_for(condition, timeout: float, what: str) -> None:

@@ -31,10 +31,10 @@ from evolve.controller.core import (
 )
 from evolve.controller.executor import LocalExecutor, RayExecutor
 from evolve.controller.shell import Controller
-from evolve.live import LiveDisplay
+from evolve.inspect.status import render_status
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.rundir import RunDir
-from evolve.status import render_status
+from evolve.run.live import LiveDisplay
+from evolve.run.rundir import RunDir
 from evolve.workers.pristine import template_hash
 from population.candidate import Status
 from population.store import Store

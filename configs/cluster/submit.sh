@@ -40,5 +40,5 @@ fi
 # which every worker would inherit.
 ray job submit --address "http://${HEAD}:${PORT}" --working-dir . \
   --runtime-env-json '{"excludes": [".venv", "results", ".git", "*.pdf", "*.png"]}' \
-  -- bash -c "ANTHROPIC_API_KEY=\"\$(cat ${KEY_FILE})\" python -m evolve.cli run \
+  -- bash -c "ANTHROPIC_API_KEY=\"\$(cat ${KEY_FILE})\" python -m evolve.run.cli run \
 configs/cluster/run.yaml --address auto --set output.results_dir=${RESULTS}${extra}"

@@ -9,10 +9,27 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
+
+from evolve.config.section import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Section,
+)
+from evolve.mutate.kinds import (  # noqa: F401 - registers the built-in kinds; re-exported
+    CommandOperator,
+    CrossoverOperator,
+    HeuristicOperator,
+    LLMOperator,
+)
+from evolve.mutate.registry import kinds, on_register
+from population.selection import STRATEGIES, ParentSelector
+from population.selection import on_register as on_strategy
 
 # Each profile names the seed script the template must hold for it (docs/contracts.md §1).
 PROFILE_SEED_SCRIPTS: Mapping[str, str] = {
@@ -28,19 +45,11 @@ BUILTIN_TEMPLATE = "builtin"
 BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "train_template"
 
 Profile = Literal["cpu-micro", "cpu-tiny", "cpu-bench", "gpu-5min"]
-Positive = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+_Section = Section
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is written for the user."""
-
-
-class _Section(BaseModel):
-    # strict: `size: "4"` or `size: true` is a mistake worth reporting, not coercing.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class PopulationConfig(_Section):
@@ -50,57 +59,47 @@ class PopulationConfig(_Section):
     stagnation_reseed_after: NonNegativeInt = 0  # finished experiments without gain; 0 = off
 
 
-class SelectionConfig(_Section):
+class _Selection(_Section):
+    """The `selection` section: `strategy` names a row of `population.selection.STRATEGIES`,
+    and every parameter a row declares is a field (its type and default from the row)."""
+
     # random: every child is made from the root (random search, a benchmark baseline)
-    strategy: Literal["greedy", "tournament", "rank", "random"] = "tournament"
-    tournament_size: PositiveInt = 3
-    rank_power: Positive = 1.0
+    strategy: str = "tournament"
 
-
-class _Operator(_Section):
-    weight: NonNegative = 1.0
-
-
-class HeuristicOperator(_Operator):
-    kind: Literal["heuristic"]
-    max_tries: PositiveInt = 32  # moves tried before the proposal gives up
-
-
-class LLMOperator(_Operator):
-    kind: Literal["llm"]
-    model: str = "claude-sonnet-5-5"
-    base_url: str | None = None  # any server that speaks the Messages API
-    api_key_env: str = "ANTHROPIC_API_KEY"
-    temperature: Annotated[float, Field(ge=0, le=1)] = 1.0
-    max_tokens: PositiveInt = 16000
-    timeout_s: Positive = 300.0
-    max_apply_retries: NonNegativeInt = 2
-    tokens_per_minute: PositiveInt | None = None  # account rate budget; None = unlimited
-    input_usd_per_mtok: NonNegative | None = None  # None = the mutator's price table
-    output_usd_per_mtok: NonNegative | None = None
-
-    @field_validator("model")
+    @field_validator("strategy")
     @classmethod
-    def _model_named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must name a model, e.g. claude-sonnet-5-5")
+    def _known(cls, value: str) -> str:
+        # checked against the registry when the config is read, so a strategy registered
+        # after this module was imported is accepted too
+        if value not in STRATEGIES:
+            names = [repr(n) for n in STRATEGIES]
+            raise ValueError(f"Input should be {', '.join(names[:-1])} or {names[-1]}"
+                             if len(names) > 1 else f"Input should be {names[0]}")
         return value
 
-
-class CrossoverOperator(_Operator):
-    kind: Literal["crossover"]
-
-
-class CommandOperator(_Operator):
-    kind: Literal["command"]
-    argv: Annotated[list[str], Field(min_length=1)]
-    timeout_s: Positive = 600.0
+    def build(self) -> ParentSelector:
+        """The selector this section names, built by its registry row."""
+        return STRATEGIES[self.strategy].build(self)
 
 
-Operator = Annotated[
-    HeuristicOperator | LLMOperator | CrossoverOperator | CommandOperator,
-    Field(discriminator="kind"),
-]
+def _selection_model() -> type[_Selection]:
+    """The `selection` section with one field per parameter the registered strategies declare."""
+    return create_model(  # type: ignore[no-any-return]
+        "SelectionConfig", __base__=_Selection, __module__=__name__,
+        **{key: (annotation, default) for row in STRATEGIES.values()
+           for key, (annotation, default) in row.params.items()})
+
+
+SelectionConfig = _selection_model()
+
+
+def _operator_union() -> Any:
+    """`mutation.operators` entries: one config class per registered kind, told by `kind`."""
+    classes = tuple(kinds().values())
+    return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007
+
+
+Operator = _operator_union()
 
 
 class MutationConfig(_Section):
@@ -152,21 +151,6 @@ class WorkersConfig(_Section):
         if value == "auto" or (type(value) is int and value >= 1):
             return value
         raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}")
-
-    def resolve(self, *, gpus: float, cpus: float) -> int:
-        """The number of workers to start on a cluster offering `gpus` and `cpus`."""
-        if self.count != "auto":
-            return int(self.count)
-        if self.gpus_per_worker > 0:
-            count = int(gpus // self.gpus_per_worker)
-            if count < 1:
-                raise ConfigError(
-                    f"workers.count is auto with gpus_per_worker {self.gpus_per_worker:g}, "
-                    f"but the cluster has {gpus:g} GPUs; set workers.gpus_per_worker: 0 "
-                    "to run on CPUs"
-                )
-            return count
-        return max(1, int(cpus // self.cpus_per_worker))
 
 
 class BudgetConfig(_Section):
@@ -229,7 +213,7 @@ class Config(_Section):
     data: str = "synthetic"
     seed: NonNegativeInt = 0
     population: PopulationConfig = Field(default_factory=PopulationConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)  # type: ignore[valid-type]
     mutation: MutationConfig = Field(default_factory=MutationConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -242,17 +226,19 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _greedy_means_one(cls, data: Any) -> Any:
-        # greedy keeps one champion per island: fill in size 1 unless the user said otherwise
+    def _fixed_size(cls, data: Any) -> Any:
+        # a strategy that keeps a fixed population (greedy: the champion alone) fills in
+        # population.size unless the user said otherwise
         if isinstance(data, dict):
             selection, population = data.get("selection"), data.get("population", {})
             if (
                 isinstance(selection, Mapping)
-                and selection.get("strategy") == "greedy"
                 and isinstance(population, Mapping)
                 and "size" not in population
             ):
-                data = {**data, "population": {**population, "size": 1}}
+                fixed = _fixed_size_of(selection.get("strategy"))
+                if fixed is not None:
+                    data = {**data, "population": {**population, "size": fixed}}
         return data
 
     @field_validator("name")
@@ -321,13 +307,15 @@ class Config(_Section):
 
     @field_validator("selection")
     @classmethod
-    def _greedy_size(cls, value: SelectionConfig, info: Any) -> SelectionConfig:
+    def _size_fits(cls, value: Any, info: Any) -> Any:
         population = info.data.get("population")
-        if value.strategy == "greedy" and population is not None and population.size != 1:
+        kept = value.build().population_size(population.size) if population is not None else None
+        if kept is not None and kept != population.size:
+            champions = "one champion" if kept == 1 else f"{kept} candidates"
             raise ValueError(
-                "strategy greedy keeps one champion per island, so population.size must be 1 "
-                f"(it is {population.size}); use tournament or rank for larger populations"
-            )
+                f"strategy {value.strategy} keeps {champions} per island, so population.size "
+                f"must be {kept} (it is {population.size}); use tournament or rank for larger "
+                "populations")
         return value
 
     @model_validator(mode="after")
@@ -351,6 +339,40 @@ class Config(_Section):
     def to_yaml(self) -> str:
         """The resolved config as YAML; `load_config` reads it back to an equal Config."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _rebuild_operators() -> None:
+    """A kind was registered: configs may name it (the union is rebuilt, then every model
+    that holds it)."""
+    global Operator
+    Operator = _operator_union()
+    MutationConfig.model_fields["operators"].annotation = list[Operator]  # type: ignore[valid-type]
+    MutationConfig.model_rebuild(force=True)
+    Config.model_rebuild(force=True)
+
+
+def _rebuild_selection() -> None:
+    """A strategy was registered or removed: its parameters become (or stop being) keys."""
+    global SelectionConfig
+    SelectionConfig = _selection_model()
+    field = Config.model_fields["selection"]
+    field.annotation, field.default_factory = SelectionConfig, SelectionConfig
+    Config.model_rebuild(force=True)
+
+
+on_register(_rebuild_operators)
+on_strategy(_rebuild_selection)
+
+
+def _fixed_size_of(strategy: Any) -> int | None:
+    """The population size a strategy imposes whatever the config says (None: it keeps
+    `population.size`), asked of its selector built with default parameters."""
+    row = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    if row is None:
+        return None
+    section = SelectionConfig(strategy=strategy)
+    sizes = {row.build(section).population_size(n) for n in (1, 2)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _resolve(value: str, context: Mapping[str, Any] | None) -> Path:

@@ -4,8 +4,8 @@ simulation of it at scale (`simulate`)."""
 
 from evolve.controller.core import Scheduler, Settings
 from evolve.controller.executor import Executor, LocalExecutor, RayExecutor
-from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller, Progress, RunRecorder
+from evolve.controller.wiring import operator_names
 
 __all__ = ["Controller", "Executor", "LocalExecutor", "Progress", "RayExecutor", "RunRecorder",
            "Scheduler", "Settings", "operator_names"]

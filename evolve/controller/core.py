@@ -15,14 +15,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from evolve.controller.devices import DevicePolicy
+from evolve.controller.triggers import Trigger, TriggeredProposal, TriggerRule
 from evolve.mutate.operators import OperatorStats, mix_weights
+from population import budget
 from population.extra_runs import job_candidate
+from population.islands import least_busy_island, migration_due
+from population.outcomes import FINISHED, Outcome
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
 # Outcomes of one attempt, as the workers report them.
-FINISHED_OUTCOMES = frozenset({"done", "crashed", "timed_out", "invalid"})
-LOST = "lost"
+FINISHED_OUTCOMES = FINISHED
+LOST = Outcome.LOST
 TOKEN_WINDOW_S = 60.0
 
 
@@ -61,7 +65,7 @@ class ResultArrived:
 
     candidate_id: str
     worker_id: str
-    outcome: str
+    outcome: Outcome | str  # an Outcome; a plain string of one compares equal
     val_bpb: float | None = None
     then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
     islands: Mapping[str, int] = field(default_factory=dict)  # extra job -> island (below)
@@ -117,8 +121,16 @@ class StopRequested:
     now: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProposalsTriggered:
+    """Proposals an event caused (`evolve.controller.triggers`): made ahead of drawn ones."""
+
+    requests: tuple[TriggeredProposal, ...]
+    now: float
+
+
 Event = (WorkerJoined | WorkerLost | WorkerRefused | ResultArrived | ProposalReady
-         | ProposalFailed | Tick | StopRequested | ExtraRunsQueued)
+         | ProposalFailed | Tick | StopRequested | ExtraRunsQueued | ProposalsTriggered)
 
 
 # -------------------------------------------------------------------------- decisions
@@ -126,11 +138,16 @@ Event = (WorkerJoined | WorkerLost | WorkerRefused | ResultArrived | ProposalRea
 
 @dataclass(frozen=True)
 class Propose:
+    """Make a child of `parent_id` with `operator`. `trigger` says why: drawn by weight, or
+    caused by an event (`evolve.controller.triggers`); `note` is a triggered request's."""
+
     ticket: int
     parent_id: str
     island: int
     operator: str
     seed: int
+    trigger: Trigger = Trigger.DRAWN
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,8 +273,12 @@ class Scheduler:
     """Decides what happens next. Call `handle(event)`; carry out the decisions it returns."""
 
     def __init__(self, settings: Settings, parents: ParentSource, root_id: str, root_island: int = 0,
-                 history: History | None = None) -> None:
+                 history: History | None = None, triggers: Sequence[TriggerRule] = ()) -> None:
         history = history or History()
+        self._rules = tuple(triggers)
+        self._triggered: deque[TriggeredProposal] = deque()  # requests waiting for room
+        self._triggered_tickets: set[int] = set()
+        self._triggered_children: set[str] = set()  # kept out of the operator statistics
         self.settings = settings
         self._parents = parents
         self._root_id = root_id
@@ -299,7 +320,7 @@ class Scheduler:
             self._ready.appendleft((root_id, root_island))
             self._island_load[root_island % len(self._island_load)] += 1
         interval = settings.migration_interval
-        self._next_migration = (self._finished // interval + 1) * interval if interval > 0 else None
+        self._last_migration = (self._finished // interval) * interval if interval > 0 else 0
 
     # ------------------------------------------------------------------ public
 
@@ -324,6 +345,9 @@ class Scheduler:
                 self._result(event, out)
             case ProposalReady():
                 self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                if event.ticket in self._triggered_tickets:
+                    self._triggered_tickets.discard(event.ticket)
+                    self._triggered_children.add(event.candidate_id)
                 island = self._proposing.pop(event.ticket, None)
                 if island is None:  # not ours (resume): still a runnable child
                     island = 0
@@ -332,6 +356,7 @@ class Scheduler:
                 self._failed_in_row = 0
             case ProposalFailed():
                 self._proposal_done(event.ticket, event.cost_usd, event.tokens, event.now)
+                self._triggered_tickets.discard(event.ticket)
                 island = self._proposing.pop(event.ticket, None)
                 if island is not None:
                     self._island_load[island] -= 1
@@ -345,6 +370,8 @@ class Scheduler:
                 if self._finalizing:
                     self._finalizing, self._finalized = False, True
                 self._queue_extra(event.job_ids, event.islands)
+            case ProposalsTriggered():
+                self._triggered.extend(event.requests)
             case Tick():
                 pass
         self._fill(out)
@@ -372,10 +399,14 @@ class Scheduler:
             times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
         return min(times) if times else None
 
-    def learn(self, label: str, improved: bool) -> None:
+    def learn(self, label: str, improved: bool, candidate_id: str | None = None) -> None:
         """A child's result is final: count it for its label (`evolve.mutate.operators.credit`).
         It decides nothing, so a shell calls it as soon as the result is stored — before the
-        event that frees the worker, so the next operator choice already knows it."""
+        event that frees the worker, so the next operator choice already knows it. A
+        triggered child (`candidate_id` made by a triggered proposal) is not counted."""
+        if candidate_id is not None and candidate_id in self._triggered_children:
+            self._triggered_children.discard(candidate_id)
+            return
         self._operator_stats[label] = self._operator_stats.get(label, OperatorStats()).add(improved)
 
     def operator_weights(self) -> dict[str, float]:
@@ -411,8 +442,8 @@ class Scheduler:
             self._started_at = now
         self._now = max(self._now, now)
         hours = self.settings.max_hours
-        if hours is not None and self.elapsed() >= hours * 3600.0:
-            self._close(f"max_hours reached ({hours:g} h)")
+        if hours is not None and budget.hours_reached(self.elapsed(), hours):
+            self._close(budget.hours_reason(hours))
         while self._tokens and self._tokens[0][0] <= self._now - TOKEN_WINDOW_S:
             self._tokens_in_window -= self._tokens.popleft()[1]
 
@@ -451,20 +482,22 @@ class Scheduler:
             return
         self._queue_extra(event.then_run, event.islands)
         self._count_finished(out)
+        for rule in self._rules:
+            self._triggered.extend(rule.on_result(event))
         if event.candidate_id == self._root_id:
             self._root_done = True
-            if event.outcome != "done":
+            if event.outcome != Outcome.DONE:
                 self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
                             "see its log — nothing can be compared against it")
-        if event.outcome == "done" and event.val_bpb is not None:
+        if event.outcome == Outcome.DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
 
     def _note_best(self, val_bpb: float) -> None:
         if self._best is None or val_bpb < self._best:
             self._best = val_bpb
         target = self.settings.target_val_bpb
-        if target is not None and val_bpb <= target:
-            self._close(f"target val_bpb {target:g} reached ({val_bpb:.6f})")
+        if target is not None and budget.target_reached(val_bpb, target):
+            self._close(budget.target_reason(target, val_bpb))
 
     def _attempt_lost(self, candidate: str, reason: str, out: list[Decision]) -> None:
         worker_island = self._running.pop(candidate, None)
@@ -487,8 +520,8 @@ class Scheduler:
 
     def _count_finished(self, out: list[Decision]) -> None:
         self._finished += 1
-        if self._next_migration is not None and self._finished >= self._next_migration:
-            self._next_migration += self.settings.migration_interval
+        if migration_due(self._finished, self._last_migration, self.settings.migration_interval):
+            self._last_migration = self._finished
             if self.settings.islands > 1:
                 out.append(Migrate(self._finished))
 
@@ -504,8 +537,8 @@ class Scheduler:
         self._tokens_seen += tokens
         self._proposals_seen += 1
         cap = self.settings.max_llm_usd
-        if cap is not None and self._llm_usd >= cap and self._no_proposals is None:
-            self._no_proposals = f"LLM budget spent (${self._llm_usd:.2f} of ${cap:g})"
+        if cap is not None and budget.usd_reached(self._llm_usd, cap) and self._no_proposals is None:
+            self._no_proposals = budget.usd_reason(self._llm_usd, cap)
 
     def _queue_extra(self, job_ids: Sequence[str], islands: Mapping[str, int]) -> None:
         """Extra runs go to the front of the queue, in the order given, each on the island of
@@ -535,9 +568,10 @@ class Scheduler:
         return cap - self._finished - len(self._running) + extra
 
     def _fill(self, out: list[Decision]) -> None:
-        if self._closing is None and self.settings.max_experiments is not None \
-                and self._finished >= self.settings.max_experiments:
-            self._close(f"max_experiments reached ({self.settings.max_experiments})")
+        cap = self.settings.max_experiments
+        if self._closing is None and cap is not None \
+                and budget.experiments_reached(self._finished, cap):
+            self._close(budget.experiments_reason(cap))
         if self._closing is None:
             self._start_runs(out)
             if self._no_proposals is None and self._root_done:
@@ -608,23 +642,41 @@ class Scheduler:
         return self._tokens_in_window + self._tokens_per_proposal() <= tpm
 
     def _start_proposals(self, out: list[Decision]) -> None:
-        want = self._wanted_pipeline()
         cap = self.settings.max_concurrent_proposals
+        while self._triggered and len(self._proposing) < cap and self._token_room():
+            request = self._triggered.popleft()  # caused by an event: ahead of drawn ones
+            island = request.island
+            if island is None:
+                island = least_busy_island(self._island_load)
+            ticket = self._open_ticket(island % len(self._island_load))
+            self._triggered_tickets.add(ticket)
+            out.append(Propose(ticket, request.parent_id, island % len(self._island_load),
+                               request.operator, self._seed_of(ticket), request.trigger,
+                               request.note))
+        want = self._wanted_pipeline()
         while (len(self._ready) + len(self._proposing) < want and len(self._proposing) < cap
                and self._token_room()):
-            island = min(range(len(self._island_load)), key=self._island_load.__getitem__)
+            island = least_busy_island(self._island_load)
             ticket = self._next_ticket
             rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
             operator = self._pick_operator(rng)
             parent = self._parents.choose_parent(island, rng)
-            self._next_ticket += 1
-            self._proposing[ticket] = island
-            self._island_load[island] += 1
-            seed = (self.settings.seed * 1_000_003 + ticket) % (2**31)
-            if self.settings.tokens_per_minute is not None:
-                self._charged[ticket] = self._tokens_per_proposal()
-                self._charge(self._now, self._charged[ticket])
-            out.append(Propose(ticket, parent, island, operator, seed))
+            self._open_ticket(island)
+            out.append(Propose(ticket, parent, island, operator, self._seed_of(ticket)))
+
+    def _open_ticket(self, island: int) -> int:
+        """Take the next ticket for a proposal on `island`, charging its token estimate."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._proposing[ticket] = island
+        self._island_load[island] += 1
+        if self.settings.tokens_per_minute is not None:
+            self._charged[ticket] = self._tokens_per_proposal()
+            self._charge(self._now, self._charged[ticket])
+        return ticket
+
+    def _seed_of(self, ticket: int) -> int:
+        return (self.settings.seed * 1_000_003 + ticket) % (2**31)
 
     def _pick_operator(self, rng: random.Random) -> str:
         operators = [(name, w) for name, w in self.operator_weights().items() if w > 0]

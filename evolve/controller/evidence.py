@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from evolve.config.schema import ConfirmConfig, NoiseConfig, TestSplitConfig
 from population.candidate import Candidate, Status
 from population.extra_runs import job_id
 from population.noise import (
@@ -26,6 +27,8 @@ from population.noise import (
     noise_floor,
     paired_seeds,
 )
+from population.outcomes import Outcome, Purpose
+from population.result import Result
 from population.store import Store
 from population.survival import is_ranked
 
@@ -48,21 +51,15 @@ class Held:
     jobs: set[int] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class Record:
-    """What the shell records for a held candidate once its evidence is complete."""
-
-    candidate_id: str
-    status: Status
-    metrics: dict[str, Any]
-    reason: str
-    log_tail: str
+# What the shell records for a held candidate once its evidence is complete.
+Record = Result
 
 
 class Evidence:
     """Holds results, plans extra runs and decides, over one writable store."""
 
-    def __init__(self, store: Store, config: Any, *, size: int, root_id: str = "root",
+    def __init__(self, store: Store, *, seed: int, noise: NoiseConfig, confirm: ConfirmConfig,
+                 test: TestSplitConfig, size: int, root_id: str = "root",
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
         # island -> the islands scored on its device type (workers.device_groups), or None
@@ -70,24 +67,24 @@ class Evidence:
         self.peers = peers
         self.root_id = root_id
         self.size = size
-        self.run_seed = int(config.seed)
-        self.noise_seeds = int(config.noise.seeds)
-        self.confirm_seeds = int(config.confirm.seeds)
+        self.run_seed = int(seed)
+        self.noise_seeds = int(noise.seeds)
+        self.confirm_seeds = int(confirm.seeds)
         # the seeds of the first runs, then the fresh seeds confirmations are decided on
         self.first_seed = self.run_seed
         self.fresh_seeds = paired_seeds(self.run_seed, self.confirm_seeds + 1)[1:]
-        self.margin_sigma = float(config.confirm.margin_sigma)
-        self.z = float(config.confirm.z)
-        self.test_final = bool(config.test.final)
-        self.test_every_new_best = bool(config.test.every_new_best)
+        self.margin_sigma = float(confirm.margin_sigma)
+        self.z = float(confirm.z)
+        self.test_final = bool(test.final)
+        self.test_every_new_best = bool(test.every_new_best)
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
         self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds
         if not store.readonly:
             # a controller that stopped left these; the held results they fed run again
             for run in store.extra_runs():
-                if run.outcome in ("queued", "running"):
-                    store.finish_extra_run(run.id, outcome="lost", reason=RESUME_LOST)
+                if run.outcome in (Outcome.QUEUED, Outcome.RUNNING):
+                    store.finish_extra_run(run.id, outcome=Outcome.LOST, reason=RESUME_LOST)
 
     # ------------------------------------------------------------------ reads
 
@@ -111,19 +108,20 @@ class Evidence:
         if first is not None and candidate.status is Status.DONE:
             runs[int(candidate.seed)] = float(first)
         for run in self.store.extra_runs(candidate.id):
-            if run.outcome == "done" and run.val_bpb is not None and run.budget_fraction == 1.0 \
-                    and run.purpose in ("noise", "confirm"):
+            if run.outcome == Outcome.DONE and run.val_bpb is not None and run.budget_fraction == 1.0 \
+                    and run.purpose in (Purpose.NOISE, Purpose.CONFIRM):
                 runs.setdefault(run.seed, run.val_bpb)
         return runs
 
     # ---------------------------------------------------------------- hold
 
-    def hold(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
-             log_tail: str, now: float) -> list[str] | None:
+    def hold(self, result: Result, now: float) -> list[str] | None:
         """None: record this result now. Otherwise it is held; run these extra jobs first."""
-        if status is not Status.DONE:
+        if result.status is not Status.DONE:
             return None
-        held = Held(candidate_id, status, metrics, reason, log_tail, "")
+        candidate_id = result.candidate_id
+        held = Held(candidate_id, result.status, dict(result.metrics), result.reason,
+                    result.log_tail, "")
         if candidate_id == self.root_id:
             if self.noise_seeds <= 1:
                 return None
@@ -174,8 +172,8 @@ class Evidence:
         jobs: list[str] = []
         for cid, seed, purpose in wanted:
             open_runs = [r for r in self.store.extra_runs(cid)
-                         if r.seed == seed and r.outcome in ("queued", "running")
-                         and r.purpose in ("noise", "confirm")]
+                         if r.seed == seed and r.outcome in (Outcome.QUEUED, Outcome.RUNNING)
+                         and r.purpose in (Purpose.NOISE, Purpose.CONFIRM)]
             if open_runs:
                 run = open_runs[0]
             else:
@@ -224,13 +222,13 @@ class Evidence:
 
     def _release(self, held: Held) -> Record:
         self.held.pop(held.candidate_id, None)
-        return Record(held.candidate_id, held.status, held.metrics, held.reason, held.log_tail)
+        return Result(held.candidate_id, held.status, held.metrics, held.reason, held.log_tail)
 
     def _noise_done(self, held: Held) -> Record:
         root = self.store.get(self.root_id)
         runs = {int(root.seed): float(held.metrics["val_bpb"])}
-        for run in self.store.extra_runs(self.root_id, purpose="noise"):
-            if run.outcome == "done" and run.val_bpb is not None:
+        for run in self.store.extra_runs(self.root_id, purpose=Purpose.NOISE):
+            if run.outcome == Outcome.DONE and run.val_bpb is not None:
                 runs.setdefault(run.seed, run.val_bpb)
         floor = noise_floor(runs.values())
         self.store.set_meta(NOISE_META, json.dumps(
@@ -250,8 +248,8 @@ class Evidence:
         incumbent = self.store.get(held.incumbent_id)
         first = float(held.metrics["val_bpb"])
         mine: dict[int, float] = {}
-        for run in self.store.extra_runs(candidate.id, purpose="confirm"):
-            if run.outcome == "done" and run.val_bpb is not None and run.seed in self.fresh_seeds:
+        for run in self.store.extra_runs(candidate.id, purpose=Purpose.CONFIRM):
+            if run.outcome == Outcome.DONE and run.val_bpb is not None and run.seed in self.fresh_seeds:
                 mine.setdefault(run.seed, run.val_bpb)
         everything = self.runs_by_seed(incumbent)
         theirs = {s: v for s, v in everything.items() if s in self.fresh_seeds}
@@ -285,10 +283,10 @@ class Evidence:
         """A held-out test run of a candidate, unless it has one (or one is on its way)."""
         if candidate.status is not Status.DONE:
             return []
-        if any(r.outcome in ("queued", "running", "done")
-               for r in self.store.extra_runs(candidate.id, purpose="test")):
+        if any(r.outcome in (Outcome.QUEUED, Outcome.RUNNING, Outcome.DONE)
+               for r in self.store.extra_runs(candidate.id, purpose=Purpose.TEST)):
             return []
-        run = self.store.add_extra_run(candidate.id, purpose="test", seed=int(candidate.seed),
+        run = self.store.add_extra_run(candidate.id, purpose=Purpose.TEST, seed=int(candidate.seed),
                                        splits=("val", "test"), now=now)
         return [run.job_id]
 
@@ -308,8 +306,8 @@ class Evidence:
 
 def held_out_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
     """The latest finished held-out test run of a candidate: {val_bpb, test_bpb}."""
-    done = [r for r in store.extra_runs(candidate_id, purpose="test")
-            if r.outcome == "done" and r.test_bpb is not None]
+    done = [r for r in store.extra_runs(candidate_id, purpose=Purpose.TEST)
+            if r.outcome == Outcome.DONE and r.test_bpb is not None]
     if not done:
         return None
     return {"val_bpb": done[-1].val_bpb or math.nan, "test_bpb": done[-1].test_bpb or math.nan}

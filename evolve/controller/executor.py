@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from evolve.workers.runner import RunRequest, RunResult, TemplateError, run_candidate
+from population.outcomes import Outcome
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Executor(Protocol):
 
 def failed_result(request: RunRequest, reason: str, started: float) -> RunResult:
     """A crash result for a run the runner itself could not carry out."""
-    return RunResult(candidate_id=request.candidate_id, outcome="crashed", metrics={},
+    return RunResult(candidate_id=request.candidate_id, outcome=Outcome.CRASHED, metrics={},
                      reason=reason, log_tail="", log_path="", exit_code=None,
                      started_at=started, ended_at=time.time(), device="")
 

@@ -9,30 +9,35 @@ split). Each extra job is a row of the store's extra_runs table, named by `job_i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
+from evolve.config.schema import ConfirmConfig, FidelityConfig, NoiseConfig, TestSplitConfig
 from evolve.controller.evidence import Evidence
 from evolve.controller.stages import StageResult, Stages
+from evolve.controller.wiring import RunFacts
 from evolve.workers.runner import RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import ExtraRun, parse_job_id
+from population.outcomes import Outcome
+from population.result import Result
 from population.store import Store
+from population.survival import is_score
 
 # Records a final result; returns the extra runs that calls for (the shell's `_record`).
-RecordResult = Callable[[str, Status, dict[str, Any], str, str, float], list[str]]
+RecordResult = Callable[[Result, float], list[str]]
 
 
 class ExtraRuns:
     """Queues, starts and closes extra runs and turns their results into recorded decisions."""
 
-    def __init__(self, store: Store, config: Any, *, size: int, root_id: str,
+    def __init__(self, store: Store, facts: RunFacts, *, noise: NoiseConfig,
+                 confirm: ConfirmConfig, test: TestSplitConfig, fidelity: FidelityConfig,
                  record: RecordResult,
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
-        self.evidence = Evidence(store, config, size=size, root_id=root_id, peers=peers)
-        self.stages = Stages(store, config, root_id=root_id)
+        self.evidence = Evidence(store, seed=facts.seed, noise=noise, confirm=confirm, test=test,
+                                 size=facts.size, root_id=facts.root_id, peers=peers)
+        self.stages = Stages(store, fidelity, root_id=facts.root_id)
         self._record = record
         self._job_rows: dict[str, int] = {}  # extra job -> its current row (a new one after a loss)
 
@@ -54,15 +59,14 @@ class ExtraRuns:
 
     # ------------------------------------------------------------ first runs
 
-    def intercept(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
-                  log_tail: str, now: float) -> list[str] | None:
+    def intercept(self, result: Result, now: float) -> list[str] | None:
         """The extra runs a first run calls for before its decision stands; None when it
         needs none and the caller records it as is (and reports its val_bpb)."""
-        staged = self.stages.after_first_run(candidate_id, status, metrics, log_tail,
-                                             self.store.get(candidate_id).seed, now)
+        seed = self.store.get(result.candidate_id).seed
+        staged = self.stages.after_first_run(result, seed, now)
         if staged is not None:  # multi-fidelity: a short first stage
-            return self._staged(candidate_id, staged, reason, log_tail, now)
-        return self.evidence.hold(candidate_id, status, metrics, reason, log_tail, now)
+            return self._staged(result.candidate_id, staged, result.reason, result.log_tail, now)
+        return self.evidence.hold(result, now)
 
     def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
         """The test-split runs of a candidate just recorded as the best."""
@@ -81,7 +85,7 @@ class ExtraRuns:
         if key is None:
             return None
         row = self.store.extra_run(self._job_rows.get(job, key))
-        if row.outcome != "queued":
+        if row.outcome != Outcome.QUEUED:
             row = self.store.add_extra_run(row.candidate_id, purpose=row.purpose, seed=row.seed,
                                            splits=row.splits, budget_fraction=row.budget_fraction,
                                            now=now)
@@ -91,19 +95,19 @@ class ExtraRuns:
 
     def lost(self, row_id: int, reason: str, now: float) -> None:
         """Its worker left: the row is closed and the scheduler re-runs the job."""
-        self.store.finish_extra_run(row_id, outcome="lost", reason=reason, now=now)
+        self.store.finish_extra_run(row_id, outcome=Outcome.LOST, reason=reason, now=now)
 
     def close(self, row_id: int, result: RunResult, now: float) -> str:
         """Store a finished extra run as its row; returns the outcome it counts as."""
         outcome, reason = result.outcome, result.reason
         bpb = result.metrics.get("val_bpb")
-        if outcome == "done" and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
+        if outcome == Outcome.DONE and not is_score(bpb):
             outcome, reason = "crashed", f"no finite val_bpb in the result ({bpb!r})"
-        if outcome != "lost":
+        if outcome != Outcome.LOST:
             self.store.finish_extra_run(row_id, outcome=outcome, metrics=result.metrics,
                                         reason=reason, now=now)
         else:
-            self.store.finish_extra_run(row_id, outcome="lost", reason=reason, now=now)
+            self.store.finish_extra_run(row_id, outcome=Outcome.LOST, reason=reason, now=now)
         return outcome
 
     def after(self, job: str, now: float) -> list[str]:
@@ -118,8 +122,7 @@ class ExtraRuns:
         records, jobs = self.evidence.on_extra_done(key, now)
         while records:
             for record in records:
-                jobs += self._record(record.candidate_id, record.status, record.metrics,
-                                     record.reason, record.log_tail, now)
+                jobs += self._record(record, now)
             records, more = self.evidence.after_recorded(now)
             jobs += more
         return jobs
@@ -131,8 +134,9 @@ class ExtraRuns:
         if staged.jobs is not None:
             return list(staged.jobs)
         if staged.status is Status.DONE:
-            held = self.evidence.hold(candidate_id, Status.DONE, staged.metrics, "", log_tail, now)
+            held = self.evidence.hold(
+                Result(candidate_id, Status.DONE, staged.metrics, "", log_tail), now)
             if held is not None:
                 return held
         why = "; ".join(r for r in (staged.reason, reason) if r)
-        return self._record(candidate_id, staged.status, staged.metrics, why, log_tail, now)
+        return self._record(Result(candidate_id, staged.status, staged.metrics, why, log_tail), now)

@@ -10,21 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from evolve.controller.core import Propose
-from evolve.controller.memory import StoreMemory
-from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
-from evolve.mutate.notebook import LabNotebook
-from evolve.preflight import (
-    check_differs,
-    check_harness,
+from evolve.controller.store_index import StoreIndex
+from evolve.controller.wiring import RunFacts
+from evolve.guard.preflight import (
+    check_child,
     check_not_duplicate,
-    check_only_mutable,
-    check_parses,
     harness_modules,
 )
+from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.notebook import LabNotebook
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -46,17 +42,18 @@ class ProposalDone:
 class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
-    def __init__(self, store: Store, config: Any, mutators: Mapping[str, Mutator],
-                 memory: StoreMemory, *, template: Path, post: Callable[[ProposalDone], None],
+    def __init__(self, store: Store, facts: RunFacts, mutators: Mapping[str, Mutator],
+                 memory: StoreIndex, *, timeout_s: float, post: Callable[[ProposalDone], None],
                  clock: Callable[[], float]) -> None:
         self.store = store
-        self.config = config
+        self.facts = facts
+        self.timeout_s = timeout_s  # mutation.proposal_timeout_s: the shell's hard cut
         self.mutators = dict(mutators)
         self.memory = memory
         self.post = post
         self.clock = clock
-        self._harness_modules = harness_modules(template, config.mutable_files)
-        program = template / "program.md"
+        self._harness_modules = harness_modules(facts.template, facts.mutable_files)
+        program = facts.template / "program.md"
         self.program_md = program.read_text() if program.exists() else ""
         self.notebook = LabNotebook(store)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -73,7 +70,8 @@ class Proposals:
             inspirations=self._inspirations(decision.island),
             tried_on_parent=self.memory.tried_on(parent),
             notebook=self._notebook(), program_md=self.program_md,
-            mutable_files=tuple(self.config.mutable_files), seed=decision.seed,
+            mutable_files=self.facts.mutable_files, seed=decision.seed,
+            trigger=decision.trigger.value, note=decision.note,
         )
         task = asyncio.get_running_loop().create_task(
             self._mutate(decision, parent, mutator, context))
@@ -95,12 +93,12 @@ class Proposals:
             applied_edit=proposal.applied_edit, diff=unified_diff(parent.files, files),
             usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
-            seed=self.config.seed, created_at=now, finished_at=now if reason else None,
+            seed=self.facts.seed, created_at=now, finished_at=now if reason else None,
         )
 
     async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
                       context: MutationContext) -> None:
-        timeout = self.config.mutation.proposal_timeout_s
+        timeout = self.timeout_s
         if mutator is None:
             proposal = _error(decision.operator, f"no mutator named {decision.operator!r} is set up")
         else:
@@ -122,9 +120,10 @@ class Proposals:
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
-        """`evolve.preflight.preflight` less the duplicate check, in the same order."""
-        return (check_only_mutable(files, self.config.mutable_files) or check_parses(files)
-                or check_harness(files, harness_modules=self._harness_modules) or check_differs(parent_files, files) or "")
+        """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
+        that when the child is added): the first verdict's message, or ""."""
+        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                           harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
@@ -137,7 +136,7 @@ class Proposals:
 
     def _inspirations(self, island: int) -> list[Candidate]:
         found = []
-        for other in range(self.config.population.islands):
+        for other in range(self.facts.islands):
             if other != island:
                 best = self.store.best(other)
                 if best is not None:

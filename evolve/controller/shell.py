@@ -12,18 +12,21 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 from evolve.controller.core import (
+    Event,
     ExtraRunsQueued,
     Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
     ProposalReady,
+    ProposalsTriggered,
     Propose,
     RefuseWorker,
     Requeue,
@@ -40,16 +43,19 @@ from evolve.controller.core import (
 from evolve.controller.devices import device_type, island_groups
 from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
-from evolve.controller.memory import StoreMemory
 from evolve.controller.proposals import ProposalDone, Proposals
-from evolve.controller.resume import StoreParents, judge, recover, settings_from_config
-from evolve.controller.upkeep import IslandUpkeep
+from evolve.controller.recovery import judge, recover
+from evolve.controller.store_index import StoreIndex
+from evolve.controller.triggers import TriggeredProposal, TriggerRule
+from evolve.controller.wiring import run_facts, settings_from_config, store_population
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
 from population.extra_runs import job_candidate
+from population.outcomes import Outcome
+from population.result import Result
 from population.store import Store
-from population.survival import population_size, verdict
+from population.survival import is_score
 
 ROOT_ID = "root"
 EARLY_FAILURE_S = 30.0  # a failure this soon after start is waste pre-flight should catch
@@ -58,8 +64,20 @@ TIME_BUDGET_S = {"gpu-5min": 300.0}  # training seconds of the time-budgeted pro
 ABANDONED_STOP = "abandoned"  # the stop reason's first word after a second stop signal
 ABANDONED = "abandoned by the controller (second stop signal); resume runs it again"
 STOPPED_BEFORE_RUN = "the run stopped before this ran again; resume runs it"
-OUTCOME_STATUS = {"done": Status.DONE, "crashed": Status.CRASHED, "timed_out": Status.TIMED_OUT,
-                  "invalid": Status.CRASHED}
+OUTCOME_STATUS = {Outcome.DONE: Status.DONE, Outcome.CRASHED: Status.CRASHED,
+                  Outcome.TIMED_OUT: Status.TIMED_OUT, Outcome.INVALID: Status.CRASHED}
+
+
+class Signal(Enum):
+    """The shell's own queue messages (the rest are executor and proposal events)."""
+
+    TICK = "tick"        # time passed
+    STOP = "stop"        # first stop signal: no new work, running experiments finish
+    ABANDON = "abandon"  # second one: stop now, leave running experiments for resume
+
+
+Message = (Signal | Joined | Left | Refused | Finished | ProposalDone | StopRequested
+           | ExtraRunsQueued | ProposalsTriggered)
 
 
 @dataclass(frozen=True)
@@ -112,7 +130,9 @@ class Controller:
     def __init__(self, config: Any, store: Store, executor: Executor,
                  mutators: Mapping[str, Mutator], recorder: RunRecorder, *, work_root: str | Path,
                  cache_dir: str | None = None, tick_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 triggers: Sequence[TriggerRule] = ()) -> None:
+        self.triggers = tuple(triggers)  # rules for triggered proposals (controller/triggers.py)
         self.config = config
         self.store = store
         self.executor = executor
@@ -120,25 +140,27 @@ class Controller:
         self.recorder = recorder
         self.work_root = str(work_root)
         self.cache_dir = cache_dir
-        self.data_hash = ""      # the controller's data fingerprint (evolve/datahash.py)
+        self.data_hash = ""      # the controller's data fingerprint (evolve/guard/datahash.py)
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
-        self.size = population_size(config.selection.strategy, config.population.size)
+        self.facts = run_facts(config, ROOT_ID)  # run-wide facts, built once
+        self.population = store_population(store, config, ROOT_ID)
+        self.size = self.facts.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
-        self.extra = ExtraRuns(store, config, size=self.size, root_id=ROOT_ID, record=self._record,
+        self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
+                               test=config.test, fidelity=config.fidelity, record=self._record,
                                peers=self._peers)
-        self.upkeep = IslandUpkeep(store, config, size=self.size,
-                                   on_candidate=recorder.on_candidate, clock=clock)
         template = Path(config.template_dir)
         self.template = template
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._workers: dict[str, Joined] = {}
         self._running: dict[str, _Running] = {}      # worker -> run in flight
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
-        self.memory = StoreMemory(store)
-        self.proposals = Proposals(store, config, mutators, self.memory, template=template,
+        self.memory = StoreIndex(store)
+        self.proposals = Proposals(store, self.facts, mutators, self.memory,
+                                   timeout_s=config.mutation.proposal_timeout_s,
                                    post=self._queue.put_nowait, clock=clock)
         self._crashes = 0
         self._rejected = 0
@@ -159,14 +181,14 @@ class Controller:
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
         self._rejected = self.store.count(Status.REJECTED)
-        self._core = Scheduler(settings, StoreParents(self.store, self.config), ROOT_ID,
-                               root_island=0, history=history)
+        self._core = Scheduler(settings, self.population, ROOT_ID,
+                               root_island=0, history=history, triggers=self.triggers)
         self.store.set_meta("status", "running")
         watchers = [asyncio.create_task(self._ticker())]
         if stop is not None:
-            watchers.append(asyncio.create_task(self._on_set(stop, "stop")))
+            watchers.append(asyncio.create_task(self._on_set(stop, Signal.STOP)))
         if abandon is not None:
-            watchers.append(asyncio.create_task(self._on_set(abandon, "abandon")))
+            watchers.append(asyncio.create_task(self._on_set(abandon, Signal.ABANDON)))
         reason, stopped = "stopped", False
         try:
             await self.executor.start(self._queue.put_nowait)
@@ -193,12 +215,9 @@ class Controller:
         assert core is not None
         while True:
             item = await self._queue.get()
-            if item == "abandon":
+            if item is Signal.ABANDON:
                 return f"{ABANDONED_STOP}: experiments still running were left for resume"
-            translated = self._translate(item)
-            for event in translated if isinstance(translated, list) else [translated]:
-                if event is None:
-                    continue
+            for event in self._translate(item):
                 for decision in core.handle(event):
                     if isinstance(decision, Stop):
                         return decision.reason
@@ -208,47 +227,53 @@ class Controller:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            self._queue.put_nowait("tick")
+            self._queue.put_nowait(Signal.TICK)
 
-    async def _on_set(self, flag: asyncio.Event, what: str) -> None:
+    def trigger(self, *requests: TriggeredProposal) -> None:
+        """Ask for proposals an event caused (`evolve.controller.triggers`); the core makes
+        them ahead of drawn ones and keeps them out of the operator statistics."""
+        self._queue.put_nowait(ProposalsTriggered(requests=requests, now=self.clock()))
+
+    async def _on_set(self, flag: asyncio.Event, what: Signal) -> None:
         await flag.wait()
         self._queue.put_nowait(what)
 
     # ---------------------------------------------------------------- events
 
-    def _translate(self, item: Any) -> Any:
+    def _translate(self, item: Message) -> list[Event]:
+        """One queue message as the core events it stands for (none, one, or two)."""
         now = self.clock()
-        if item == "tick":
+        if item is Signal.TICK:
             self._save_clock()
-            return Tick(now=now)
-        if item == "stop":
-            return StopRequested(now=now)
+            return [Tick(now=now)]
+        if item is Signal.STOP:
+            return [StopRequested(now=now)]
         if isinstance(item, Joined):
             self._workers[item.worker_id] = item
             self._warn_isolation(item)
-            return WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)
+            return [WorkerJoined(worker_id=item.worker_id, device=item.device, now=now)]
         if isinstance(item, Left):
             self._close_run(item.worker_id, item.reason, now)
-            return WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)
+            return [WorkerLost(worker_id=item.worker_id, reason=item.reason, now=now)]
         if isinstance(item, Refused):
-            self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome="refused")
+            self._close_run(item.worker_id, f"refused: {item.reason}", now, outcome=Outcome.REFUSED)
             self._notice("refused_workers", item.reason)
             refused = WorkerRefused(worker_id=item.worker_id, reason=item.reason, now=now)
             if item.fatal:  # close first: the requeued run must not start on the next worker
                 return [StopRequested(reason=item.reason, now=now), refused]
-            return refused
-        if isinstance(item, StopRequested):
-            return item
+            return [refused]
+        if isinstance(item, StopRequested | ExtraRunsQueued | ProposalsTriggered):
+            return [item]
         if isinstance(item, Finished):
-            return self._finished(item.worker_id, item.result, now)
-        if isinstance(item, ProposalDone):
-            return self._proposal_done(item, now)
-        if isinstance(item, ExtraRunsQueued):
-            return item
-        raise TypeError(f"unexpected event {item!r}")
+            event = self._finished(item.worker_id, item.result, now)
+        elif isinstance(item, ProposalDone):
+            event = self._proposal_done(item, now)
+        else:
+            raise TypeError(f"unexpected message {item!r}")
+        return [] if event is None else [event]
 
     def _close_run(self, worker_id: str, reason: str, now: float, *,
-                   outcome: str = "lost") -> None:
+                   outcome: Outcome = Outcome.LOST) -> None:
         """The worker is gone (`lost`) or refused to score (`refused`, not charged to the
         candidate on resume either): its attempt in flight, if any, ends so. An extra run's
         row has no refused outcome; the core does not charge it either way."""
@@ -274,7 +299,7 @@ class Controller:
             if self.extra.owns(run.candidate_id):
                 self.extra.lost(run.attempt_id, ABANDONED, now)
             else:
-                self.store.finish_attempt(run.attempt_id, outcome="abandoned", reason=ABANDONED,
+                self.store.finish_attempt(run.attempt_id, outcome=Outcome.ABANDONED, reason=ABANDONED,
                                           now=now)
                 self._add_worker_seconds(now - run.started, wasted=False)
         for candidate in self.store.unfinished():
@@ -313,46 +338,45 @@ class Controller:
         metrics = dict(result.metrics)
         bpb = metrics.get("val_bpb")
         reason = result.reason
-        if status is Status.DONE and not (isinstance(bpb, int | float) and math.isfinite(bpb)):
-            status, outcome, reason = Status.CRASHED, "crashed", f"no finite val_bpb in the result ({bpb!r})"
-        if outcome == "invalid":
+        if status is Status.DONE and not is_score(bpb):
+            status, outcome, reason = Status.CRASHED, Outcome.CRASHED, f"no finite val_bpb in the result ({bpb!r})"
+        if outcome == Outcome.INVALID:
             reason = f"invalid: {reason}"
         self.store.finish_attempt(run.attempt_id, outcome=result.outcome, reason=reason, now=now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=status is not Status.DONE and seconds < EARLY_FAILURE_S)
         if status is Status.DONE:
             metrics.setdefault("device", result.device)
-        held = self.extra.intercept(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        final = Result(result.candidate_id, status, metrics, reason, result.log_tail)
+        held = self.extra.intercept(final, now)
         if held is not None:  # recorded once its extra runs (stages, noise, confirmation) are in
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held),
                                  islands=self._islands_of(held), now=now)
-        then_run = self._record(result.candidate_id, status, metrics, reason, result.log_tail, now)
+        then_run = self._record(final, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
                              val_bpb=float(bpb) if status is Status.DONE else None,
                              then_run=tuple(then_run), islands=self._islands_of(then_run),
                              now=now)
 
-    def _record(self, candidate_id: str, status: Status, metrics: dict[str, Any], reason: str,
-                log_tail: str, now: float) -> list[str]:
+    def _record(self, result: Result, now: float) -> list[str]:
         """Record a final result; returns the extra runs it calls for (test of a new best)."""
-        candidate = self.store.get(candidate_id)
-        before = self.store.survivors(candidate.island, self.size)
+        status = result.status
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
-        judged = candidate.replace(status=status, metrics=metrics, finished_at=now)
-        kept = verdict(judged, before, self.size) == "keep"
-        metrics["kept"] = kept
-        candidate = self.store.record_result(candidate_id, status=status, metrics=metrics,
-                                             reason=reason, log_tail=log_tail, now=now)
+        candidate, said = self.population.record(result, now)
+        kept = said == "keep"
         self._note(candidate)
         self.recorder.on_candidate(candidate)
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
-        if candidate.id == ROOT_ID and status is Status.DONE:
-            self.upkeep.seed(candidate, now)
+        if candidate.id == ROOT_ID and status is Status.DONE \
+                and not self.config.workers.device_groups:
+            # each island of a device group starts from its first child instead, scored on
+            # its own device type
+            self._copies(self.population.seed(candidate, now))
         if status is Status.DONE:
-            self.upkeep.reseed_stagnant(self._island_devices(), now)
+            self._copies(self.population.reseed(self._groups(), now))
             if self._best is candidate:  # a new best
                 return self.extra.on_new_best(candidate, now)
         return []
@@ -364,10 +388,10 @@ class Controller:
         outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
-        jobs = self.extra.after(result.candidate_id, now) if outcome != "lost" else []
+        jobs = self.extra.after(result.candidate_id, now) if outcome != Outcome.LOST else []
         best = self._best.val_bpb if self._best is not None else None  # for target_val_bpb
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
-                             outcome=result.outcome, val_bpb=best, then_run=tuple(jobs),
+                             outcome=Outcome(result.outcome), val_bpb=best, then_run=tuple(jobs),
                              islands=self._islands_of(jobs), now=now)
 
     def _proposal_done(self, done: ProposalDone, now: float) -> ProposalReady | ProposalFailed:
@@ -412,7 +436,7 @@ class Controller:
                 self.recorder.on_candidate(candidate)
                 self.recorder.on_result(candidate, False)
             case Migrate():
-                self.upkeep.migrate(self._island_devices())
+                self._copies(self.population.migrate(self._groups(), self.clock()))
             case Finalize():  # the last extra runs: the final best lineage on the test split
                 now = self.clock()
                 jobs = self.extra.final_jobs(now)
@@ -465,6 +489,16 @@ class Controller:
         groups = island_groups(self.config.population.islands, self._island_devices(), True)
         return next((group for group in groups if island in group), [island])
 
+    def _groups(self) -> list[list[int]]:
+        """The islands whose scores compare (one device type each with device groups): copies
+        move only inside a group."""
+        return island_groups(self.config.population.islands, self._island_devices(),
+                             self.config.workers.device_groups)
+
+    def _copies(self, made: list[Candidate]) -> None:
+        for copy in made:
+            self.recorder.on_candidate(copy)
+
     def _island_devices(self) -> dict[int, str]:
         return self._core.island_devices() if self._core is not None else {}
 
@@ -502,7 +536,7 @@ class Controller:
         operator statistics before the event that frees its worker is handled."""
         self.memory.note(c)
         if self._core is not None and (verdict := judge(self.store, c)) is not None:
-            self._core.learn(*verdict)
+            self._core.learn(*verdict, candidate_id=c.id)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):
             self._crashes += 1
         elif c.status is Status.REJECTED:

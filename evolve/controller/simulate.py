@@ -13,9 +13,9 @@ import json
 import math
 import random
 import time
-from bisect import insort
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from evolve.controller.core import (
     Event,
@@ -34,8 +34,10 @@ from evolve.controller.core import (
     WorkerLost,
 )
 from population.candidate import Candidate, Status
+from population.outcomes import Outcome
+from population.port import MemoryPopulation
+from population.result import Result
 from population.selection import make_selector
-from population.survival import rank_key
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class SimSpec:
     islands: int = 4
     population_size: int = 8
     strategy: str = "tournament"
+    selection: Mapping[str, Any] = field(default_factory=dict)  # the strategy's parameters
     migration_interval: int = 50
     seed: int = 0
 
@@ -88,40 +91,6 @@ class SimReport:
     wall_s: float
 
 
-class MemoryPopulation:
-    """An in-memory population with the real selection and survival rules, per island."""
-
-    def __init__(self, islands: int, size: int, strategy: str) -> None:
-        self.size = size
-        self.selector = make_selector(strategy)
-        self.survivors: list[list[Candidate]] = [[] for _ in range(islands)]
-
-    def choose_parent(self, island: int, rng: random.Random) -> str:
-        survivors = self.survivors[island] or self.best_anywhere()
-        return self.selector.select(survivors, rng).id
-
-    def best_anywhere(self) -> list[Candidate]:
-        tops = [s[0] for s in self.survivors if s]
-        return [min(tops, key=rank_key)]
-
-    def add(self, candidate: Candidate) -> bool:
-        """Insert a finished candidate; True if it made the island's survivors (kept)."""
-        island = self.survivors[candidate.island]
-        insort(island, candidate, key=rank_key)
-        if len(island) > self.size:
-            dropped = island.pop()
-            return dropped is not candidate
-        return True
-
-    def migrate(self) -> None:
-        """Ring migration of each island's best to the next island."""
-        bests = [s[0] if s else None for s in self.survivors]
-        for i, best in enumerate(bests):
-            if best is not None and len(self.survivors) > 1:
-                target = (i + 1) % len(self.survivors)
-                self.add(best.replace(id=best.id + f"@{target}", island=target))
-
-
 @dataclass(order=True)
 class _Timed:
     at: float
@@ -137,7 +106,10 @@ class Simulation:
         self.spec = spec
         self.rng = random.Random(spec.seed)
         islands = spec.islands if spec.workers > 1 else 1
-        self.population = MemoryPopulation(islands, spec.population_size, spec.strategy)
+        self.population = MemoryPopulation(
+            make_selector(spec.strategy, **dict(spec.selection)), size=spec.population_size,
+            islands=islands)
+        self.groups = [list(range(islands))]
         self.settings = Settings(
             lookahead=spec.lookahead, max_concurrent_proposals=spec.concurrent_proposals(),
             max_experiments=spec.max_experiments, max_hours=spec.hours,
@@ -214,10 +186,11 @@ class Simulation:
         parent, island, val = self.info[event.candidate_id]
         if event.candidate_id == "root":
             self.root_end = self.now
-        if event.outcome == "done":
+        if event.outcome == Outcome.DONE:
             self.population.add(Candidate(id=event.candidate_id, parent_id=parent or None,
-                                          island=island, generation=0, files={}, status=Status.DONE,
-                                          metrics={"val_bpb": val}, finished_at=self.now))
+                                          island=island, generation=0, files={}))
+            self.population.record(Result(event.candidate_id, Status.DONE, {"val_bpb": val}),
+                                   self.now)
         else:
             self.counts["crashed"] += 1
 
@@ -252,19 +225,19 @@ class Simulation:
                 elif rng.random() < spec.crash_rate and decision.candidate_id != "root":
                     at = now + rng.uniform(*spec.crash_s)
                     self._at(at, ResultArrived(candidate_id=decision.candidate_id,
-                                               worker_id=decision.worker_id, outcome="crashed",
+                                               worker_id=decision.worker_id, outcome=Outcome.CRASHED,
                                                now=at), self.serial)
                 else:
                     at = now + eval_s
                     self._at(at, ResultArrived(candidate_id=decision.candidate_id,
-                                               worker_id=decision.worker_id, outcome="done",
+                                               worker_id=decision.worker_id, outcome=Outcome.DONE,
                                                val_bpb=self.info[decision.candidate_id][2], now=at),
                              self.serial)
             case GiveUp():
                 self.counts["crashed"] += 1
                 self.counts["experiments"] += 1
             case Migrate():
-                self.population.migrate()
+                self.population.migrate(self.groups, self.now)
             case Stop():
                 self.stop_reason = decision.reason
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from evolve.config.schema import FidelityConfig
 from population.candidate import Status
 from population.fidelity import Stage, ladder, next_stage
+from population.outcomes import Outcome, Purpose
+from population.result import Result
 from population.store import Store
 
 
@@ -36,11 +39,11 @@ class StageResult:
 class Stages:
     """The stage ladder of a run and the scores seen at each stage."""
 
-    def __init__(self, store: Store, config: Any, root_id: str = "root") -> None:
+    def __init__(self, store: Store, fidelity: FidelityConfig, root_id: str = "root") -> None:
         self.store = store
         self.root_id = root_id
         self.ladder: tuple[Stage, ...] = ladder(
-            Stage(s.budget_fraction, s.promote_top) for s in config.fidelity.stages)
+            Stage(s.budget_fraction, s.promote_top) for s in fidelity.stages)
         self.seen: list[list[float]] = [[] for _ in self.ladder]
         self._climbs: dict[int, _Climb] = {}  # extra run id -> the child it promotes
         if self.enabled:
@@ -62,18 +65,18 @@ class Stages:
     def owns(self, run_id: int) -> bool:
         return run_id in self._climbs
 
-    def after_first_run(self, candidate_id: str, status: Status, metrics: dict[str, Any],
-                        log_tail: str, seed: int, now: float) -> StageResult | None:
+    def after_first_run(self, result: Result, seed: int, now: float) -> StageResult | None:
         """None: a full-budget result (stages off, or the root). Else what stage 0 leads to."""
-        if self.first_fraction(candidate_id) >= 1.0:
+        if self.first_fraction(result.candidate_id) >= 1.0:
             return None
-        return self._step(_Climb(candidate_id, 0, log_tail=log_tail), status, metrics, seed, now)
+        return self._step(_Climb(result.candidate_id, 0, log_tail=result.log_tail),
+                          result.status, dict(result.metrics), seed, now)
 
     def after_extra(self, run_id: int, outcome: str, metrics: dict[str, Any],
                     seed: int, now: float) -> StageResult:
         climb = self._climbs.pop(run_id)
-        status = Status.DONE if outcome == "done" else (
-            Status.TIMED_OUT if outcome == "timed_out" else Status.CRASHED)
+        status = Status.DONE if outcome == Outcome.DONE else (
+            Status.TIMED_OUT if outcome == Outcome.TIMED_OUT else Status.CRASHED)
         return self._step(climb, status, dict(metrics), seed, now)
 
     def _step(self, climb: _Climb, status: Status, metrics: dict[str, Any], seed: int,
@@ -99,7 +102,7 @@ class Stages:
                                f"({stage.budget_fraction:.0%} budget): val_bpb {score:.6f} ranks "
                                f"{rank} of {len(seen)} there (top {stage.promote_top:.0%} go on)")
         run = self.store.add_extra_run(
-            climb.candidate_id, purpose="stage", seed=seed,
+            climb.candidate_id, purpose=Purpose.STAGE, seed=seed,
             budget_fraction=self.ladder[following].budget_fraction, now=now)
         self._climbs[run.id] = _Climb(climb.candidate_id, following, climb.history,
                                       climb.log_tail)

@@ -22,6 +22,8 @@ class MutationContext:
     program_md: str
     mutable_files: Sequence[str]
     seed: int  # per-proposal seed (deterministic)
+    trigger: str = "drawn"  # why: drawn by weight, or the event (evolve/controller/triggers.py)
+    note: str = ""  # a triggered request's note (e.g. the other line to carry)
 
 
 @dataclass(frozen=True)

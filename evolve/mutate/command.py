@@ -2,7 +2,9 @@
 
 The command runs in a fresh temporary directory holding the harness and the parent's
 mutable files, with the prompt in PROMPT.md (its path also in $EVOLVE_PROMPT_FILE), under a
-time limit, with secrets removed from its environment. It is started like an experiment
+time limit, in the jail of `evolve.mutate.command_jail` (that directory its only writable
+place, no data cache, results or store in its view, the network on, only the secrets its
+config names). It is started like an experiment
 (`evolve.workers.sandbox.start_in_group`): in its own process group under a leader that dies
 with the controller and takes everything the command started with it. What it changes in the
 mutable files is the child; changing anything else rejects the child.
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from evolve.mutate import command_jail
 from evolve.mutate.base import MutationContext, Proposal, unified_diff
 from evolve.mutate.edit_format import parse_answer
 from evolve.mutate.prompt import PromptLimits, build_command_prompt
@@ -49,10 +52,19 @@ class CommandMutator:
 
     def __init__(self, argv: Sequence[str], *, template_dir: str | Path | None = None,
                  timeout_s: float = 600.0, keep_env: Sequence[str] = (),
-                 limits: PromptLimits | None = None, kill_grace_s: float = 5.0) -> None:
+                 limits: PromptLimits | None = None, kill_grace_s: float = 5.0,
+                 secrets: Sequence[str] = (), readonly: Sequence[str | Path] = (),
+                 sandbox: str = "warn") -> None:
         if not argv:
             raise ValueError("the command operator needs a command (argv)")
+        if sandbox not in command_jail.SANDBOX_MODES:
+            raise ValueError(f"sandbox must be one of {', '.join(command_jail.SANDBOX_MODES)}, "
+                             f"not {sandbox!r}")
         self.argv = list(argv)
+        # Read now: the run takes every secret out of the environment once operators are built.
+        self.secrets = command_jail.secret_values(secrets, os.environ)
+        self.readonly = [Path(path).expanduser().absolute() for path in readonly]
+        self.sandbox = sandbox
         self.template_dir = Path(template_dir) if template_dir else None
         self.timeout_s = timeout_s
         self.keep_env = tuple(keep_env)
@@ -127,10 +139,24 @@ class CommandMutator:
         env = scrubbed_environment(os.environ, self.keep_env)
         env["EVOLVE_PROMPT_FILE"] = str(prompt_path)
         _check_executable(argv[0], env.get("PATH", os.defpath), work)
-        with tempfile.TemporaryFile(prefix="evolve-command-output-") as log:
+        problem = await asyncio.to_thread(command_jail.jail_module().sandbox_problem)
+        if problem is not None and self.sandbox == "require":
+            raise RuntimeError(f"the command operator requires a sandbox (sandbox: require) "
+                               f"and this machine has none: {problem}")
+        with tempfile.TemporaryFile(prefix="evolve-command-output-") as log, \
+                tempfile.TemporaryDirectory(prefix="evolve-command-secrets-") as secrets:
+            if problem is None:
+                folder = Path(secrets) if self.secrets else None
+                command_jail.write_secrets(self.secrets, Path(secrets))
+                command = command_jail.jailed_command(
+                    argv, work=work, env=env, secrets_folder=folder, readonly=self.readonly)
+                env = {"PATH": env.get("PATH", os.defpath)}  # bwrap starts with none anyway
+            else:
+                command_jail.warn_unsandboxed(problem)
+                command, env = argv, {**env, **self.secrets}
             # Started on the event loop's own thread, not in an executor: the parent-death
             # signal fires when the thread that forked the leader ends, not the process.
-            process = start_in_group(argv, cwd=work, env=env, log=log)
+            process = start_in_group(command, cwd=work, env=env, log=log)
             try:
                 code = await self._wait(process)
             finally:  # on timeout, error or cancellation: leave nothing of the command running

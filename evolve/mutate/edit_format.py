@@ -425,19 +425,6 @@ def syntax_problems(files: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def apply_edit(text: str, files: Mapping[str, str], mutable_files: Sequence[str]) -> tuple[
-        ParsedAnswer, dict[str, str], str]:
-    """Parse and apply a whole answer; raise EditError (feedback text) if any part fails."""
-    answer = parse_answer(text, mutable_files)
-    result = apply_answer(answer, files, mutable_files)
-    if result.failed:
-        raise EditError(feedback(result))
-    if not result.applied:
-        raise EditError("the answer has no edit: give SEARCH/REPLACE blocks (or a complete file) "
-                        "in the format described.")
-    return answer, result.files, "\n\n".join(result.applied)
-
-
 def feedback(result: Applied) -> str:
     """The message that goes back to the model after a partly failed apply."""
     parts = []

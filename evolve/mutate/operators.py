@@ -1,4 +1,4 @@
-"""Mutation operators: building them from the config, and the statistics that adapt their mix.
+"""Mutation operators: the statistics that adapt their mix (building them: `registry`).
 
 The controller core picks the operator for each proposal by weight (`mix_weights`). In adaptive
 mode each configured weight is scaled by an upper confidence bound on that operator's rate of
@@ -10,14 +10,9 @@ exactly where it stopped and the choice for each proposal replays under the run'
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from evolve.mutate.base import Mutator
-from evolve.mutate.cost import PriceTable, SpendLedger
-from evolve.mutate.ratelimit import RateLimiter
 from population.candidate import Candidate, Status
 from population.store import MIGRATION, RAN
 
@@ -95,60 +90,3 @@ def mix_weights(weights: Mapping[str, float], stats: Mapping[str, OperatorStats]
     return {name: weight * ucb_score(stats.get(labels.get(name, name), OperatorStats()), total,
                                      exploration) if weight > 0 else 0.0
             for name, weight in weights.items()}
-
-
-# ---------------------------------------------------------------- from the config
-
-def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
-                   template_dir: str | Path | None = None, ledger: SpendLedger | None = None,
-                   max_in_flight: int = 8, proposal_timeout_s: float | None = None,
-                   seed: int = 0) -> dict[str, Mutator]:
-    """The mutators for `mutation.operators`, keyed by `names` (the controller's operator
-    names). LLM operators share the run's spend ledger; each has its own rate limiter
-    (calls in flight, tokens per minute); crossover reuses the first LLM operator's client,
-    budget and health (or a default LLM mutator when the config has none)."""
-    from evolve.mutate.command import CommandMutator
-    from evolve.mutate.crossover import CrossoverMutator
-    from evolve.mutate.heuristic import HeuristicMutator
-    from evolve.mutate.llm import LLMMutator
-
-    built: dict[str, Mutator] = {}
-    llms: list[LLMMutator] = []
-
-    def make_llm(op: Any) -> LLMMutator:
-        model = getattr(op, "model", "claude-sonnet-5-5")
-        prices = PriceTable()
-        if getattr(op, "input_usd_per_mtok", None) is not None:
-            entry = {"input": op.input_usd_per_mtok,
-                     "output": op.output_usd_per_mtok if op.output_usd_per_mtok is not None
-                     else prices.lookup(model).output}
-            prices = PriceTable.from_config({model: entry})
-        temperature = getattr(op, "temperature", None)
-        return LLMMutator(
-            model=model, base_url=getattr(op, "base_url", None),
-            api_key_env=getattr(op, "api_key_env", "ANTHROPIC_API_KEY"),
-            # 1.0 is the API's default; sending nothing keeps models without sampling
-            # parameters happy
-            temperature=None if temperature in (None, 1.0) else temperature,
-            max_tokens=getattr(op, "max_tokens", 16000), timeout_s=getattr(op, "timeout_s", 300.0),
-            max_apply_retries=getattr(op, "max_apply_retries", 2), prices=prices, ledger=ledger,
-            limiter=RateLimiter(max_in_flight, getattr(op, "tokens_per_minute", None)),
-            proposal_timeout_s=proposal_timeout_s, seed=seed)
-
-    for op, name in zip(operators, names, strict=True):
-        if op.kind == "llm":
-            mutator = make_llm(op)
-            llms.append(mutator)
-            built[name] = mutator
-    for op, name in zip(operators, names, strict=True):
-        if op.kind == "heuristic":
-            built[name] = HeuristicMutator(max_tries=getattr(op, "max_tries", 32))
-        elif op.kind == "command":
-            built[name] = CommandMutator(list(op.argv), template_dir=template_dir,
-                                         timeout_s=getattr(op, "timeout_s", 600.0))
-        elif op.kind == "crossover":
-            base = llms[0] if llms else make_llm(op)
-            built[name] = CrossoverMutator(base)
-        elif op.kind != "llm":
-            raise ValueError(f"unknown operator kind {op.kind!r}")
-    return {name: built[name] for name in names}

@@ -26,18 +26,12 @@ from evolve.workers.network import IsolationUnavailable, isolation
 from evolve.workers.pristine import pinned_harness, write_harness
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
 
-# Template files that are not harness: the seed scripts and the research brief.
-NOT_HARNESS = frozenset({"train.py", "train_cpu.py", "program.md"})
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".ruff_cache")
-
 HARNESS_ENTRY = "prepare.py"
 RESULT_FILE = "result.json"  # the runner's copy of what the harness sent down the result pipe
 RESULT_MAX_BYTES = 1 << 20
 LOG_FILE = "run.log"
 TAIL_LINES = 50
 TAIL_MAX_CHARS = 8000
-
-OUTCOMES = ("done", "crashed", "timed_out", "invalid")
 
 
 @dataclass(frozen=True)
@@ -221,7 +215,7 @@ def tidy(directory: Path) -> None:
 def check_inputs(request: RunRequest) -> None:
     """The harness and the data are the controller's, untouched by earlier runs, or raise
     (TemplateError): scoring against anything else would make scores incomparable."""
-    from evolve.datahash import DataMismatch, ensure_data
+    from evolve.guard.datahash import DataMismatch, ensure_data
     from evolve.workers.pristine import HarnessChanged, pinned_harness
 
     if not (Path(request.template_dir) / HARNESS_ENTRY).is_file():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evolve.controller.memory import StoreMemory
+from evolve.controller.store_index import StoreIndex
 from evolve.mutate.notebook import tried_on_parent
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -10,7 +10,7 @@ from population.store import Store
 
 def test_memory_matches_the_store(tmp_path):
     with Store.open(tmp_path / "s.sqlite") as store:
-        memory = StoreMemory(store)
+        memory = StoreIndex(store)
 
         def add(cid: str, parent: str | None, generation: int) -> None:
             c = Candidate(id=cid, parent_id=parent, island=0, generation=generation,

@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.transforms import blended_transform_factory
 
-from evolve.report_data import TOP_IN_TREE, RunSnapshot
+from evolve.inspect.report_data import TOP_IN_TREE, RunSnapshot
 from population.candidate import Candidate
 
 BPB_LABEL = "validation bits per byte (lower is better)"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from evolve.report_data import RunSnapshot
+from evolve.inspect.report_data import RunSnapshot
 from population.candidate import Candidate, Status
 from population.store import edits_from_seed
 

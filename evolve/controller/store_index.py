@@ -14,7 +14,7 @@ TRIED_LIMIT = 20  # children of a parent described to its next mutation
 ANCESTOR_CACHE = 4096  # final candidates kept in memory for lineages
 
 
-class StoreMemory:
+class StoreIndex:
     """What the shell remembers about the store between proposals (the store stays the truth)."""
 
     def __init__(self, store: Store) -> None:

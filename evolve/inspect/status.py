@@ -7,10 +7,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from evolve.config import Config, load_config
-from evolve.controller.resume import operator_labels, operator_names
+from evolve.controller.wiring import operator_labels, operator_names
+from evolve.inspect.trust import mark, read_trust
 from evolve.mutate.operators import mix_weights, tally
-from evolve.rundir import RunDir
-from evolve.trust import mark, read_trust
+from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
 from population.store import Store, edits_from_seed, is_copy
 

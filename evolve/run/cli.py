@@ -13,7 +13,7 @@ EXIT_USAGE = 2
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from evolve.app import Run
+    from evolve.run.app import Run
 
     run = Run.create(args.config, args.set or [])
     console.print(f"run directory: [bold]{run.run_dir.path}[/bold]")
@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from evolve.app import BudgetSpent, Run
+    from evolve.run.app import BudgetSpent, Run
 
     try:
         run = Run.resume(args.run_dir, args.set or [])
@@ -36,8 +36,8 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def _execute(run, args: argparse.Namespace, console: Console) -> int:
-    from evolve.app import extend_hint
-    from evolve.live import LiveDisplay
+    from evolve.run.app import extend_hint
+    from evolve.run.live import LiveDisplay
 
     with LiveDisplay(console, title=f"evolve · {run.config.name}") as display:
         reason = run.execute(address=args.address, display=display)
@@ -52,8 +52,8 @@ def _execute(run, args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     from evolve.config import load_config
-    from evolve.rundir import RunDir
-    from evolve.status import render_status
+    from evolve.inspect.status import render_status
+    from evolve.run.rundir import RunDir
 
     run_dir = RunDir.open(args.run_dir)
     config = load_config(run_dir.config_path)
@@ -63,7 +63,7 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from evolve.export import export_run
+    from evolve.inspect.export import export_run
 
     summary = export_run(Path(args.run_dir), Path(args.to), candidate=args.candidate,
                          fmt=args.format, force=args.force)
@@ -72,7 +72,7 @@ def _cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from evolve.report import build_report
+    from evolve.inspect.report import build_report
 
     paths = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     console.print(f"report: {paths.html}")
@@ -126,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Errors the user can act on are printed as one line, without a traceback."""
     from evolve.config import ConfigError
-    from evolve.datahash import DataMismatch
-    from evolve.export import ExportError
-    from evolve.report import ReportError
-    from evolve.rundir import RunDirError
+    from evolve.guard.datahash import DataMismatch
+    from evolve.inspect.export import ExportError
+    from evolve.inspect.report import ReportError
+    from evolve.run.rundir import RunDirError
 
     args = build_parser().parse_args(argv)
     console = Console()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from evolve.rundir import RunDir, RunDirError
+from evolve.run.rundir import RunDir, RunDirError
 from population.candidate import Candidate, Status
 from population.store import Store, StoreError, is_copy
 

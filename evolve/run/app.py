@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from evolve.config import Config, load_config
-from evolve.controller.resume import operator_names
 from evolve.controller.shell import Controller, Progress
-from evolve.live import LiveDisplay
+from evolve.controller.wiring import operator_names
 from evolve.mutate.base import Mutator
-from evolve.outage import stop_when_down, with_fallback
-from evolve.rundir import RunDir, write_atomic
+from evolve.run.live import LiveDisplay
+from evolve.run.outage import stop_when_down, with_fallback
+from evolve.run.rundir import RunDir, write_atomic
+from population.budget import Budget, exhausted
 from population.candidate import Candidate, Status
+from population.outcomes import Outcome
 from population.store import Store
 
 SECRET_ENV_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
@@ -67,8 +69,8 @@ def take_secrets_out_of_environment(needed: Sequence[str]) -> dict[str, str]:
     """Remove every credential from this process's environment (before Ray starts, so no worker
     ever inherits one, and from /proc/<driver>/environ) and return those in `needed`, the
     only ones the driver keeps: the LLM client's settings, handed to it at construction.
-    Ray's own settings (token mode and path, TLS key path) stay; see `evolve.environ_scrub`."""
-    from evolve.environ_scrub import take_secrets
+    Ray's own settings (token mode and path, TLS key path) stay; see `evolve.guard.environ_scrub`."""
+    from evolve.guard.environ_scrub import take_secrets
 
     return take_secrets(needed)
 
@@ -76,26 +78,25 @@ def take_secrets_out_of_environment(needed: Sequence[str]) -> dict[str, str]:
 def _secret_names(config: Config) -> list[str]:
     """What the LLM client reads from the environment: its key variables and, as the Anthropic
     SDK does, ANTHROPIC_* (base URL, auth token) when no base_url is configured."""
+    from evolve.mutate.registry import secret_names
+
     names = list(SECRET_ENV_VARS)
     names += [name for name in os.environ if name.startswith("ANTHROPIC_") and name not in names]
-    for op in config.mutation.operators:
-        env = getattr(op, "api_key_env", None)
-        if env and env not in names:
-            names.append(env)
-    return names
+    return names + [n for n in secret_names(config.mutation.operators) if n not in names]
 
 
 def build_mutators(config: Config, store: Store) -> dict[str, Mutator]:
     """The configured operators, keyed as the controller names them; LLM operators share one
     spend ledger, resumed from what the store has already recorded."""
     from evolve.mutate.cost import SpendLedger
-    from evolve.mutate.operators import build_mutators as build
+    from evolve.mutate.limits import mutator_deadline
+    from evolve.mutate.registry import build_mutators as build
 
     ledger = SpendLedger.resume(_recorded_costs(store), config.budget.max_llm_usd)
     return build(config.mutation.operators, operator_names(config),
                  template_dir=config.template_dir, ledger=ledger,
                  max_in_flight=config.mutation.max_concurrent_proposals,
-                 proposal_timeout_s=0.9 * config.mutation.proposal_timeout_s, seed=config.seed)
+                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s), seed=config.seed)
 
 
 def _recorded_costs(store: Store) -> list[float]:
@@ -170,7 +171,7 @@ class Run:
         try:
             if store.get_meta("status") != "stopped" or store.unfinished():
                 return None
-            if any(run.outcome in ("queued", "running") for run in store.extra_runs()):
+            if any(run.outcome in (Outcome.QUEUED, Outcome.RUNNING) for run in store.extra_runs()):
                 return None
             return spent_budget(self.config, store)
         finally:
@@ -207,7 +208,7 @@ class Run:
             recorder = RunRecorder(self.run_dir, display)
             controller = Controller(self.config, store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
-            from evolve.datahash import reference_hashes
+            from evolve.guard.datahash import reference_hashes
 
             controller.template_hash, controller.data_hash = reference_hashes(
                 store, self.config.template_dir, self.config.profile, self.config.data)
@@ -265,21 +266,15 @@ class BudgetSpent(Exception):
 def spent_budget(config: Config, store: Store) -> str | None:
     """The first budget in `config` the stored run has reached, phrased as the controller's
     stop reason; None when every budget has room left (or there is none)."""
-    budget = config.budget
-    finished = store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT)
-    if budget.max_experiments is not None and finished >= budget.max_experiments:
-        return f"max_experiments reached ({finished} of {budget.max_experiments})"
-    elapsed = float(store.get_meta("elapsed_s", "0") or 0)
-    if budget.max_hours is not None and elapsed >= budget.max_hours * 3600.0:
-        return f"max_hours reached ({elapsed / 3600:.2f} h of {budget.max_hours:g} h)"
+    limits = config.budget
     best = store.best()
-    if budget.target_val_bpb is not None and best is not None and best.val_bpb is not None \
-            and best.val_bpb <= budget.target_val_bpb:
-        return f"target_val_bpb reached ({best.val_bpb:.6f} <= {budget.target_val_bpb:g})"
-    spent = float(store.get_meta("llm_usd_total", "0") or 0)
-    if budget.max_llm_usd is not None and spent >= budget.max_llm_usd:
-        return f"max_llm_usd reached (${spent:.2f} of ${budget.max_llm_usd:g})"
-    return None
+    return exhausted(
+        Budget(limits.max_experiments, limits.max_hours, limits.target_val_bpb,
+               limits.max_llm_usd),
+        finished=store.count(Status.DONE, Status.CRASHED, Status.TIMED_OUT),
+        elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
+        best_val_bpb=best.val_bpb if best is not None else None,
+        llm_usd=float(store.get_meta("llm_usd_total", "0") or 0))
 
 
 def extend_hint(reason: str, config: Config) -> str | None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolve.report_charts import island_chart, lineage_chart, progress_chart, save
-from evolve.report_data import read_run
-from evolve.report_html import render_html
-from evolve.rundir import write_atomic
-from evolve.runview import RunViewError
+from evolve.inspect.report_charts import island_chart, lineage_chart, progress_chart, save
+from evolve.inspect.report_data import read_run
+from evolve.inspect.report_html import render_html
+from evolve.inspect.runview import RunViewError
+from evolve.run.rundir import write_atomic
 
 
 class ReportError(Exception):

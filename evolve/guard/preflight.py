@@ -1,7 +1,9 @@
 """Cheap checks on a child before a worker is booked for it.
 
 Pure functions: each returns None when the child may run, or a one-line reason naming the
-file, the line and what was found. They catch what would otherwise waste a GPU slot
+file, the line and what was found. `check_child` runs them all on one parse of the child and
+returns typed verdicts (`PreflightReport`): the shell stores the first, and a mutator can
+hand them back to the model before it gives up a conversation. They catch what would otherwise waste a GPU slot
 (a syntax error, an unchanged or duplicate child) and the easy ways an edit could spoil
 its own score by reaching into the harness (DESIGN.md "The template contract"). They do
 not make adversarial code safe; the harness owning the score does most of that work.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from population.candidate import source_hash
@@ -56,6 +60,93 @@ PATCHABLE = re.compile(r"^(torch|triton)\.(.*\.)?(backends|config)\.|^torch\._(i
 HashSeen = Callable[[str], bool] | Collection[str]
 
 
+class Check(str, Enum):
+    """Which pre-flight check a verdict comes from, cheapest first."""
+
+    ONLY_MUTABLE = "only_mutable"  # the child holds exactly the mutable files
+    PARSES = "parses"              # every file is valid Python
+    HARNESS = "harness"            # defines train(ctx); does not reach into the harness
+    DIFFERS = "differs"            # not the parent again (comments and blanks aside)
+    DUPLICATE = "duplicate"        # not a candidate already stored or in flight
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One reason a child may not run: the check, where (file and line, when known), and
+    the one-line message a user or a model reads (`file:line: what was found`)."""
+
+    check: Check
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    """Every verdict on a child, in check order; empty means it may run."""
+
+    verdicts: tuple[Verdict, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.verdicts
+
+    @property
+    def reason(self) -> str:
+        """The first verdict's message ("" when the child may run): what is stored."""
+        return self.verdicts[0].message if self.verdicts else ""
+
+
+def check_child(
+    parent_files: Mapping[str, str],
+    child_files: Mapping[str, str],
+    *,
+    mutable_files: Sequence[str],
+    has_hash: HashSeen | None = None,
+    harness_modules: Collection[str] = HARNESS_MODULES,
+) -> PreflightReport:
+    """All checks on a child, each file parsed once. A mutator may call it before it hands
+    a child back (so a rejection can go back to the model as feedback); the shell calls it
+    on every proposal. `has_hash` None skips the duplicate check (the store answers that)."""
+    verdicts: list[Verdict] = []
+    problem = check_only_mutable(child_files, mutable_files)
+    if problem:
+        verdicts.append(_verdict(Check.ONLY_MUTABLE, problem))
+    trees: dict[str, ast.Module] = {}
+    for name in sorted(child_files):
+        try:
+            trees[name] = ast.parse(child_files[name], filename=name)
+        except (SyntaxError, ValueError):
+            verdicts.append(_verdict(Check.PARSES, check_parses({name: child_files[name]}) or ""))
+    modules = set(harness_modules) | set(HARNESS_MODULES)
+    for name, tree in trees.items():
+        problem = _harness_problem(name, tree, modules)
+        if problem:
+            verdicts.append(_verdict(Check.HARNESS, problem))
+    problem = check_differs(parent_files, child_files)
+    if problem:
+        verdicts.append(_verdict(Check.DIFFERS, problem))
+    if has_hash is not None:
+        problem = check_not_duplicate(child_files, has_hash)
+        if problem:
+            verdicts.append(_verdict(Check.DUPLICATE, problem))
+    return PreflightReport(tuple(verdicts))
+
+
+def _verdict(check: Check, message: str) -> Verdict:
+    """A verdict with the file and line its message starts with (`name:line: ...`)."""
+    head, _, rest = message.partition(": ")
+    name, _, line = head.partition(":")
+    return Verdict(check, message, file=name or None,
+                   line=int(line) if line.isdigit() and rest else None)
+
+
 def preflight(
     parent_files: Mapping[str, str],
     child_files: Mapping[str, str],
@@ -65,13 +156,9 @@ def preflight(
     harness_modules: Collection[str] = HARNESS_MODULES,
 ) -> str | None:
     """All checks in order, cheapest first; the first failure's reason, or None."""
-    return (
-        check_only_mutable(child_files, mutable_files)
-        or check_parses(child_files)
-        or check_harness(child_files, harness_modules=harness_modules)
-        or check_differs(parent_files, child_files)
-        or check_not_duplicate(child_files, has_hash)
-    )
+    report = check_child(parent_files, child_files, mutable_files=mutable_files,
+                         has_hash=has_hash, harness_modules=harness_modules)
+    return report.reason or None
 
 
 def harness_modules(template_dir: str | Path, mutable_files: Sequence[str]) -> frozenset[str]:
@@ -141,12 +228,20 @@ def check_harness(
             tree = ast.parse(files[name], filename=name)
         except (SyntaxError, ValueError):
             return check_parses({name: files[name]})
-        if name == "train.py":
-            problem = _defines_train(tree)
-            if problem:
-                return f"{name}:{problem}"
-        for lineno, problem in _harness_violations(tree, modules):
-            return f"{name}:{lineno}: {problem}"
+        problem = _harness_problem(name, tree, modules)
+        if problem:
+            return problem
+    return None
+
+
+def _harness_problem(name: str, tree: ast.Module, modules: set[str]) -> str | None:
+    """The first harness problem of one parsed file, as `name:line: what`."""
+    if name == "train.py":
+        problem = _defines_train(tree)
+        if problem:
+            return f"{name}:{problem}"
+    for lineno, problem in _harness_violations(tree, modules):
+        return f"{name}:{lineno}: {problem}"
     return None
 
 

@@ -9,12 +9,14 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from evolve.mutate.base import MutationContext, Mutator, Proposal
+from evolve.mutate.registry import Health
 
 PROBE_EVERY = 10  # while down, every Nth proposal asks the LLM again
 
 
 def can_go_down(mutator: Mutator) -> bool:
-    return hasattr(mutator, "is_down") and hasattr(mutator, "down_reason")
+    """Whether the operator declares the `Health` capability (its backend can be down)."""
+    return isinstance(mutator, Health)
 
 
 class FallbackWhenDown:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evolve.runview import (
+from evolve.inspect.runview import (
     all_candidates,
     config_get,
     file_diff,
@@ -15,7 +15,7 @@ from evolve.runview import (
     open_run_dir,
     open_store,
 )
-from evolve.trust import Trust, read_trust, with_test_scores
+from evolve.inspect.trust import Trust, read_trust, with_test_scores
 from population.candidate import Candidate, Status
 from population.store import is_copy
 

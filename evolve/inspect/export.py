@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from evolve.runview import (
+from evolve.inspect.runview import (
     RunViewError,
     find_candidate,
     load_config,
@@ -26,7 +26,7 @@ from evolve.runview import (
     open_store,
     resolve_template,
 )
-from evolve.trust import read_trust, with_test_scores
+from evolve.inspect.trust import read_trust, with_test_scores
 from population.candidate import Candidate, Status
 from population.store import edits_from_seed
 

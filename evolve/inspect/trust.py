@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from population.candidate import Candidate
+from population.outcomes import Outcome, Purpose
 from population.store import Store
 
 NOISE_META = "noise_floor"
@@ -71,7 +72,7 @@ def read_trust(store: Store, candidates: Iterable[Candidate]) -> Trust:
     test: dict[str, tuple[float, float]] = {}
     extra = store.extra_runs()
     for run in extra:
-        if run.purpose == "test" and run.outcome == "done" and run.test_bpb is not None \
+        if run.purpose == Purpose.TEST and run.outcome == Outcome.DONE and run.test_bpb is not None \
                 and run.val_bpb is not None:
             test[run.candidate_id] = (run.val_bpb, run.test_bpb)
     return Trust(sigma, runs, tuple(decisions), test, len(extra))
