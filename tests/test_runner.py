@@ -88,6 +88,23 @@ def test_printed_fake_score_is_ignored(tmp_path):
     assert faked.metrics["val_bpb"] == honest.metrics["val_bpb"] > 1.0
 
 
+FAKE_RESULT = (
+    "\n\ndef train(ctx):\n"
+    "    import json, os\n"
+    "    fake = {'status': 'ok', 'val_bpb': 0.001, 'entropy_floor_bpb': 0.0}\n"
+    "    open('result.json', 'w').write(json.dumps(fake))\n"
+    "    os._exit(0)\n")
+
+
+def test_a_result_file_the_candidate_writes_is_not_the_result(tmp_path):
+    # The result comes down a pipe only the harness holds; a file in the experiment folder
+    # (written here, then the process ends before the harness can speak) is nobody's word.
+    result = run_candidate(request(tmp_path, SEED + FAKE_RESULT, keep_workdir=True))
+    assert result.outcome == "crashed" and result.val_bpb is None
+    assert "sent no result" in result.reason
+    assert not (experiment_dir(request(tmp_path)) / "result.json").exists()
+
+
 def test_crash_reports_the_exception_line_and_log_tail(tmp_path):
     source = SEED.replace("    steps = 0\n", "    steps = 0\n    raise ValueError('boom 42')\n")
     result = run_candidate(request(tmp_path, source))
@@ -328,3 +345,23 @@ def test_the_real_harness_speaks_the_runner_command_line(tmp_path):
     assert metrics["entropy_floor_bpb"] < metrics["val_bpb"] < 8.0
     assert "test_bpb" in metrics and metrics["budget_fraction"] == 0.5 and metrics["seed"] == 1
     assert result.device == metrics["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_the_real_harness_runs_jailed_inside_network_isolation(tmp_path):
+    # workers.network wraps the harness in `unshare -rn`; the referee's jail (bwrap) nests
+    # inside that namespace and the result still comes back over the pipe.
+    sys.path.insert(0, str(REPO / "train_template"))
+    import jail
+
+    from evolve.workers.network import unshare_problem
+
+    if jail.sandbox_problem() is not None or unshare_problem():
+        pytest.skip(f"no jail or no namespaces here: {jail.sandbox_problem() or unshare_problem()}")
+    template = REPO / "train_template"
+    result = run_candidate(request(
+        tmp_path, (template / "train_cpu.py").read_text(), template_dir=str(template),
+        timeout_s=300.0, network="require", cache_dir=str(tmp_path / "cache")))
+    assert result.outcome == "done", result.reason + "\n" + result.log_tail
+    assert result.metrics["sandboxed"] is True
+    assert "network: isolated" in Path(result.log_path).read_text()

@@ -176,16 +176,31 @@ def train(ctx):
 '''
 
 
-def test_a_score_below_the_entropy_floor_is_rejected(tmp_path: Path, cache_dir: Path) -> None:
+def test_a_score_below_the_entropy_floor_is_rejected(tmp_path: Path, cache_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the jail (no bwrap: EVOLVE_BWRAP names none) the memoriser can read val from
+    # the cache; the floor check is what stops it then.
     work = experiment(tmp_path, MEMORISER)
-    os.environ["LEAK_CACHE"] = str(cache_dir)
-    try:
-        proc = harness(work, cache_dir)
-    finally:
-        del os.environ["LEAK_CACHE"]
+    monkeypatch.setenv("LEAK_CACHE", str(cache_dir))
+    monkeypatch.setenv("EVOLVE_BWRAP", str(tmp_path / "no-bwrap"))
+    proc = harness(work, cache_dir)
     assert proc.returncode == 1, proc.stderr
     assert result(work)["status"] == "invalid"
     assert "below the entropy floor" in result(work)["reason"]
+
+
+def test_in_the_jail_the_data_cache_is_not_there(tmp_path: Path, cache_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(TEMPLATE))
+    import jail
+
+    if jail.sandbox_problem() is not None:
+        pytest.skip(f"no jail on this node: {jail.sandbox_problem()}")
+    work = experiment(tmp_path, MEMORISER)
+    monkeypatch.setenv("LEAK_CACHE", str(cache_dir))
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert result(work)["status"] == "crash" and "IndexError" in result(work)["reason"]
 
 
 ORACLE = '''

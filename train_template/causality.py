@@ -1,24 +1,26 @@
 """Causality, checked after the fact by a second, fresh evaluator.
 
-After a split is scored, random cuts are drawn among its scored positions; each cut (row i,
-position c) becomes a probe row: row i's inputs up to c, then other validation text. A causal
-model predicts the same distribution for the token after c from both, so the scored
-log-prob of that true token minus the probe's (d) is zero up to floating noise. A model that
-peeked at later tokens, mixed rows, cached by prefix or learnt from rows it had scored scores
-the true token better in scoring than in the probe: d > 0.
+After val is scored, a fresh evaluator process (same artefact, no state shared with the
+scoring one) is asked for two things, in batches of exactly the shapes scoring used:
 
-The probe runs in a fresh process with the same artefact and the same batch shapes as
-scoring (every shape scoring used), so it cannot be told apart by shape and shares no state
-with the scoring run. A row's cuts are probed in increasing order and never two in one
-batch: a later cut's row holds the true token of an earlier cut, so it must come after.
+  * a replay: first of all, one batch scoring sent late, unchanged. A deterministic model
+    returns the same logits; one that learnt from the rows it had scored before (it is
+    fresh now) scores them worse than it did then;
+  * cuts: random scored positions (row i, position c), each as a probe row holding row i's
+    inputs up to c and then other text (from the train split, so the probe teaches a learner
+    no validation text). A causal model predicts the same distribution for the token after c
+    from both; one that peeked at later tokens, mixed rows or cached by prefix scored the true
+    token better in scoring than in the probe. A row's cuts are probed in increasing order
+    and never two in one batch (a later cut's row holds an earlier cut's true token).
 
-Two rules, either makes the run invalid:
-  * mean: the mean of d over all cuts exceeds K standard errors and MEAN_TOL (a small
-    advantage on every token: a bonus to the true token, learning from scored rows);
-  * leak: LEAK_COUNT or more cuts with d > LEAK_TOL (a large advantage on a few tokens: a
-    model that peeks on 0.5% of positions). The mean rule alone fires only after about K^2
-    such cuts, which would take thousands of probe rows; an honest deterministic model never
-    has one.
+d = the scored log-prob of a true token minus the probe's, per cut and per replayed position;
+an honest model's d is 0 up to floating noise. Two rules, either makes the run invalid:
+  * mean: the mean of d exceeds K_SE standard errors and MEAN_TOL (a small advantage on
+    every token: a bonus to the true token, learning from scored rows);
+  * leak: LEAK_COUNT or more d > LEAK_TOL (a large advantage on a few tokens: a model that
+    peeks on 0.5% of positions). The mean rule alone fires only after about K_SE^2 such
+    cuts, which would take thousands of probe rows; an honest deterministic model never has
+    one.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ TOLERANCES = {"cpu": (1e-4, 1e-3, 1), "cuda": (2e-3, 0.5, 3)}
 
 @dataclass(frozen=True)
 class Probe:
-    rows: np.ndarray     # int64 [P, T]: probe inputs
+    replay: slice        # the scored rows replayed unchanged (the first batch sent)
+    rows: np.ndarray     # int64 [P, T]: cut probe inputs
     source: np.ndarray   # int64 [P]: scored row of each probe
-    cut: np.ndarray      # int64 [P]: position whose next token is compared
-    batches: list[slice]  # the batches to send, with scoring's shapes
+    cut: np.ndarray      # int64 [P]: position whose next token is compared (-1: padding)
+    batches: list[slice]  # the cut batches to send, with scoring's shapes
 
 
 def batch_sizes(n_rows: int, batch_rows: int, total: int) -> list[int]:
@@ -57,9 +60,10 @@ def batch_sizes(n_rows: int, batch_rows: int, total: int) -> list[int]:
     return sizes
 
 
-def plan(scored: Scored, inputs: np.ndarray, batch_rows: int, probe_rows: int,
-         seed: int) -> Probe:
-    """Draw the cuts and build the probe rows (inputs: the scored rows' inputs, [N, T])."""
+def plan(scored: Scored, inputs: np.ndarray, filler: np.ndarray, batch_rows: int,
+         probe_rows: int, seed: int) -> Probe:
+    """Draw the cuts and build the probe rows (inputs: the scored rows' inputs, [N, T];
+    filler: 1-D tokens of other text for the tails)."""
     rng = np.random.default_rng([seed, 0x5EED])
     mask = (scored.weights > 0).cpu().numpy()
     n_rows, seq = inputs.shape
@@ -96,86 +100,94 @@ def plan(scored: Scored, inputs: np.ndarray, batch_rows: int, probe_rows: int,
         order.extend(taken)
     source = np.asarray([i for i, _ in order], dtype=np.int64)
     cut = np.asarray([c for _, c in order], dtype=np.int64)
-    return Probe(_spliced(inputs, source, cut, rng), source, cut, batches)
+    last = (n_rows - 1) // batch_rows * batch_rows  # the last batch scoring sent
+    return Probe(slice(last, n_rows), _spliced(inputs, filler, source, cut, rng), source, cut,
+                 batches)
 
 
-def _spliced(inputs: np.ndarray, source: np.ndarray, cut: np.ndarray,
+def _spliced(inputs: np.ndarray, filler: np.ndarray, source: np.ndarray, cut: np.ndarray,
              rng: np.random.Generator) -> np.ndarray:
-    """Each probe row: its source row up to the cut, then validation text from a random place
-    (so the tokens beside it in a batch differ from scoring's too: row mixing shows)."""
-    n_rows, seq = inputs.shape
-    flat = inputs.ravel()
+    """Each probe row: its source row up to the cut, then filler text from a random place
+    (so a probe row's neighbours in its batch differ from scoring's too: row mixing shows)."""
+    seq = inputs.shape[1]
     out = inputs[source].copy()
     for p, (i, c) in enumerate(zip(source, cut, strict=True)):
         length = seq - c - 1
         if c < 0 or length <= 0:
             continue  # padding, or the cut is the last input (its next token is no input)
-        own = i * seq + c + 1  # where row i's true continuation sits in `flat`
         for _ in range(16):  # text whose first token differs from the true next one
-            start = int(rng.integers(0, flat.size - length + 1))
-            if start != own and flat[start] != inputs[i, c + 1]:
+            start = int(rng.integers(0, len(filler) - length + 1))
+            tail = np.asarray(filler[start : start + length], dtype=np.int64)
+            if tail[0] != inputs[i, c + 1]:
                 break
-        out[p, c + 1:] = flat[start : start + length]
+        out[p, c + 1:] = tail
     return out
 
 
 def probe_nll(logits_fn: LogitsFn, probe: Probe, rows: np.ndarray,
-              device: torch.device) -> torch.Tensor:
-    """Cross-entropy of the true next token at each probe's cut (same maths as scoring).
-
-    rows: the scored rows [N, T+1]; the true next token at cut c of row i is rows[i, c+1].
-    """
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the replayed rows' cross-entropies [R, T], the true next token's at each cut [P]),
+    with scoring's maths. rows: the scored rows [N, T+1]."""
+    replay = torch.as_tensor(rows[probe.replay], dtype=torch.long, device=device)
+    logits = logits_fn(replay[:, :-1])
+    vocab_size = logits.shape[-1]
+    replay_nll = F.cross_entropy(logits.reshape(-1, vocab_size), replay[:, 1:].reshape(-1),
+                                 reduction="none").view(replay.shape[0], -1)
     targets = rows[probe.source, np.maximum(probe.cut, 0) + 1]
     out = []
     for part in probe.batches:
         x = torch.as_tensor(probe.rows[part], dtype=torch.long, device=device)
         logits = logits_fn(x)
-        vocab_size = logits.shape[-1]
         cut = torch.as_tensor(np.maximum(probe.cut[part], 0), device=device)
-        picked = logits[torch.arange(len(cut), device=device), cut].reshape(-1, vocab_size)
+        picked = logits[torch.arange(len(cut), device=device), cut]
         target = torch.as_tensor(targets[part], dtype=torch.long, device=device)
         out.append(F.cross_entropy(picked, target, reduction="none"))
-    return torch.cat(out)
+    return replay_nll, torch.cat(out)
 
 
-def verdict(scored: Scored, probe: Probe, probe_losses: torch.Tensor,
+def verdict(scored: Scored, probe: Probe, replay_nll: torch.Tensor, cut_nll: torch.Tensor,
             device_type: str) -> tuple[str | None, dict]:
     """(why the run is invalid or None, the statistics for the record)."""
+    nll = scored.nll.double().cpu().numpy()
     real = probe.cut >= 0
-    src, cut = probe.source[real], probe.cut[real]
-    scored_nll = scored.nll.double().cpu().numpy()[src, cut]
-    d = probe_losses.double().cpu().numpy()[real] - scored_nll  # scored log-prob minus the probe's
+    d_cut = cut_nll.double().cpu().numpy()[real] - nll[probe.source[real], probe.cut[real]]
+    mask = (scored.weights[probe.replay] > 0).cpu().numpy()
+    d_replay = (replay_nll.double().cpu().numpy() - nll[probe.replay])[mask]
+    d = np.concatenate([d_cut, d_replay])  # scored log-prob minus the probe's
     mean_tol, leak_tol, leak_count = TOLERANCES.get(device_type, TOLERANCES["cuda"])
     n = len(d)
     mean = float(d.mean()) if n else 0.0
     se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    leaks = int((d > leak_tol).sum()) if n else 0
-    stats = {"causality_cuts": n, "causality_mean_nats": mean, "causality_leaks": leaks}
+    leaks = int((d > leak_tol).sum())
+    stats = {"causality_cuts": len(d_cut), "causality_replayed": len(d_replay),
+             "causality_mean_nats": mean, "causality_leaks": leaks}
     if not all(map(math.isfinite, (mean, se))):
         return "causality check failed: the probe's log-probs are not finite", stats
     if leaks >= leak_count:
-        return (f"causality check failed: at {leaks} of {n} random cuts the true next token "
-                f"scored up to {float(d.max()):.3g} nats better than when only the tokens after "
-                "it were replaced (the model sees the tokens it predicts, or its output is not "
-                "deterministic)"), stats
+        return (f"causality check failed: at {leaks} of {n} probed positions the true next "
+                f"token scored up to {float(d.max()):.3g} nats better in scoring than in a fresh "
+                "evaluator that saw only the tokens before it (the model sees the tokens it "
+                "predicts, learns while scored, or is not deterministic)"), stats
     if mean > K_SE * se and mean > mean_tol:
-        return (f"causality check failed: replacing the tokens after a random cut lowered the "
-                f"true next token's log-prob by {mean:.3g} nats on average over {n} cuts "
-                f"({mean / se if se else math.inf:.1f} standard errors): the scored outputs "
-                "depended on later tokens or on rows already scored"), stats
+        return (f"causality check failed: a fresh evaluator that saw only the tokens before "
+                f"each probed position scored the true token {mean:.3g} nats worse on average "
+                f"over {n} positions ({mean / se if se else math.inf:.1f} standard errors): the "
+                "scored outputs depended on later tokens or on rows already scored"), stats
     return None, stats
 
 
-def check(probe_fn: LogitsFn, scored: Scored, rows: np.ndarray, batch_rows: int,
-          probe_rows: int, seed: int, device: torch.device) -> tuple[str | None, dict]:
+def check(probe_fn: LogitsFn, scored: Scored, rows: np.ndarray, filler: np.ndarray,
+          batch_rows: int, probe_rows: int, seed: int,
+          device: torch.device) -> tuple[str | None, dict]:
     """Run the probe (probe_fn: a fresh evaluator's logits) against a scored split."""
-    probe = plan(scored, rows[:, :-1], batch_rows, probe_rows, seed)
-    losses = probe_nll(probe_fn, probe, rows, device)
-    return verdict(scored, probe, losses, device.type)
+    probe = plan(scored, rows[:, :-1], filler, batch_rows, probe_rows, seed)
+    replay_nll, cut_nll = probe_nll(probe_fn, probe, rows, device)
+    return verdict(scored, probe, replay_nll, cut_nll, device.type)
 
 
 def check_model(model: torch.nn.Module, rows: np.ndarray, score_from: np.ndarray,
-                token_bytes: np.ndarray, device: torch.device, *, batch_rows: int = 64,
+                token_bytes: np.ndarray, device: torch.device, *, filler: np.ndarray | None = None,
+                batch_rows: int = 64,
                 probe_rows: int = 256, seed: int = 0,
                 autocast: Callable[[], AbstractContextManager] = nullcontext
                 ) -> tuple[float, str | None]:
@@ -183,5 +195,6 @@ def check_model(model: torch.nn.Module, rows: np.ndarray, score_from: np.ndarray
     a test's check. The harness never runs candidate code in-process; it uses check()."""
     fn = model_logits(model, len(token_bytes), autocast)
     scored = score_rows(fn, rows, score_from, token_bytes, device, batch_rows)
-    problem, _ = check(fn, scored, rows, batch_rows, probe_rows, seed, device)
+    filler = rows[::-1].ravel() if filler is None else filler  # other text: rows reversed
+    problem, _ = check(fn, scored, rows, filler, batch_rows, probe_rows, seed, device)
     return scored.bpb, problem

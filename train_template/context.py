@@ -48,7 +48,7 @@ class BatchServer:
         self._skip = profile.clock_skip_steps if profile.budget_kind == "time" else 0
         self._warmup_max_s = profile.warmup_max_s
         self._clock = clock
-        self._tokens = train.tokens
+        self._tokens = self.tokens = train.tokens
         starts = np.asarray(train.starts, dtype=np.int64)
         self._starts = starts[starts + self.seq_len < len(train.tokens)]
         if len(self._starts) == 0:

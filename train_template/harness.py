@@ -95,10 +95,12 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
          "--artefact", str(train_dir / ARTEFACT)],
         workdir=train_dir, readonly=readonly, **common)
     evaluator = ["--profile", profile.name, "--vocab-size", str(vocab_size)]
+    # CUDA: logits travel as IPC handles, which do not open across PID namespaces
+    ipc = dict(common, share_pid_namespace=profile.device == "cuda")
     scorer = roles.spawn("evaluator", HERE / "evaluator_role.py", evaluator, workdir=root / "scorer",
-                         readonly=[*readonly, train_dir], **common)
+                         readonly=[*readonly, train_dir], **ipc)
     prober = roles.spawn("probe evaluator", HERE / "evaluator_role.py", evaluator,
-                         workdir=root / "prober", readonly=[*readonly, train_dir], **common)
+                         workdir=root / "prober", readonly=[*readonly, train_dir], **ipc)
     return Cast(root, trainer, scorer, prober, problem is None)
 
 
@@ -143,6 +145,7 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
 
     device = referee_device(profile)
     handback = serve_trainer(cast_.trainer, server, profile.handback_s)
+    _note(f"model handed back ({server.batches_served} batches, {server.tokens_served} tokens)")
     roles.end(cast_.trainer)
     roles.sweep(keep=[cast_.scorer, cast_.prober])  # what the trainer left running dies here
     artefact = handed_back_model(cast_)
@@ -150,7 +153,7 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
     ipc = device.type == "cuda"
     info = scorer.load(str(artefact), str(cast_.train_dir / args.train.name), ipc)
     result: dict = {"status": "ok", "sandboxed": cast_.sandboxed}
-    result.update(_score(args, profile, corpus, scorer, cast_, device, artefact))
+    result.update(_score(args, profile, corpus, scorer, cast_, device, artefact, server.tokens))
     seconds = server.training_seconds()
     tokens = server.tokens_served
     result.update({
@@ -168,7 +171,8 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
     return result
 
 
-def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, artefact: Path) -> dict:
+def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, artefact: Path,
+           train_tokens) -> dict:
     """Score the splits with the scorer, then check causality on val with the fresh prober."""
     from causality import check
     from referee import Evaluator
@@ -182,6 +186,7 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
             scored[split] = (rows, first, score_rows(scorer.logits, rows, first, corpus.token_bytes,
                                                      device, profile.eval_batch_rows))
             out[f"{split}_bpb"] = scored[split][2].bpb
+            _note(f"{split} scored")
         scorer.bye()
         roles.end(cast_.scorer)
         roles.sweep(keep=[cast_.prober])
@@ -189,10 +194,11 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
         prober = Evaluator(cast_.prober, corpus.vocab_size, device)
         prober.load(str(artefact), str(cast_.train_dir / args.train.name), device.type == "cuda")
         rows, first, val = scored["val"]
-        problem, stats = check(prober.logits, val, rows, profile.eval_batch_rows,
-                               profile.probe_rows, args.seed, device)
+        problem, stats = check(prober.logits, val, rows, train_tokens,
+                               profile.eval_batch_rows, profile.probe_rows, args.seed, device)
         prober.bye()
         out.update(stats, causality_seconds=time.monotonic() - t0)
+        _note(f"causality checked ({stats['causality_cuts']} cuts)")
         if problem:
             raise JudgedFailure("invalid", problem)
         if corpus.floor_bpb is not None:
@@ -205,6 +211,10 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
         if not math.isfinite(out[f"{split}_bpb"]):
             raise JudgedFailure("invalid", f"{split}_bpb is not finite")
     return out
+
+
+def _note(message: str) -> None:
+    print(f"referee: {message}", flush=True)
 
 
 def _mfu(info: dict, tokens: int, seconds: float, device) -> float:

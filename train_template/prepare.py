@@ -1,16 +1,20 @@
-"""The fixed harness and entry point of every experiment: it owns the clock and the score.
+"""The fixed harness and entry point of every experiment: the referee, which owns the data,
+the clock, the token count and the score.
 
     python prepare.py run --profile cpu-micro --data synthetic --seed 0 --result result.json
-                          [--cache-dir DIR] [--splits val|val,test] [--budget-fraction 1.0]
-                          [--train train.py]
+                          [--result-fd N] [--cache-dir DIR] [--splits val|val,test]
+                          [--budget-fraction 1.0] [--train train.py]
     python prepare.py prepare --profile P --data D [--cache-dir DIR]   # data only, idempotent
 
-`run` (harness.py) seeds every RNG, imports the candidate's train.py (beside this file
-unless --train; in the pristine template pass `--train train_cpu.py` for cpu profiles),
-calls train(ctx) -> model, and only then loads val (and test), scores the model from its
-logits, runs the causality probe, and writes the result JSON atomically. Exit codes: 0 ok,
-1 the harness judged the candidate (result file says "crash" or "invalid"), 2 bad input
-(no result file). Failures end with one `error: ...` line on stderr.
+`run` (harness.py) never runs candidate code itself: it starts a trainer process that
+imports the candidate's train.py (beside this file unless --train; in the pristine template
+pass `--train train_cpu.py` for cpu profiles), seeds every RNG and calls train(ctx) with
+batches the referee serves over a channel, then hands back the model as a file; evaluator
+processes load it and return logits for val (and test), from which the referee computes the
+score, and a fresh one is probed for causality. The result JSON goes to --result-fd (the
+runner's pipe) and/or --result PATH, written only after every candidate process is dead.
+Exit codes: 0 ok, 1 the harness judged the candidate (the result says "crash" or "invalid"),
+2 bad input (no result). Failures end with one `error: ...` line on stderr.
 
 Data sources (DATA_SOURCES below): `synthetic`, `text:<path>`, `climbmix`. A source is a
 function (cache_dir: Path, profile: Profile, arg: str) -> corpus.Corpus, where a Corpus has
@@ -40,6 +44,7 @@ HERE_DIR = os.path.dirname(os.path.realpath(__file__))
 # these names from it.
 HARNESS_MODULES = frozenset({
     "candidate", "causality", "channel", "climbmix", "context", "corpus", "harness", "jail",
+    "jail_cgroup", "jail_limits",
     "mfu", "profiles", "referee", "roles", "scoring", "sources", "synthlang"})
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != HERE_DIR]
 

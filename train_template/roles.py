@@ -79,17 +79,19 @@ def _die_with_referee() -> None:  # runs in the child between fork and exec
 
 def spawn(name: str, script: Path, args: Sequence[str], *, workdir: Path,
           readonly: Sequence[Path], hidden: Sequence[Path], env: Mapping[str, str],
-          sandboxed: bool) -> Role:
+          sandboxed: bool, share_pid_namespace: bool = False) -> Role:
     """Start `python -s script args --channel-fd N` in `workdir`, jailed when `sandboxed`.
 
     -s: no user site-packages. The script's own folder (the harness) comes first on sys.path;
-    PYTHON* variables that could redirect imports were dropped from `env`.
+    PYTHON* variables that could redirect imports were dropped from `env`. share_pid_namespace:
+    the role stays in the referee's PID namespace (CUDA IPC handles do not open across them).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     mine, fd = socketpair()
     argv = [sys.executable, "-s", str(script), *args, "--channel-fd", str(fd)]
     if sandboxed:
-        argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env)
+        argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env,
+                           share_pid_namespace=share_pid_namespace)
     try:
         process = subprocess.Popen(argv, cwd=str(workdir), env=dict(env), stdin=subprocess.DEVNULL,
                                    pass_fds=(fd,), close_fds=True, preexec_fn=_die_with_referee)

@@ -1,0 +1,323 @@
+"""The referee: real prepare.py subprocesses (cpu-micro, synthetic data) with candidates that
+attack the channel, the budget and the score, and an in-process reference for honest scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_template_harness import SEED, TEMPLATE, experiment, harness, result
+
+sys.path.insert(0, str(TEMPLATE))
+
+import roles  # noqa: E402
+from context import BatchServer, TrainContext  # noqa: E402
+from corpus import JudgedFailure, Split, eval_rows  # noqa: E402
+from profiles import get_profile  # noqa: E402
+from referee import serve_trainer  # noqa: E402
+from scoring import below_floor, evaluate_bpb  # noqa: E402
+from sources import load_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("evolve-cache")
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
+    work = experiment(tmp_path_factory.mktemp("honest"))
+    proc = harness(work, cache_dir, "--splits", "val,test")
+    assert proc.returncode == 0, proc.stderr
+    return result(work)
+
+
+def reference_scores(cache_dir: Path) -> dict[str, float]:
+    """The seed trained and scored in this process, as the harness did before the referee:
+    same data, same order, same seeds, same maths (no roles, no channel, no artefact)."""
+    profile = get_profile("cpu-micro")
+    corpus = load_synthetic(cache_dir, train_tokens=profile.synthetic_train_tokens,
+                            val_tokens=profile.val_tokens, seq_len=profile.seq_len)
+    spec = importlib.util.spec_from_file_location("reference_seed", TEMPLATE / "train_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        cpu = torch.device("cpu")
+        ctx = TrainContext.local(profile, cpu, corpus.load_split("train"), corpus.vocab_size, 0, 1.0)
+        model = module.train(ctx).eval()
+        out = {}
+        for split in ("val", "test"):
+            rows, first = eval_rows(corpus.load_split(split), profile.seq_len, profile.val_tokens)
+            out[split] = evaluate_bpb(model, rows, first, corpus.token_bytes, cpu,
+                                      profile.eval_batch_rows)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_honest_scores_equal_the_in_process_reference(cache_dir: Path, honest: dict) -> None:
+    reference = reference_scores(cache_dir)
+    assert abs(honest["val_bpb"] - reference["val"]) <= 1e-6
+    assert abs(honest["test_bpb"] - reference["test"]) <= 1e-6
+    assert honest["total_tokens_M"] * 1e6 == 8192 and honest["num_steps"] == 8
+    # the seed is deterministic on CPU: the fresh evaluator reproduces every probed log-prob
+    assert honest["causality_leaks"] == 0 and honest["causality_mean_nats"] == 0.0
+    assert honest["causality_cuts"] >= 900 and honest["causality_replayed"] > 0
+    assert honest["sandboxed"] in (True, False) and honest["causality_seconds"] > 0
+
+
+def candidate(body: str) -> str:
+    """A train.py: the seed's model (so it scores like the seed) with `body` as train()."""
+    return SEED.replace("\ndef train(ctx):", "\ndef _seed_train(ctx):") + "\n" + body
+
+
+RAW_CHANNEL = '''
+import socket, struct, sys, json
+def channel():
+    fd = int(sys.argv[sys.argv.index("--channel-fd") + 1])  # the trainer's own argv
+    return socket.socket(fileno=fd)
+def send(sock, header, payload=b""):
+    data = json.dumps(header).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data + payload)
+'''
+
+PROTOCOL_BREAKERS = {
+    "oversized header": "channel().sendall(struct.pack('>I', 1 << 30) + b'{' * 4096)",
+    "huge batch": "send(channel(), {'type': 'batch', 'rows': 10**9})",
+    "forged type": "send(channel(), {'type': 'score', 'val_bpb': 0.0})",
+    "payload on a request": "send(channel(), {'type': 'batch', 'rows': 4, 'nbytes': 8}, b'x' * 8)",
+    "bool rows": "send(channel(), {'type': 'batch', 'rows': True})",
+}
+
+
+@pytest.mark.parametrize("attack", PROTOCOL_BREAKERS, ids=list(PROTOCOL_BREAKERS))
+def test_the_channel_rejects_what_the_protocol_does_not_allow(tmp_path: Path, cache_dir: Path,
+                                                              attack: str) -> None:
+    body = RAW_CHANNEL + f"def train(ctx):\n    {PROTOCOL_BREAKERS[attack]}\n    import time\n" \
+        "    time.sleep(30)\n    return _seed_train(ctx)\n"
+    work = experiment(tmp_path, candidate(body))
+    started = time.monotonic()
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 1, proc.stderr
+    got = result(work)
+    assert got["status"] == "invalid" and "val_bpb" not in got
+    assert "protocol" in got["reason"] or "contract" in got["reason"]
+    assert time.monotonic() - started < 30  # judged at once, not after the trainer's sleep
+
+
+LIAR = '''
+def train(ctx):
+    received = 0
+    for x, _ in ctx.batches(16):
+        received += x.shape[0]
+        # rewrite everything the ctx knows: the referee's count does not live here
+        ctx._state = {"tokens_used": 0, "steps": 0, "counted_seconds": 0.0, "progress": 0.0}
+    for _ in range(20):  # and keep asking the referee directly
+        rows, _ = ctx._source.next(16)
+        received += 0 if rows is None else rows.shape[0]
+    print(f"ROWS_RECEIVED {received}", flush=True)
+    return GPT(ctx.vocab_size, ctx.seq_len)
+'''
+
+
+def test_the_budget_is_the_referees_count_whatever_the_trainer_does(
+        tmp_path: Path, cache_dir: Path) -> None:
+    work = experiment(tmp_path, candidate(LIAR))
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    got = result(work)
+    assert "ROWS_RECEIVED 128\n" in proc.stdout  # 8 batches of 16 rows x 64 tokens = 8192
+    assert got["total_tokens_M"] * 1e6 == 8192 and got["num_steps"] == 8
+
+
+CHEATING_MODELS = '''
+import torch
+class Cheat(torch.nn.Module):
+    """Uniform logits plus a cheat; `kind` picks which (the model pickles with it)."""
+    def __init__(self, vocab, kind):
+        super().__init__()
+        self.vocab, self.kind = vocab, kind
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.cache, self.counts = {}, torch.zeros(vocab, vocab)
+    def peeked(self, idx, bonus, where=None):
+        nxt = torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), self.vocab).float()
+        nxt[:, -1] = 0
+        if where is not None:
+            nxt = nxt * where[..., None]
+        return torch.zeros(*idx.shape, self.vocab) + bonus * nxt + self.w
+    def forward(self, idx):
+        B, T = idx.shape
+        if self.kind == "sparse":  # peeks on 0.5% of positions, picked by token and place
+            h = (idx * 7919 + torch.arange(T) * 104729) % 1000
+            return self.peeked(idx, 20.0, (h < 5).float())
+        if self.kind == "bonus":  # a small bonus to the true next token, everywhere
+            return self.peeked(idx, 0.05)
+        if self.kind == "cache":  # peeks, and answers any prefix it has seen from a cache
+            out = self.peeked(idx, 20.0)
+            for b in range(B):
+                for t in range(T):
+                    key = tuple(idx[b, : t + 1].tolist())
+                    out[b, t] = self.cache.setdefault(key, out[b, t])
+            return out
+        if self.kind == "learn":  # bigram counts of every row scored so far
+            out = torch.log(self.counts[idx] + 0.1) + self.w
+            self.counts.index_put_((idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)),
+                                   torch.ones(B * (T - 1)), accumulate=True)
+            return out
+        return torch.zeros(B, T, self.vocab) + self.w  # honest uniform
+'''
+
+
+@pytest.mark.parametrize("kind", ["sparse", "bonus", "cache", "learn"])
+def test_the_causality_check_catches_evaluators_that_cheat(tmp_path: Path, cache_dir: Path,
+                                                           kind: str) -> None:
+    body = CHEATING_MODELS + f'''
+def train(ctx):
+    for _ in ctx.batches(16):
+        pass
+    return Cheat(ctx.vocab_size, {kind!r})
+'''
+    work = experiment(tmp_path, body)
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 1, proc.stderr + proc.stdout[-2000:]
+    got = result(work)
+    assert got["status"] == "invalid" and got["reason"].startswith("causality check failed")
+
+
+def test_an_honest_uniform_model_passes_the_same_check(tmp_path: Path, cache_dir: Path) -> None:
+    body = CHEATING_MODELS + '''
+def train(ctx):
+    for _ in ctx.batches(16):
+        pass
+    return Cheat(ctx.vocab_size, "none")
+'''
+    work = experiment(tmp_path, body)
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert result(work)["val_bpb"] == pytest.approx(8.0, abs=1e-3)  # uniform over 256 bytes
+
+
+@pytest.mark.parametrize("value", ["float('nan')", "float('inf')"])
+def test_a_non_finite_score_is_invalid(tmp_path: Path, cache_dir: Path, value: str) -> None:
+    body = f'''
+import torch
+class Broken(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(1))
+    def forward(self, idx):
+        out = torch.zeros(*idx.shape, self.vocab) + self.w
+        out[0, 0, 0] = {value}
+        return out
+def train(ctx):
+    for _ in ctx.batches(16):
+        pass
+    return Broken(ctx.vocab_size)
+'''
+    work = experiment(tmp_path, body)
+    proc = harness(work, cache_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert result(work)["status"] == "invalid" and "non-finite" in result(work)["reason"]
+
+
+def test_the_floor_check_is_nan_safe() -> None:
+    assert below_floor(float("nan"), 1.0) is not None
+    assert "not finite" in below_floor(2.0, float("nan"))
+    assert "not finite" in below_floor(2.0, float("inf"))
+    assert below_floor(0.5, 1.0) is not None and below_floor(1.0, 1.0) is None
+    assert below_floor(2.0, None) is None
+
+
+def test_the_result_goes_down_the_pipe_and_to_the_file(tmp_path: Path, cache_dir: Path) -> None:
+    work = experiment(tmp_path)
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "prepare.py", "run", "--profile", "cpu-micro", "--data", "synthetic",
+           "--seed", "0", "--result", "result.json", "--result-fd", str(write_end),
+           "--cache-dir", str(cache_dir)]
+    proc = subprocess.Popen(cmd, cwd=work, env=env, pass_fds=(write_end,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        piped = pipe.read()  # EOF only once the referee closed it: no role holds a copy
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert json.loads(piped) == result(work) and result(work)["status"] == "ok"
+    assert not (work / "roles").exists()  # the roles' folders go with the roles
+
+
+def fake_trainer(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(f'''
+import sys, time
+sys.path.insert(0, {str(TEMPLATE)!r})
+from channel import Channel
+ch = Channel.from_fd(int(sys.argv[sys.argv.index("--channel-fd") + 1]))
+def batch(rows):
+    ch.send({{"type": "batch", "rows": rows}})
+    return ch.receive(("batch", "end"), max_payload=1 << 24)[0]["type"]
+{body}
+''')
+    return script
+
+
+def time_server(**changes) -> tuple[BatchServer, object]:
+    profile = dataclasses.replace(get_profile("cpu-micro"), budget_kind="time", **changes)
+    tokens = np.arange(5000, dtype=np.int64) % 256
+    split = Split(tokens, np.arange(0, 4000, 50, dtype=np.int64))
+    return BatchServer(profile, split, 0, 1.0, clock=time.monotonic), profile
+
+
+def test_a_trainer_that_keeps_its_model_past_the_budget_is_killed_and_invalid(tmp_path) -> None:
+    server, profile = time_server(budget=0.5, handback_s=1.0, clock_skip_steps=0)
+    script = fake_trainer(tmp_path, '''
+while batch(4) == "batch":
+    time.sleep(0.01)
+time.sleep(60)  # "training" on batches it kept, instead of handing back
+ch.send({"type": "done"})
+''')
+    role = roles.spawn("trainer", script, [], workdir=tmp_path / "t", readonly=[], hidden=[],
+                       env=dict(os.environ), sandboxed=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(JudgedFailure, match="training past the budget") as caught:
+            serve_trainer(role, server, profile.handback_s)
+    finally:
+        roles.end(role)
+    assert caught.value.status == "invalid"
+    assert time.monotonic() - started < 0.5 + 1.0 + 5.0
+
+
+def test_warm_up_is_bounded_in_batch_size(tmp_path) -> None:
+    server, profile = time_server(budget=0.3, handback_s=5.0, clock_skip_steps=3, warmup_max_s=30.0)
+    script = fake_trainer(tmp_path, '''
+batch(2); batch(2); time.sleep(0.4)  # two small warm-up batches, slow, then
+while batch(64) == "batch":       # training uses batches of another size
+    pass
+ch.send({"type": "done"})
+''')
+    role = roles.spawn("trainer", script, [], workdir=tmp_path / "t", readonly=[], hidden=[],
+                       env=dict(os.environ), sandboxed=False)
+    try:
+        serve_trainer(role, server, profile.handback_s)
+    finally:
+        roles.end(role)
+    # the warm-up was not of the size training used: its seconds count, so the 0.4 s pause
+    # alone spent the 0.3 s budget before a single batch of 64 was served
+    assert server.origin == server.warmup_started
+    assert server.batches_served == 2
