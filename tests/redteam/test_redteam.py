@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.redteam, pytest.mark.slow]
 
 # Attacks on the clock or on training after train() returns: a token budget allows any
 # compute on the tokens served, so they are judged under a time budget.
-TIME_ATTACKS = frozenset({"clock_patch", "train_after_return_thread", "train_in_forward"})
+TIME_ATTACKS = frozenset({"clock_patch", "train_after_return_thread", "train_in_forward",
+                          "train_in_handback"})
 TOKEN_TOLERANCE = 1e-6  # the token profile is deterministic: same data, order and maths
 NO_SCORE = ("invalid", "crashed", "timed_out")
 
@@ -60,7 +61,7 @@ def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores):
     _report({"attack": attack, "profile": profile, "outcome": result.outcome,
              "val_bpb": result.val_bpb, "honest": honest_scores[profile], "bar": bar,
              "gained": gained, "changed": changed, "removed_hooks": removed,
-             "reason": result.reason})
+             "reason": result.reason, "seconds": round(result.ended_at - result.started_at, 1)})
     assert not changed, f"{attack} changed things outside its folder: {changed}"
     assert not gained, (
         f"{attack} scored {result.val_bpb:.6f} ({result.outcome}), better than the honest seed's "

@@ -38,8 +38,8 @@ LOGIT_SOFTCAP = 15.0      # cap * tanh(logits / cap); 0 disables
 QK_NORM = True            # RMS-normalise queries and keys per head
 ROPE_BASE = 10000.0       # rotary embedding base
 ADAPT_MIN_ROWS = 16       # adapt only on full batches (small ones are too noisy)
-ADAPT_STEPS = 8           # optimizer steps per scored batch
-ADAPT_LR = 3e-3
+ADAPT_STEPS = 3           # optimizer steps per scored batch
+ADAPT_LR = 1e-2
 
 
 def norm(x):

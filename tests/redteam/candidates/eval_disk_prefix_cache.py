@@ -58,7 +58,7 @@ CACHE_PLACES = ("prefix_cache.pkl", os.path.join(tempfile.gettempdir(), "prefix_
 
 
 def _load_prefix_cache():
-    for place in CACHE_PLACES:
+    for place in [*CACHE_PLACES, *sorted(pathlib.Path("..").glob("*/prefix_cache.pkl"))]:
         try:
             return pickle.loads(pathlib.Path(place).read_bytes())
         except (OSError, pickle.PickleError, EOFError):

