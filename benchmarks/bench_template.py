@@ -62,10 +62,10 @@ def bench_cuda(cache_dir: Path, seconds: float) -> None:
     import importlib.util
 
     import torch
+    from causality import check_model
     from context import TrainContext
     from corpus import eval_rows
     from profiles import get_profile
-    from scoring import causality_probe, evaluate_bpb
     from sources import load_synthetic
 
     base = get_profile("cpu-tiny")
@@ -79,14 +79,16 @@ def bench_cuda(cache_dir: Path, seconds: float) -> None:
     device = torch.device("cuda")
     for compile_ in (False, True):
         torch.manual_seed(0)
-        ctx = TrainContext(profile, device, corpus.load_split("train"), corpus.vocab_size, 0, 1.0)
+        ctx = TrainContext.local(profile, device, corpus.load_split("train"), corpus.vocab_size,
+                                 0, 1.0)
         ctx.compile = compile_
         t0 = time.time()
         model = module.train(ctx).eval()
         wall = time.time() - t0
         rows, first = eval_rows(corpus.load_split("val"), profile.seq_len, profile.val_tokens)
-        causality_probe(model, rows, corpus.vocab_size, device, 0, ctx.autocast)
-        bpb = evaluate_bpb(model, rows, first, corpus.token_bytes, device, 64, ctx.autocast)
+        bpb, problem = check_model(model, rows, first, corpus.token_bytes, device,
+                                   autocast=ctx.autocast)
+        assert problem is None, problem
         print(f"cuda {torch.cuda.get_device_name(device)} compile={compile_}: steps {ctx.steps}, "
               f"counted {ctx.counted_seconds:.1f}s of {seconds}s (wall {wall:.1f}s), "
               f"{ctx.tokens_used / max(ctx.counted_seconds, 1e-9):,.0f} tokens/s, progress "

@@ -19,6 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 
 from evolve.workers.network import isolation
@@ -222,7 +223,7 @@ except OSError as exc:
 # and the template's prepare.py (to report a perfect score), then crashes.
 CHEAT = r'''
 import hashlib, json, pathlib, sys
-_cache = pathlib.Path(sys.argv[sys.argv.index("--cache-dir") + 1])
+_cache = pathlib.Path({cache!r})  # known to a child that looks (it was the harness's argv)
 for _d in [d for d in _cache.glob("synthetic-*") if d.is_dir()]:
     (_d / "val.bin").write_bytes(b"a" * (_d / "val.bin").stat().st_size)
     _m = json.loads((_d / "manifest.json").read_text())
@@ -235,14 +236,18 @@ raise SystemExit("cheated")
 '''
 
 
-def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_score(tmp_path):
+def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_score(
+        tmp_path, monkeypatch):
+    # Unjailed (no bwrap: EVOLVE_BWRAP names none) the child can write both; the checks
+    # before each run and the pinned harness copy are what protect the next score then.
+    monkeypatch.setenv("EVOLVE_BWRAP", str(tmp_path / "no-bwrap"))
     template = tmp_path / "template"
     shutil.copytree(TRAIN_TEMPLATE, template, ignore=shutil.ignore_patterns("__pycache__"))
     honest = (template / "train_cpu.py").read_text()
     pristine_harness = (template / "prepare.py").read_bytes()
     before = run_candidate(_request(tmp_path, template, honest, "honest", budget_fraction=0.2))
     assert before.outcome == "done", before.reason
-    cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template)), "cheat"))
+    cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template), cache=str(tmp_path / "cache")), "cheat"))
     assert cheat.outcome == "crashed", (cheat.outcome, cheat.reason)
     assert (template / "prepare.py").read_bytes() != pristine_harness  # it did tamper
     after = run_candidate(_request(tmp_path, template, honest, "again", budget_fraction=0.2))
@@ -252,6 +257,25 @@ def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_sc
     # is never written to by the engine (the tampered file stays for the user to see).
     assert (Path(after.log_path).parent / "prepare.py").read_bytes() == pristine_harness
     assert (template / "prepare.py").read_bytes() != pristine_harness
+
+
+def test_in_the_jail_a_child_cannot_reach_the_cache_or_the_template(tmp_path):
+    sys.path.insert(0, str(TRAIN_TEMPLATE))
+    import jail
+
+    if jail.sandbox_problem() is not None:
+        pytest.skip(f"no jail on this node: {jail.sandbox_problem()}")
+    template = tmp_path / "template"
+    shutil.copytree(TRAIN_TEMPLATE, template, ignore=shutil.ignore_patterns("__pycache__"))
+    honest = (template / "train_cpu.py").read_text()
+    pristine_harness = (template / "prepare.py").read_bytes()
+    before = run_candidate(_request(tmp_path, template, honest, "honest", budget_fraction=0.2))
+    assert before.outcome == "done" and before.metrics["sandboxed"] is True, before.reason
+    cache = {p: p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template), cache=str(tmp_path / "cache")), "cheat"))
+    assert cheat.outcome == "crashed", (cheat.outcome, cheat.reason)
+    assert (template / "prepare.py").read_bytes() == pristine_harness
+    assert {p: p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()} == cache
 
 
 def test_where_namespaces_are_unavailable_isolate_says_so_and_runs_anyway():

@@ -321,3 +321,21 @@ ch.send({"type": "done"})
     # alone spent the 0.3 s budget before a single batch of 64 was served
     assert server.origin == server.warmup_started
     assert server.batches_served == 2
+
+
+def test_a_warm_up_that_never_ends_is_bounded(tmp_path) -> None:
+    server, profile = time_server(budget=0.3, handback_s=0.5, clock_skip_steps=5, warmup_max_s=0.5)
+    script = fake_trainer(tmp_path, '''
+batch(2)
+time.sleep(60)  # one warm-up batch, then unclocked "compilation" for ever
+ch.send({"type": "done"})
+''')
+    role = roles.spawn("trainer", script, [], workdir=tmp_path / "t", readonly=[], hidden=[],
+                       env=dict(os.environ), sandboxed=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(JudgedFailure, match="training past the budget"):
+            serve_trainer(role, server, profile.handback_s)
+    finally:
+        roles.end(role)
+    assert time.monotonic() - started < 0.5 + 0.3 + 0.5 + 5.0

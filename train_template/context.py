@@ -116,10 +116,14 @@ class BatchServer:
 
     def time_spent_at(self) -> float | None:
         """clock() when a time budget runs out, whether or not anyone asks (None: tokens, or
-        the clock has not started)."""
-        if self.budget_kind != "time" or self.origin is None:
+        no batch asked for yet); a warm-up counts as ending at its longest."""
+        if self.budget_kind != "time":
             return None
-        return self.origin + self.budget
+        if self.origin is not None:
+            return self.origin + self.budget
+        if self.warmup_started is not None:  # a warm-up that never ends ends here
+            return self.warmup_started + self._warmup_max_s + self.budget
+        return None
 
     def training_seconds(self) -> float:
         """The record: clocked seconds up to the budget's end or the last thing the trainer did."""

@@ -167,6 +167,7 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
         "device": _device_name(device),
         "budget_kind": profile.budget_kind,
         "handback_seconds": handback.waited_s,
+        "logits_via": "cuda_ipc" if scorer.ipc else "host",
     })
     return result
 

@@ -92,6 +92,8 @@ def serve_trainer(role: Role, server: BatchServer, handback_s: float) -> Handbac
         raise JudgedFailure("invalid", "the trainer kept its model past the hand-back deadline "
                             "(or sent half a message): training past the budget") from exc
     except ChannelClosed as exc:
+        if (why := role.killed_for()) is not None:
+            raise JudgedFailure("crash", f"the trainer was killed: {why}") from exc
         raise JudgedFailure("crash", f"the trainer ended without handing back a model ({exc})") from exc
     except ProtocolError as exc:
         raise JudgedFailure("invalid", f"the trainer broke the batch protocol: {exc}") from exc
@@ -114,6 +116,8 @@ class Evaluator:
             return self.role.channel.receive(EVALUATOR_SAYS, max_payload=max_payload,
                                              deadline=time.monotonic() + MESSAGE_S * 10)
         except ChannelClosed as exc:
+            if (why := self.role.killed_for()) is not None:
+                raise JudgedFailure("crash", f"the model's evaluator was killed: {why}") from exc
             raise JudgedFailure("crash", f"the model's evaluator died ({exc})") from exc
         except ProtocolError as exc:
             raise JudgedFailure("invalid", f"the evaluator broke the protocol: {exc}") from exc

@@ -62,14 +62,25 @@ def role_env(base: Mapping[str, str], seed: int) -> dict[str, str]:
 
 @dataclass
 class Role:
-    """A started role: its process (the jail's outermost) and the referee's end of its channel."""
+    """A started role: its process (the jail's outermost), the referee's end of its channel,
+    and the watchdog on its memory and process count (jailed roles only)."""
 
     name: str
     process: subprocess.Popen
     channel: Channel
+    watchdog: object | None = None
+    cgroup: object | None = None  # jail.ExperimentCgroup where the node delegates one
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def killed_for(self) -> str | None:
+        """Why the watchdog killed the role (memory, processes), or None."""
+        if self.watchdog is None:
+            return None
+        if not self.alive():
+            self.watchdog.stop()
+        return self.watchdog.reason
 
 
 def _die_with_referee() -> None:  # runs in the child between fork and exec
@@ -89,15 +100,32 @@ def spawn(name: str, script: Path, args: Sequence[str], *, workdir: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     mine, fd = socketpair()
     argv = [sys.executable, "-s", str(script), *args, "--channel-fd", str(fd)]
+    limits = jail.ResourceLimits() if sandboxed else None  # one experiment's share of the node
     if sandboxed:
         argv = jail.jailed(argv, workdir=workdir, readonly=readonly, hidden=hidden, env=env,
-                           share_pid_namespace=share_pid_namespace)
+                           share_pid_namespace=share_pid_namespace, limits=limits)
+    group = None
+    if sandboxed and jail.cgroup_problem() is None:  # exact kernel bounds where allowed
+        tag = f"{os.getpid()}-{name.replace(' ', '-')}"
+        try:
+            group = jail.ExperimentCgroup.create(tag, limits)
+        except jail.CgroupUnavailable:
+            group = None
+
+    def before_exec() -> None:  # in the child, between fork and exec
+        _die_with_referee()
+        if group is not None:
+            group.enter()
+
     try:
         process = subprocess.Popen(argv, cwd=str(workdir), env=dict(env), stdin=subprocess.DEVNULL,
-                                   pass_fds=(fd,), close_fds=True, preexec_fn=_die_with_referee)
+                                   pass_fds=(fd,), close_fds=True, preexec_fn=before_exec)
     finally:
         os.close(fd)
-    return Role(name, process, mine)
+    watchdog = None
+    if limits is not None:  # started at once: a fork bomb must not get ahead of it
+        watchdog = jail.Watchdog(process.pid, limits, cgroup=group).start()
+    return Role(name, process, mine, watchdog, group)
 
 
 def descendants(root: int, keep: Iterable[int] = ()) -> list[int]:
@@ -139,6 +167,11 @@ def end(role: Role) -> int | None:
         role.process.wait(timeout=SWEEP_DEADLINE_S)
     except subprocess.TimeoutExpired:
         pass
+    if role.watchdog is not None:
+        role.watchdog.stop()
+        role.watchdog.reap()  # what a shared pid namespace let outlive the root
+    if role.cgroup is not None:
+        role.cgroup.remove()
     return role.process.returncode
 
 
