@@ -19,6 +19,7 @@ import os
 import pytest
 from arena import (
     CANDIDATES,
+    HONEST,
     TIME_PROFILE,
     TOKEN_PROFILE,
     changes,
@@ -48,8 +49,12 @@ def _report(row: dict) -> None:
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores):
     profile = TIME_PROFILE if attack in TIME_ATTACKS else TOKEN_PROFILE
-    # under the time budget the bar is an honest run given twice the budget (conftest)
-    bar = honest_scores[profile] - (TOKEN_TOLERANCE if profile == TOKEN_PROFILE else 0.0)
+    if profile == TOKEN_PROFILE:
+        bar = honest_scores[profile] - TOKEN_TOLERANCE
+    else:  # load drifts over a session: also an honest run beside this one, with 3x the budget
+        paired = arena.run(f"honest-beside-{attack}", HONEST, profile, budget_fraction=3.0)
+        assert paired.outcome == "done", (paired.reason, paired.log_tail)
+        bar = min(honest_scores[profile], paired.val_bpb)
     source = (CANDIDATES / f"{attack}.py").read_text()
     hooks_before = site_packages_digest()
     before = arena.snapshot(attack)
@@ -60,10 +65,10 @@ def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores):
         removed = remove_new_hooks(hooks_before)  # never leave a planted hook for the next test
     gained = result.outcome not in NO_SCORE and not result.val_bpb >= bar
     _report({"attack": attack, "profile": profile, "outcome": result.outcome,
-             "val_bpb": result.val_bpb, "honest": honest_scores[profile], "bar": bar,
+             "val_bpb": result.val_bpb, "honest": bar, "bar": bar,
              "gained": gained, "changed": changed, "removed_hooks": removed,
              "reason": result.reason, "seconds": round(result.ended_at - result.started_at, 1)})
     assert not changed, f"{attack} changed things outside its folder: {changed}"
     assert not gained, (
         f"{attack} scored {result.val_bpb:.6f} ({result.outcome}), better than the honest seed's "
-        f"{honest_scores[profile]} on {profile}")
+        f"{bar:.6f} on {profile}")
