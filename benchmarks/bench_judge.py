@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -49,26 +48,20 @@ def run_once(template: Path, profile: str, args: argparse.Namespace, cache_dir: 
             "__pycache__", "train.py", "train_cpu.py", "program.md"))
         shutil.copy(template / seed_script, work / "train.py")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        start, cpu = time.monotonic(), _children_cpu()
+        start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "prepare.py", "run", "--profile", profile, "--data", args.data,
              "--seed", "0", "--result", "result.json", "--cache-dir", str(cache_dir),
              "--splits", "val,test", "--budget-fraction", repr(args.budget_fraction)],
             cwd=work, env=env, capture_output=True, text=True)
-        wall, cpu = time.monotonic() - start, _children_cpu() - cpu
+        wall = time.monotonic() - start
         if proc.returncode != 0:
             raise SystemExit(f"error: {template} {profile} failed: {proc.stderr.strip()[-600:]}")
         result = json.loads((work / "result.json").read_text())
     result["wall_seconds"] = wall
-    result["cpu_seconds"] = cpu  # every process of the run: load on the machine barely moves it
     result["outside_seconds"] = wall - result["training_seconds"]
     result["tokens_per_s"] = result["total_tokens_M"] * 1e6 / result["training_seconds"]
     return result
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -88,12 +81,11 @@ def bench(profile: str, old: Path, args: argparse.Namespace, cache_dir: Path) ->
     print(f"\n{profile}: {args.runs} runs each, alternating; val_bpb "
           f"{'identical' if len(same) == 1 else 'DIFFERS: ' + str(sorted(same))} "
           f"({n[0]['val_bpb']:.6f}); device {n[0]['device']}; sandboxed {n[0].get('sandboxed')}")
-    print("| harness | tokens/s | training s | process wall s | outside budget s | CPU s (all processes) |")
-    print("|---|---|---|---|---|---|")
+    print("| harness | tokens/s | training s | process wall s | outside budget s |")
+    print("|---|---|---|---|---|")
     for name, rows in runs.items():
         print(f"| {name} | {median(rows, 'tokens_per_s'):,.0f} | {median(rows, 'training_seconds'):.2f} "
-              f"| {median(rows, 'wall_seconds'):.2f} | {median(rows, 'outside_seconds'):.2f} "
-              f"| {median(rows, 'cpu_seconds'):.2f} |")
+              f"| {median(rows, 'wall_seconds'):.2f} | {median(rows, 'outside_seconds'):.2f} |")
     print(f"ratio new/old tokens/s: {median(n, 'tokens_per_s') / median(o, 'tokens_per_s'):.3f}; "
           f"outside budget new - old: "
           f"{median(n, 'outside_seconds') - median(o, 'outside_seconds'):+.2f} s; new's causality "

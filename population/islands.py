@@ -44,7 +44,7 @@ def least_busy_island(in_flight: Sequence[int]) -> int:
     so every island gets its share of workers."""
     if not in_flight:
         raise ValueError("there must be at least one island")
-    return min(range(len(in_flight)), key=lambda island: (in_flight[island], island))
+    return in_flight.index(min(in_flight))  # index() finds the lowest of equals
 
 
 def plan_seeding(root: Candidate, islands: int) -> list[Copy]:

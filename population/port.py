@@ -141,10 +141,11 @@ class MemoryPopulation:
     def record(self, result: Result, now: float) -> tuple[Candidate, Verdict]:
         candidate = self.pending.pop(result.candidate_id)
         island = self.survivors[candidate.island]
-        said = verdict(candidate.replace(status=result.status, metrics=result.metrics,
-                                         finished_at=now), island, self.size)
+        metrics = dict(result.metrics)
         final = candidate.replace(status=result.status, reason=result.reason, finished_at=now,
-                                  metrics={**result.metrics, "kept": said == "keep"})
+                                  metrics=metrics)
+        said = verdict(final, island, self.size)
+        metrics["kept"] = said == "keep"  # as the store keeps it (one copy: the sim's hot path)
         if said == "keep":
             self._insert(final)
             self._since_best[final.island] = 0 if island[0] is final else \

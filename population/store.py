@@ -499,6 +499,15 @@ class Store:
             "ORDER BY finished_at DESC, seq DESC LIMIT ?", (limit,))]
         return self._load(seqs)
 
+    def recent_finished(self, limit: int) -> list[Candidate]:
+        """The last `limit` experiments to finish (done, crashed, timed out, rejected; copies
+        left out), newest first: a bounded read for the prompt's table of recent results."""
+        seqs = [row[0] for row in self._conn.execute(
+            "SELECT seq FROM candidates WHERE status IN ('done', 'crashed', 'timed_out', "
+            "'rejected') AND mutator != ? ORDER BY finished_at DESC, seq DESC LIMIT ?",
+            (MIGRATION, limit))]
+        return self._load(seqs)
+
     def children_of(self, parent_id: str) -> list[Candidate]:
         """Every candidate made from this parent (migration copies included), oldest first."""
         seqs = [row[0] for row in self._conn.execute(
@@ -520,6 +529,15 @@ class Store:
         seqs = [row[0] for row in self._conn.execute(
             "SELECT seq FROM candidates WHERE status IN ('proposed', 'running') ORDER BY seq")]
         return self._load(seqs)
+
+    def in_flight(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """(id, parent id, status, description) of the newest `limit` children queued or
+        running, oldest first; no sources are loaded (a prompt needs only what they try)."""
+        rows = self._conn.execute(
+            "SELECT id, parent_id, status, description FROM candidates WHERE status IN "
+            "('proposed', 'running') AND mutator != ? AND description != '' "
+            "ORDER BY seq DESC LIMIT ?", (MIGRATION, limit)).fetchall()
+        return [tuple(row) for row in reversed(rows)]
 
     def count(self, *statuses: Status, include_copies: bool = False) -> int:
         """Candidates in any of `statuses` (all when none); migration copies are not

@@ -28,6 +28,8 @@ def rank_key(candidate: Candidate) -> tuple[float, float, str]:
 def is_score(value: Any) -> bool:
     """A score that can be compared: a real number, finite (None, NaN, inf, a bool or a
     string never is). The one test of "is this val_bpb usable" (shell, extra runs, survival)."""
+    if type(value) is float:  # the common case, checked first: survival calls this a lot
+        return math.isfinite(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -158,8 +158,8 @@ def make_config(template: Path, **mutation):
     return config_from_dict({
         "name": "adaptive", "template": str(template), "profile": "cpu-micro", "seed": 3,
         "population": {"size": 4, "islands": 1}, "workers": {"count": 1},
-        "mutation": {"operators": [{"kind": "heuristic"}, {"kind": "llm", "model": "m1"},
-                                   {"kind": "llm", "model": "m2", "weight": 2.0}],
+        "mutation": {"operators": [{"kind": "heuristic"}, {"kind": "llm", "model": "m1", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0},
+                                   {"kind": "llm", "model": "m2", "weight": 2.0, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0}],
                      "adaptive_weights": True, **mutation}})
 
 

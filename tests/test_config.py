@@ -75,6 +75,11 @@ def test_shipped_configs_say_what_the_issue_asks() -> None:
     assert kinds["llm"].model == "claude-sonnet-5-5" and 0 < kinds["heuristic"].weight < 1
     assert (gpu.population.size, gpu.population.islands, gpu.mutation.lookahead) == (16, 4, 1)
     assert (gpu.budget.max_hours, gpu.budget.max_llm_usd) == (12, 50)
+    # what a first GPU run should have: noise measured, gains confirmed, effort, fallback
+    assert gpu.noise.seeds >= 2 and gpu.confirm.seeds >= 1
+    assert kinds["llm"].effort == "high" and kinds["llm"].temperature is None
+    assert gpu.mutation.on_llm_down == "fallback"
+    assert kinds["repair"].weight == 0  # triggered by crashes, never drawn
     assert gpu.seed_script == "train.py" and demo.seed_script == "train_cpu.py"
 
 

@@ -71,8 +71,8 @@ def test_store_parents_fall_back_to_the_best_for_an_empty_island(tmp_path):
 
 def test_operator_names_number_repeated_kinds(tmp_path):
     config = make_config(make_template(tmp_path, 0.1), mutation={"operators": [
-        {"kind": "heuristic", "weight": 1.0}, {"kind": "llm", "weight": 2.0, "model": "a"},
-        {"kind": "llm", "weight": 0.5, "model": "b", "tokens_per_minute": 50000}]})
+        {"kind": "heuristic", "weight": 1.0}, {"kind": "llm", "weight": 2.0, "model": "a", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0},
+        {"kind": "llm", "weight": 0.5, "model": "b", "tokens_per_minute": 50000, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0}]})
     assert operator_names(config) == ["heuristic", "llm0", "llm1"]
     settings = settings_from_config(config)
     assert list(settings.operators) == [("heuristic", 1.0), ("llm0", 2.0), ("llm1", 0.5)]

@@ -276,12 +276,14 @@ class Priced:
 
 
 def test_llm_dollar_cap_stops_proposals_and_lets_children_finish(tmp_path):
+    # the only operator spends LLM money (an llm operator): at the cap, proposals close
     config = make_config(make_template(tmp_path, 0.05), workers={"count": 1},
-                         mutation={"lookahead": 0}, budget={"max_llm_usd": 1.0})
+                         mutation={"lookahead": 0, "operators": [{"kind": "llm"}]},
+                         budget={"max_llm_usd": 1.0})
     mutator = Priced(0.4)
     with Store.open(tmp_path / "store.sqlite") as store:
         reason = run(config, store, LocalExecutor(1), Recorder(), tmp_path,
-                     mutators={"heuristic": mutator})
+                     mutators={"llm": mutator})
         assert reason == "LLM budget spent ($1.20 of $1)"
         assert mutator.calls == 3
         assert float(store.get_meta("llm_usd_total")) == pytest.approx(1.2)

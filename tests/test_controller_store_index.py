@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evolve.controller.store_index import StoreIndex
-from evolve.mutate.notebook import tried_on_parent
+from evolve.mutate.notebook import tried_with_outcomes as tried_on_parent
 from population.candidate import Candidate, Status
 from population.store import Store
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import anthropic
 import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from messages_standin import Refusal, error_body, sse_body, sse_events, validate
 
 from evolve.mutate.base import MutationContext
 from evolve.mutate.cost import PriceTable, SpendLedger
@@ -42,6 +44,8 @@ MATRIX_LR = 0.06
 """
 USAGE = {"input_tokens": 1200, "output_tokens": 340, "cache_read_input_tokens": 5000,
          "cache_creation_input_tokens": 800}
+# Sonnet 5.5 per million tokens: $2 in, $10 out, $2.50 cache write, $0.20 cache read
+SONNET_55_COST = (1200 * 2.0 + 340 * 10.0 + 800 * 2.50 + 5000 * 0.20) / 1e6
 
 
 def message(*texts: str, stop_reason: str = "end_turn", usage: dict | None = None,
@@ -59,29 +63,63 @@ def message(*texts: str, stop_reason: str = "end_turn", usage: dict | None = Non
                                          "ephemeral_1h_input_tokens": 0}}}
 
 
-def error(status: int, kind: str, retry_ms: str = "1") -> httpx2.Response:
-    return httpx2.Response(status, headers={"retry-after-ms": retry_ms},
-                           json={"type": "error", "error": {"type": kind, "message": kind}})
+def error(status: int, kind: str, retry_ms: str = "1", headers: dict | None = None
+          ) -> httpx2.Response:
+    return httpx2.Response(status, headers={"retry-after-ms": retry_ms, **(headers or {})},
+                           json=error_body(Refusal(status, kind, kind)))
+
+
+class Broken:
+    """A streamed answer that breaks after its 200: an `error` event after `after` events, or
+    (drop=True) the connection dropped there."""
+
+    def __init__(self, msg: dict, after: int, drop: bool = False) -> None:
+        self.msg, self.after, self.drop = msg, after, drop
+
+
+def _dropping(msg: dict, after: int):
+    async def body():
+        for number, event in enumerate(sse_events(msg)):
+            if number >= after:
+                raise httpx2.ReadError("Connection reset by peer")
+            yield event
+    return body()
 
 
 class FakeAPI:
-    """A Messages API endpoint answering from a script of responses (or a function)."""
+    """A Messages API endpoint answering from a script of responses (or a function).
 
-    def __init__(self, *responses) -> None:
+    Every request is first held to the real API's rules (`messages_standin.validate`): one it
+    would refuse gets the API's error, and lands in `refused` for the test to see."""
+
+    def __init__(self, *responses, headers: dict | None = None) -> None:
         self.responses = list(responses)
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.refused: list[Refusal] = []
+        self.reply_headers = headers or {}
 
     async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        refusal = validate(body, request.headers)
+        if refusal is not None:
+            self.refused.append(refusal)
+            return httpx2.Response(refusal.status, json=error_body(refusal))
         reply = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
         if callable(reply):
             reply = await reply(body)
         if isinstance(reply, httpx2.Response):
             return reply
-        return httpx2.Response(200, json=reply)
+        sse = {"content-type": "text/event-stream", **self.reply_headers}
+        assert body.get("stream") is True, "answers are streamed"
+        if isinstance(reply, Broken):
+            if reply.drop:
+                return httpx2.Response(200, headers=sse, content=_dropping(reply.msg, reply.after))
+            return httpx2.Response(200, headers=sse,
+                                   content=sse_body(reply.msg, error_after=reply.after))
+        return httpx2.Response(200, headers=sse, content=sse_body(reply))
 
     def client(self, **options) -> anthropic.AsyncAnthropic:
         transport = httpx2.MockTransport(self)
@@ -120,7 +158,7 @@ def test_realistic_answer_becomes_a_child_with_exact_usage_and_cost():
     api = FakeAPI(message("DESCRIPTION: raise the matrix learning rate to 0.06\n",
                           GOOD.split("\n", 1)[1]))
     proposal = run(mutator(api).propose(context()))
-    assert proposal.error == ""
+    assert proposal.error == "" and api.refused == []
     assert "MATRIX_LR = 0.06\n" in proposal.files["train.py"]
     assert proposal.files["train.py"] == SOURCE.replace("0.04", "0.06")
     assert proposal.description == "raise the matrix learning rate to 0.06"
@@ -128,17 +166,21 @@ def test_realistic_answer_becomes_a_child_with_exact_usage_and_cost():
     assert proposal.mutator == "llm" and proposal.model == "claude-sonnet-5-5"
     assert "Let me look" not in proposal.raw_answer  # thinking is not the answer
     assert dict(proposal.usage) == USAGE
-    # sonnet: $3 in, $15 out, $3.75 cache write, $0.30 cache read per million tokens
-    expected = (1200 * 3.0 + 340 * 15.0 + 800 * 3.75 + 5000 * 0.30) / 1e6
-    assert proposal.cost_usd == pytest.approx(expected, rel=1e-12, abs=0)
+    assert proposal.cost_usd == pytest.approx(SONNET_55_COST, rel=1e-12, abs=0)
 
 
-def test_prompt_is_cached_bounded_and_carries_the_context():
+def test_the_request_is_exactly_what_the_api_accepts_for_claude_5():
     api = FakeAPI(message(GOOD))
-    run(mutator(api, temperature=0.7, max_tokens=4000).propose(context()))
+    run(mutator(api, max_tokens=4000, effort="medium").propose(context()))
     body = api.requests[0]
-    assert body["model"] == "claude-sonnet-5-5" and body["temperature"] == 0.7
-    assert body["max_tokens"] == 4000
+    assert api.refused == []
+    assert body["model"] == "claude-sonnet-5-5" and body["max_tokens"] == 4000
+    assert body["stream"] is True  # streamed: long thinking never meets a request timeout
+    assert body["thinking"] == {"type": "adaptive"} and "budget_tokens" not in json.dumps(body)
+    assert body["output_config"] == {"effort": "medium"}
+    assert not {"temperature", "top_p", "top_k"} & set(body)
+    # no explicit timeout of ours: the SDK's own guard and defaults apply
+    assert api.headers[0].get("x-stainless-timeout", "NOT_GIVEN") == "NOT_GIVEN"
     assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert "# Goal\nLower val_bpb." in body["system"][0]["text"]
     assert "<<<<<<< SEARCH" in body["system"][0]["text"]
@@ -148,10 +190,26 @@ def test_prompt_is_cached_bounded_and_carries_the_context():
     assert "Δ -0.0500" in head["text"]  # lineage with its change in val_bpb
     assert "Lab notebook" in tail["text"] and "lower LR" in tail["text"]
     assert "halve the batch size" in tail["text"]
-    assert "+WARMUP_FRAC = 0.1" in tail["text"]  # the inspiration, as a diff
     huge = run(mutator(FakeAPI(message(GOOD))).propose(context(notebook="x" * 500_000)))
     assert huge.error == ""
     assert api.headers[0]["authorization"] == "Bearer test"
+
+
+def test_the_stand_in_refuses_what_the_real_api_refuses():
+    """The rules the requests are checked against can fail: each refusal as the API gives it."""
+    base = {"model": "claude-sonnet-5-5", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    assert validate(base, headers) is None
+    cases = [({"temperature": 0.7}, 400), ({"top_p": 0.9}, 400), ({"top_k": 5}, 400),
+             ({"thinking": {"type": "enabled", "budget_tokens": 4000}}, 400),
+             ({"output_config": {"effort": "ultra"}}, 400), ({"model": "claude-nope-9"}, 404),
+             ({"max_tokens": 200_000}, 400)]
+    for extra, status in cases:
+        assert validate({**base, **extra}, headers).status == status, extra
+    assert validate({k: v for k, v in base.items() if k != "max_tokens"}, headers).status == 400
+    assert validate(base, {"anthropic-version": "2023-06-01"}).status == 401
+    assert validate({**base, "temperature": 0.7, "model": "claude-sonnet-4-5"}, headers) is None
 
 
 def test_rate_limit_and_overload_are_retried_by_the_sdk_then_succeed():
@@ -159,50 +217,86 @@ def test_rate_limit_and_overload_are_retried_by_the_sdk_then_succeed():
     m = mutator(api, sdk_max_retries=2)
     proposal = run(m.propose(context()))
     assert proposal.error == "" and len(api.requests) == 3
-    assert m.consecutive_failures == 0
+    assert m.health.consecutive_failures == 0 and not m.is_down
 
 
-def test_our_own_retries_bound_a_longer_outage_and_detect_it():
+def test_down_is_time_based_with_a_shared_backoff_not_a_count_of_failures():
+    now = [0.0]
     api = FakeAPI(error(529, "overloaded_error"))
-    m = mutator(api, sdk_max_retries=1, call_attempts=2, down_after=3)
-    for k in range(3):
+    m = mutator(api, sdk_max_retries=0, call_attempts=2, down_after_s=900, backoff_s=0.001,
+                max_backoff_s=0.002, clock=lambda: now[0])
+    for _ in range(20):  # a burst of failures: an incident, not an outage
         proposal = run(m.propose(context()))
-        assert "OverloadedError" in proposal.error and proposal.files == {}
-        assert m.consecutive_failures == k + 1
-    assert len(api.requests) == 3 * 2 * 2  # proposals x our attempts x (1 + sdk retries)
-    assert m.is_down and "3 LLM calls in a row failed" in m.down_reason
+        assert "OverloadedError" in proposal.error and proposal.infrastructure
+    assert not m.is_down and m.health.consecutive_failures == 40
+    now[0] = 899.0
+    assert not m.is_down
+    now[0] = 900.0
+    assert m.is_down and "no LLM call has succeeded for 15 min" in m.down_reason
     api.responses = [message(GOOD)]
     assert run(m.propose(context())).error == ""
-    assert not m.is_down
+    assert not m.is_down and m.health.failing_since is None
+    m.health.failed("x", retry_after=30.0)  # the server's retry-after holds every caller
+    assert m.health.wait_s() == pytest.approx(30.0)
 
 
-def test_bad_key_is_fatal_at_once():
-    api = FakeAPI(error(401, "authentication_error"))
+@pytest.mark.parametrize("status,kind,words", [
+    (401, "authentication_error", "AuthenticationError"),
+    (403, "permission_error", "PermissionDeniedError"),
+])
+def test_auth_and_permission_errors_stop_at_once(status, kind, words):
+    api = FakeAPI(error(status, kind))
     m = mutator(api)
     proposal = run(m.propose(context()))
-    assert "AuthenticationError" in proposal.error and m.is_down
+    assert words in proposal.error and m.is_down and m.fatal_reason
     assert len(api.requests) == 1
+    run(m.propose(context()))
+    assert len(api.requests) == 1  # never asked again
+
+
+def test_an_unknown_model_stops_at_once_with_its_name():
+    api = FakeAPI(message(GOOD))
+    client = api.client()
+    m = LLMMutator(client=client, model="claude-sonnet-5-7", backoff_s=0.001,
+                   prices=PriceTable.from_config({"claude-sonnet-5-7": {"input": 2, "output": 10}}))
+    proposal = run(m.propose(context()))
+    assert api.refused[0].status == 404 and len(api.requests) == 1
+    assert "model claude-sonnet-5-7 was not found" in m.fatal_reason and m.is_down
+    assert "claude-sonnet-5-7" in proposal.error
+
+
+def test_a_stream_that_fails_after_its_200_is_retried_and_its_usage_charged():
+    ledger = SpendLedger()
+    partial = message(GOOD)
+    api = FakeAPI(Broken(partial, after=6), Broken(partial, after=7, drop=True), message(GOOD))
+    m = mutator(api, ledger=ledger, sdk_max_retries=0, call_attempts=3)
+    proposal = run(m.propose(context()))
+    assert proposal.error == "" and len(api.requests) == 3
+    # the two broken streams had read the prompt (message_start's usage) and generated some
+    # thinking and text: all of it is billed, so all of it is charged
+    assert proposal.usage["input_tokens"] == 3 * USAGE["input_tokens"]
+    assert proposal.usage["cache_read_input_tokens"] == 3 * USAGE["cache_read_input_tokens"]
+    assert USAGE["output_tokens"] < proposal.usage["output_tokens"]
+    assert ledger.spent_usd == pytest.approx(proposal.cost_usd) and ledger.calls == 3
+    assert proposal.cost_usd > SONNET_55_COST
 
 
 def test_a_hung_call_times_out_while_other_proposals_go_on():
-    async def hang(body):
-        await asyncio.sleep(3600)
-
     async def answer(body):
         if "HANG" in json.dumps(body):
-            return await hang(body)
+            await asyncio.sleep(3600)
         await asyncio.sleep(0.05)
         return message(GOOD)
 
     api = FakeAPI(answer)
-    m = mutator(api, timeout_s=0.5, call_attempts=1, sdk_max_retries=0)
+    m = mutator(api, proposal_timeout_s=0.5, call_attempts=1, sdk_max_retries=0)
 
     async def three():
         return await asyncio.gather(m.propose(context("HANG")), m.propose(context()),
                                     m.propose(context()))
 
     hung, first, second = run(three())
-    assert "TimeoutError" in hung.error
+    assert "longer than 0.5s" in hung.error
     assert first.error == "" and second.error == ""
 
 
@@ -212,7 +306,7 @@ def test_proposal_timeout_keeps_the_usage_already_spent():
             await asyncio.sleep(3600)
         return message(GOOD.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.05"))
 
-    m = mutator(FakeAPI(slow_second), proposal_timeout_s=0.5, timeout_s=60)
+    m = mutator(FakeAPI(slow_second), proposal_timeout_s=0.5)
     proposal = run(m.propose(context()))
     assert "longer than 0.5s" in proposal.error
     assert dict(proposal.usage) == USAGE and proposal.cost_usd > 0
@@ -263,15 +357,36 @@ def test_cut_off_answer_and_broken_syntax_get_feedback():
     assert proposal.error == "" and proposal.files["train.py"] == SOURCE.replace("0.04", "0.06")
 
 
-def test_dollar_cap_stops_new_calls():
-    api = FakeAPI(message(GOOD))
-    ledger = SpendLedger(max_usd=0.01)
-    m = mutator(api, ledger=ledger)
-    assert run(m.propose(context())).error == ""
-    assert ledger.exhausted and ledger.spent_usd == pytest.approx(
-        PriceTable().cost("claude-sonnet-5-5", USAGE))
-    stopped = run(m.propose(context()))
-    assert "budget is spent" in stopped.error and len(api.requests) == 1
+def test_dollar_cap_reserves_each_call_in_flight_at_its_worst_case():
+    active = {"now": 0, "max": 0}
+
+    async def slow(body):
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.05)
+        active["now"] -= 1
+        return message(GOOD)
+
+    api = FakeAPI(slow)
+    m = mutator(api, max_tokens=16000)
+    worst = m.worst_call_usd()  # 30k prompt tokens at the cache-write price + 16k output
+    assert worst == pytest.approx((30000 * 2.50 + 16000 * 10.0) / 1e6)
+    ledger = SpendLedger(max_usd=2.5 * worst)
+    m.ledger = ledger
+
+    async def many():
+        return await asyncio.gather(*(m.propose(context(seed=k)) for k in range(8)))
+
+    proposals = run(many())
+    assert active["max"] == 2  # a third call in flight could overshoot the cap
+    assert ledger.spent_usd <= ledger.max_usd and ledger.reserved_usd == 0.0
+    done = [p for p in proposals if not p.error]
+    assert len(done) == len(api.requests) == ledger.calls
+    spent = [p for p in proposals if p.error]
+    # after each call the worst case is re-estimated from the real prompt size (a smaller one)
+    assert all("budget is spent" in p.error and p.infrastructure for p in spent)
+    assert m.budget_exhausted == (not ledger.affordable(m.worst_call_usd(),
+                                                        counting_reserved=False))
     assert not m.is_down  # a spent budget is not an outage
 
 
@@ -357,7 +472,25 @@ def test_connection_refused_is_retried_then_reported():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     m = LLMMutator(base_url=f"http://127.0.0.1:{port}", api_key_env="NO_SUCH_KEY_VAR",
-                   sdk_max_retries=0, call_attempts=2, backoff_s=0.001, down_after=1)
+                   sdk_max_retries=0, call_attempts=2, backoff_s=0.001, max_backoff_s=0.002)
     proposal = run(m.propose(context()))
-    assert "failed 2 times: APIConnectionError" in proposal.error
-    assert m.is_down and m.consecutive_failures == 1
+    assert "failed 2 time(s): APIConnectionError" in proposal.error and proposal.infrastructure
+    assert m.health.consecutive_failures == 2 and not m.is_down  # 15 minutes not yet up
+
+
+def test_the_answers_rate_limit_headers_pace_the_next_call():
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+    api = FakeAPI(message(GOOD), headers={"anthropic-ratelimit-requests-remaining": "0",
+                                          "anthropic-ratelimit-requests-reset": reset})
+    now, slept = [0.0], []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(4, sleep=sleep, clock=lambda: now[0])
+    m = mutator(api, limiter=limiter)
+    assert run(m.propose(context())).error == "" and slept == []
+    assert limiter.header_pauses == 1 and 3.0 < limiter.paused_until <= 5.0
+    assert run(m.propose(context())).error == ""
+    assert 3.0 < slept[0] <= 5.0  # the second call waited for the window to reset

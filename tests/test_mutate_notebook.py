@@ -102,16 +102,15 @@ def test_prompt_bounded_with_long_lineage_and_many_tried(store):
     assert len(text) < 20_000
 
 
-def test_prompt_does_not_repeat_what_the_notebook_lists(store):
-    notebook = LabNotebook(store).text(parent_id="a")
+def test_prompt_shows_what_was_tried_on_the_parent_with_outcomes(store):
     context = MutationContext(parent=store.get("a"), lineage=store.lineage("a"), inspirations=[],
-                              tried_on_parent=tried_on_parent(store, "a") + ["x"],
-                              notebook=notebook, program_md="", mutable_files=["train.py"],
-                              seed=0)
+                              tried_on_parent=tried_with_outcomes(store, "a"),
+                              notebook=LabNotebook(store).text(), program_md="",
+                              mutable_files=["train.py"], seed=0)
     text = build_prompt(context).text()
-    # best results, the path to the best, tried-with-outcome; not a fourth time
-    assert text.count("add warmup") == 3
-    assert "# Already tried on this parent (do not repeat)\n- x" in text
+    assert ("# Already tried on this parent, with what happened (do not repeat)\n"
+            "- add warmup -> val_bpb 1.3500 (Δ -0.0500, better)\n"
+            "- fused attention -> crashed: exit code 1") in text
 
 
 def test_prompt_generations_count_edits_not_island_copies(store):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.mutate.cost import Price, PriceTable, SpendLedger
+from evolve.mutate.cost import Price, PriceTable, SpendLedger, UnknownPrice
 from evolve.mutate.llm import LLMMutator
 from evolve.mutate.operators import OperatorStats, credit, label_of, mix_weights, tally
 from evolve.mutate.ratelimit import RateLimiter, TokenBucket
@@ -96,8 +96,13 @@ def test_price_table_lookup_and_exact_cost():
     assert table.cost("my-local-model", usage) == 0.0
     assert table.cost("claude-sonnet-5-5", usage) == pytest.approx(
         (1000 * 2.0 + 2000 * 10.0 + 4000 * 0.25 + 3000 * 2.5) / 1e6, rel=1e-12)
-    assert table.lookup("claude-haiku-9") == Price.standard(1.0, 5.0)
-    assert table.lookup("mystery") == table.default
+    # current prices (platform.claude.com model pages); a dated snapshot is its model
+    assert table.lookup("claude-sonnet-5-5-20261007") == Price(2.0, 10.0, 2.50, 0.25)  # config wins
+    assert PriceTable().lookup("claude-opus-5-5") == Price(4.0, 20.0, 5.0, 0.20)
+    assert PriceTable().lookup("claude-sonnet-5-5") == Price(2.0, 10.0, 2.50, 0.20)
+    for unknown in ("mystery", "claude-sonnet-5-7", "claude-haiku-9"):  # never a guess
+        with pytest.raises(UnknownPrice, match=f"no price is known for model {unknown}"):
+            table.cost(unknown, usage)
 
 
 def test_ledger_totals_and_cap():
@@ -159,7 +164,8 @@ def test_build_mutators_from_the_config(monkeypatch):
         {"kind": "llm", "model": "claude-opus-5", "tokens_per_minute": 90000,
          "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0},
         {"kind": "llm", "model": "local-qwen", "base_url": "http://127.0.0.1:1",
-         "api_key_env": "NO_SUCH_KEY_VAR", "input_usd_per_mtok": 0.0, "temperature": 0.3},
+         "api_key_env": "NO_SUCH_KEY_VAR", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0,
+         "temperature": 0.3},
         {"kind": "crossover", "weight": 0.5},
         {"kind": "command", "argv": ["my-agent", "{prompt_file}"], "weight": 0.2}]}})
     ledger = SpendLedger(3.0)
@@ -168,10 +174,10 @@ def test_build_mutators_from_the_config(monkeypatch):
     assert list(built) == ["heuristic", "llm0", "llm1", "crossover", "command"]
     opus, local = built["llm0"], built["llm1"]
     assert isinstance(opus, LLMMutator) and opus.model == "claude-opus-5"
-    assert opus.ledger is ledger and opus.temperature is None
+    assert opus.ledger is ledger and opus.sampling == {}
     assert opus.prices.cost("claude-opus-5", {"input_tokens": 10**6,
                                               "output_tokens": 10**6}) == 3.0
     assert local.prices.cost("local-qwen", {"input_tokens": 10**6}) == 0.0
-    assert local.temperature == 0.3
+    assert local.sampling == {"temperature": 0.3}
     assert isinstance(built["crossover"], CrossoverMutator) and built["crossover"].llm is opus
     assert built["command"].argv == ["my-agent", "{prompt_file}"]

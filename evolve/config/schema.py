@@ -112,6 +112,8 @@ class MutationConfig(_Section):
     # when an LLM operator is down for good: stop the run (resume later), or fall back to the
     # heuristic mutator meanwhile (asking the LLM again every few proposals)
     on_llm_down: Literal["stop", "fallback"] = "stop"
+    # the LLM is down once no call has succeeded for this long (with backoff between tries)
+    llm_down_after_s: Positive = 900.0
     # adapt the operators' weights to how often their children beat their parent: each weight
     # is scaled by a UCB1 score (`evolve status` shows the statistics and current weights)
     adaptive_weights: bool = False

@@ -24,9 +24,10 @@ from population.outcomes import FINISHED, Outcome
 from population.selection import proposal_rng
 from population.survival import lost_reason, lost_too_often
 
-# Outcomes of one attempt, as the workers report them.
+# Outcomes of one attempt, as the workers report them (module constants: the hot path).
 FINISHED_OUTCOMES = FINISHED
 LOST = Outcome.LOST
+DONE = Outcome.DONE
 TOKEN_WINDOW_S = 60.0
 
 
@@ -219,6 +220,9 @@ class Settings:
     max_hours: float | None = None
     target_val_bpb: float | None = None
     max_llm_usd: float | None = None
+    # operators that spend no LLM money: they go on once max_llm_usd is reached (if none has
+    # a weight, proposals close there)
+    offline_operators: frozenset[str] = frozenset()
     tokens_per_minute: int | None = None    # LLM rate budget; None = unlimited
     tokens_per_proposal_guess: int = 10_000  # until real usage has been seen
     max_lost_attempts: int = 2
@@ -311,6 +315,7 @@ class Scheduler:
         self._now = 0.0
         self._closing: str | None = None        # no new runs, no new proposals
         self._no_proposals: str | None = None   # proposals closed (LLM budget), runs go on
+        self._llm_spent = False  # LLM budget reached: only the offline operators propose
         self._stopped = False
         self._extra: set[str] = set()           # queued or running jobs that are extra runs
         self._islands: dict[str, int] = {}      # candidate -> island it was queued on
@@ -486,10 +491,10 @@ class Scheduler:
             self._triggered.extend(rule.on_result(event))
         if event.candidate_id == self._root_id:
             self._root_done = True
-            if event.outcome != Outcome.DONE:
+            if event.outcome != DONE:
                 self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
                             "see its log — nothing can be compared against it")
-        if event.outcome == Outcome.DONE and event.val_bpb is not None:
+        if event.outcome == DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
 
     def _note_best(self, val_bpb: float) -> None:
@@ -538,7 +543,10 @@ class Scheduler:
         self._proposals_seen += 1
         cap = self.settings.max_llm_usd
         if cap is not None and budget.usd_reached(self._llm_usd, cap) and self._no_proposals is None:
-            self._no_proposals = budget.usd_reason(self._llm_usd, cap)
+            if any(w > 0 for n, w in self.settings.operators if n in self.settings.offline_operators):
+                self._llm_spent = True  # LLM proposals stop; the offline operators go on
+            else:
+                self._no_proposals = budget.usd_reason(self._llm_usd, cap)
 
     def _queue_extra(self, job_ids: Sequence[str], islands: Mapping[str, int]) -> None:
         """Extra runs go to the front of the queue, in the order given, each on the island of
@@ -679,7 +687,8 @@ class Scheduler:
         return (self.settings.seed * 1_000_003 + ticket) % (2**31)
 
     def _pick_operator(self, rng: random.Random) -> str:
-        operators = [(name, w) for name, w in self.operator_weights().items() if w > 0]
+        operators = [(name, w) for name, w in self.operator_weights().items() if w > 0
+                     and (not self._llm_spent or name in self.settings.offline_operators)]
         if len(operators) == 1:
             return operators[0][0]
         names = [name for name, _ in operators]

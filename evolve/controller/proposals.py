@@ -8,6 +8,8 @@ with its timeout and the static pre-flight checks; the outcome comes back throug
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,8 +21,10 @@ from evolve.guard.preflight import (
     check_not_duplicate,
     harness_modules,
 )
-from evolve.mutate.base import MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Mutator, Proposal, unified_diff
+from evolve.mutate.findings import brief_facts, in_flight, pick_inspirations, recent_results
 from evolve.mutate.notebook import LabNotebook
+from evolve.mutate.novelty import NoveltyIndex
 from population.candidate import Candidate, Status
 from population.store import Store
 
@@ -37,6 +41,9 @@ class ProposalDone:
     seed: int
     proposal: Proposal
     rejection: str  # from the static pre-flight checks, "" if they passed
+
+
+_PARSE_LOCK = threading.Lock()  # see Proposals._static_checks
 
 
 class Proposals:
@@ -59,19 +66,27 @@ class Proposals:
         self.tasks: set[asyncio.Task[None]] = set()
         self._notebook_at: float | None = None
         self._notebook_text = ""
+        self._recent_text = ""
+        self.novelty = NoveltyIndex(store.children_of)
 
     def start(self, decision: Propose) -> None:
         """Ask the decision's mutator for a child of its parent, as a task of its own."""
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
+        notebook = self._notebook()
         context = MutationContext(
             parent=parent, lineage=self.memory.lineage(parent),
-            inspirations=self._inspirations(decision.island),
+            inspirations=pick_inspirations(self.store, parent, self.facts.islands,
+                                           random.Random(decision.seed)),
             tried_on_parent=self.memory.tried_on(parent),
-            notebook=self._notebook(), program_md=self.program_md,
+            notebook=notebook, program_md=self.program_md,
             mutable_files=self.facts.mutable_files, seed=decision.seed,
             trigger=decision.trigger.value, note=decision.note,
+            recent=self._recent_text, in_flight=in_flight(self.store),
+            parent_log=parent.log_tail,
+            facts=brief_facts(self.store, self.facts.template, self.facts.profile, parent),
+            vet=self._vet(parent, decision.ticket),
         )
         task = asyncio.get_running_loop().create_task(
             self._mutate(decision, parent, mutator, context))
@@ -82,6 +97,8 @@ class Proposals:
         """The candidate a proposal becomes: `proposed`, or `rejected` with the reason."""
         proposal, parent = done.proposal, done.parent
         reason = proposal.error or done.rejection
+        if proposal.error and proposal.infrastructure:
+            reason = INFRASTRUCTURE + reason  # not an experiment: kept out of every prompt
         if not reason:  # duplicates: against the store, here, so two proposals cannot both pass
             reason = check_not_duplicate(proposal.files, self.store.has_hash) or ""
         files = proposal.files if proposal.files else parent.files
@@ -115,33 +132,42 @@ class Proposals:
         rejection = ""
         if not proposal.error:
             # Parsing and walking 25 KB of source takes tens of ms: off the event loop.
-            rejection = await asyncio.to_thread(self._static_checks, parent.files, proposal.files)
+            try:
+                rejection = await asyncio.to_thread(self._static_checks, parent.files,
+                                                    proposal.files)
+            except Exception as exc:  # never lose the proposal (the core would wait for it)
+                rejection = f"pre-flight failed: {type(exc).__name__}: {exc}"
         self.post(ProposalDone(decision.ticket, parent, decision.island, decision.seed,
                                proposal, rejection))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
-        that when the child is added): the first verdict's message, or ""."""
-        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
-                           harness_modules=self._harness_modules).reason
+        that when the child is added): the first verdict's message, or "".
+        One thread at a time: CPython 3.11 before 3.11.8 corrupts `ast.parse` run in
+        concurrent threads ("AST constructor recursion depth mismatch")."""
+        with _PARSE_LOCK:
+            return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                               harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
-        """The lab notebook, rebuilt at most every NOTEBOOK_REFRESH_S: with hundreds of
-        workers results arrive several times a second, and a notebook seconds old is as good."""
+        """The lab notebook and the recent-results table, rebuilt at most every
+        NOTEBOOK_REFRESH_S: with hundreds of workers results arrive several times a second,
+        and a table seconds old is as good."""
         now = self.clock()
         if self._notebook_at is None or now - self._notebook_at >= NOTEBOOK_REFRESH_S:
             self._notebook_text = self.notebook.text()
+            self._recent_text = recent_results(self.store)
             self._notebook_at = now
         return self._notebook_text
 
-    def _inspirations(self, island: int) -> list[Candidate]:
-        found = []
-        for other in range(self.facts.islands):
-            if other != island:
-                best = self.store.best(other)
-                if best is not None:
-                    found.append(best)
-        return found[:3]
+    def _vet(self, parent: Candidate, ticket: int) -> Callable[[Mapping[str, str], str], str]:
+        """Pre-flight and the novelty filter, for the mutator to run inside its conversation:
+        a refused edit goes back to the model with the reason, within its retries."""
+        def vet(files: Mapping[str, str], description: str) -> str:
+            return (self._static_checks(parent.files, files)
+                    or check_not_duplicate(files, self.store.has_hash) or ""
+                    or self.novelty.check(parent, files, description, candidate_id(ticket)))
+        return vet
 
 
 def candidate_id(ticket: int) -> str:

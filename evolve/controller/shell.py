@@ -45,6 +45,7 @@ from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.recovery import judge, recover
+from evolve.controller.repairs import repair_operator, repair_requests
 from evolve.controller.store_index import StoreIndex
 from evolve.controller.triggers import TriggeredProposal, TriggerRule
 from evolve.controller.wiring import run_facts, settings_from_config, store_population
@@ -162,6 +163,7 @@ class Controller:
         self.proposals = Proposals(store, self.facts, mutators, self.memory,
                                    timeout_s=config.mutation.proposal_timeout_s,
                                    post=self._queue.put_nowait, clock=clock)
+        self._repair_operator = repair_operator(config)  # None: crashes are not repaired
         self._crashes = 0
         self._rejected = 0
         self._notices: list[str] = []          # what the operator must hear about, once each
@@ -370,6 +372,10 @@ class Controller:
         self.recorder.on_candidate(candidate)
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
+        if status is Status.CRASHED:  # a traceback gets one fix (evolve/mutate/repair.py)
+            requests = repair_requests(candidate, self._repair_operator)
+            if requests:
+                self.trigger(*requests)
         if candidate.id == ROOT_ID and status is Status.DONE \
                 and not self.config.workers.device_groups:
             # each island of a device group starts from its first child instead, scored on

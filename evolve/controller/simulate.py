@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evolve.controller.core import (
+    DONE,
     Event,
     GiveUp,
     Migrate,
@@ -186,7 +187,7 @@ class Simulation:
         parent, island, val = self.info[event.candidate_id]
         if event.candidate_id == "root":
             self.root_end = self.now
-        if event.outcome == Outcome.DONE:
+        if event.outcome == DONE:
             self.population.add(Candidate(id=event.candidate_id, parent_id=parent or None,
                                           island=island, generation=0, files={}))
             self.population.record(Result(event.candidate_id, Status.DONE, {"val_bpb": val}),

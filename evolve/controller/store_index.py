@@ -6,7 +6,7 @@ are read from the store once, then kept up to date as candidates are added and f
 
 from __future__ import annotations
 
-from evolve.mutate.notebook import tried_on_parent
+from evolve.mutate.notebook import tried_with_outcomes
 from population.candidate import Candidate
 from population.store import Store
 
@@ -28,7 +28,7 @@ class StoreIndex:
             self._children[c.parent_id][c.id] = _light(c)
 
     def tried_on(self, parent: Candidate) -> list[str]:
-        """`notebook.tried_on_parent`, from an index kept up to date as children are added and
+        """`notebook.tried_with_outcomes`, from an index kept up to date as children are added and
         finish: the store is read once per parent, not on every proposal (a champion can
         have hundreds of children)."""
         if parent.id not in self._children:
@@ -57,8 +57,8 @@ class StoreIndex:
 
 def tried_lines(parent: Candidate, children: list[Candidate]) -> list[str]:
     """One line per child already made from `parent` and what happened to it (the format of
-    `evolve.mutate.notebook.tried_on_parent`)."""
-    return tried_on_parent(_Children(parent, children), parent.id)  # type: ignore[arg-type]
+    `evolve.mutate.notebook.tried_with_outcomes`)."""
+    return tried_with_outcomes(_Children(parent, children), parent.id)  # type: ignore[arg-type]
 
 
 def _light(c: Candidate) -> Candidate:

@@ -46,6 +46,9 @@ def settings_from_config(config: Any) -> Settings:
         max_concurrent_proposals=config.mutation.max_concurrent_proposals,
         max_experiments=budget.max_experiments, max_hours=budget.max_hours,
         target_val_bpb=budget.target_val_bpb, max_llm_usd=budget.max_llm_usd,
+        offline_operators=frozenset(
+            name for name, op in zip(operator_names(config), config.mutation.operators,
+                                     strict=True) if op.kind in ("heuristic", "merge")),
         tokens_per_minute=token_rate(config.mutation.operators),
         max_lost_attempts=config.workers.max_lost_attempts,
         islands=config.population.islands, migration_interval=config.population.migration_interval,
@@ -67,13 +70,14 @@ class RunFacts:
     islands: int
     template: Path
     mutable_files: tuple[str, ...]
+    profile: str = ""  # the harness profile (the prompt's brief and facts follow it)
 
 
 def run_facts(config: Config, root_id: str = "root") -> RunFacts:
     return RunFacts(root_id=root_id, seed=config.seed,
                     size=config.selection.build().population_size(config.population.size),
                     islands=config.population.islands, template=Path(config.template_dir),
-                    mutable_files=tuple(config.mutable_files))
+                    mutable_files=tuple(config.mutable_files), profile=config.profile)
 
 
 def store_population(store: Store, config: Any, root_id: str = "root") -> StorePopulation:

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from population.candidate import Candidate
+
+# A rejected candidate whose reason starts with this was never an experiment: the LLM could
+# not be reached (429, outage, budget). The notebook and the prompts leave such rows out.
+INFRASTRUCTURE = "[LLM unavailable] "
+
+# Checks a finished edit before compute is spent on it: (files, description) -> "" when it
+# may go on, else why not (pre-flight, novelty), written for the model that made the edit.
+Vet = Callable[[Mapping[str, str], str], str]
+
+
+@dataclass(frozen=True)
+class BriefFacts:
+    """What the brief says about the machine and the measurement (per profile)."""
+
+    profile: str = ""
+    budget: str = ""  # e.g. "300 s of training" or "2.0M training tokens"
+    device: str = ""  # e.g. "one NVIDIA H100 80GB"
+    peak_memory_gb: float | None = None  # the parent's peak device memory (GPU runs)
+    noise_sigma: float | None = None  # measured seed-to-seed σ of val_bpb, if noise runs are on
 
 
 @dataclass(frozen=True)
@@ -22,6 +41,11 @@ class MutationContext:
     program_md: str
     mutable_files: Sequence[str]
     seed: int  # per-proposal seed (deterministic)
+    recent: str = ""  # table of recent results, children worse than their parent included
+    in_flight: Sequence[str] = ()  # descriptions of the proposals being made or run right now
+    parent_log: str = ""  # the tail of the parent's training log (untrusted text)
+    facts: BriefFacts = field(default_factory=BriefFacts)
+    vet: Vet | None = None  # pre-flight and novelty, run inside the conversation
     trigger: str = "drawn"  # why: drawn by weight, or the event (evolve/controller/triggers.py)
     note: str = ""  # a triggered request's note (e.g. the other line to carry)
 
@@ -40,6 +64,7 @@ class Proposal:
     usage: Mapping[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
     error: str = ""  # non-empty: could not make a child (stored as rejected)
+    infrastructure: bool = False  # the error is the endpoint's (outage, 429, budget), not an idea's
 
 
 @runtime_checkable

@@ -31,12 +31,23 @@ class CrossoverMutator:
     def budget_exhausted(self) -> bool:
         return self.llm.budget_exhausted
 
+    @property
+    def fatal_reason(self) -> str:
+        return self.llm.fatal_reason
+
+    @property
+    def spend_summary(self) -> str:
+        return self.llm.spend_summary
+
     async def propose(self, context: MutationContext) -> Proposal:
-        others = [c for c in context.inspirations if c.id != context.parent.id]
+        # never the parent's own source again (a migration copy of it, say): nothing to combine
+        mine = context.parent.source_hash
+        others = [c for c in context.inspirations
+                  if c.id != context.parent.id and c.source_hash != mine]
         if not others:
             return Proposal(files={}, description="", rationale="", mutator=self.name,
                             model=self.llm.model,
                             error="crossover needs a second parent: the context has no "
-                                  "inspiration to combine with")
+                                  "inspiration with a source different from the parent's")
         prompt = build_crossover_prompt(context, others[0], self.llm.limits)
         return await self.llm.run_prompt(prompt, context, self.name)

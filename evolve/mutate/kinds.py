@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from evolve.config.section import (
     NonNegative,
@@ -32,19 +32,31 @@ class HeuristicOperator(OperatorSection):
 
 class LLMOperator(OperatorSection):
     """An LLM over the Messages API. Capabilities: `Secrets` (its key variable), `Rate`
-    (`tokens_per_minute`), `Spending` (its prices); its mutator satisfies `Health`."""
+    (`tokens_per_minute`), `Spending` (its prices); its mutator satisfies `Health`.
+
+    Checked at load time against what the API accepts for the model (evolve/mutate/models.py):
+    the Claude 5 family takes no non-default sampling parameters and no thinking budget
+    (thinking is adaptive, steered by `effort`); a model without a known price needs one."""
 
     kind: Literal["llm"]
     model: str = "claude-sonnet-5-5"
     base_url: str | None = None  # any server that speaks the Messages API
     api_key_env: str = "ANTHROPIC_API_KEY"
-    temperature: Annotated[float, Field(ge=0, le=1)] = 1.0
-    max_tokens: PositiveInt = 16000
-    timeout_s: Positive = 300.0
+    # Sampling parameters: unset by default. The Claude 5 family refuses non-default values
+    # (HTTP 400), so they are a config error there; older models and local servers take them.
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: PositiveInt | None = None
+    # output_config.effort (thinking is adaptive; never a budget): the levels the model takes
+    effort: str | None = None
+    max_tokens: PositiveInt = 16000  # thinking counts toward it; an edit itself is ~1-3k
     max_apply_retries: NonNegativeInt = 2
     tokens_per_minute: PositiveInt | None = None  # account rate budget; None = unlimited
-    input_usd_per_mtok: NonNegative | None = None  # None = the mutator's price table
+    # dollars per million tokens; needed for a model the built-in price table does not know
+    input_usd_per_mtok: NonNegative | None = None
     output_usd_per_mtok: NonNegative | None = None
+    cache_write_usd_per_mtok: NonNegative | None = None
+    cache_read_usd_per_mtok: NonNegative | None = None
 
     @field_validator("model")
     @classmethod
@@ -52,6 +64,21 @@ class LLMOperator(OperatorSection):
         if not value.strip():
             raise ValueError("must name a model, e.g. claude-sonnet-5-5")
         return value
+
+    @model_validator(mode="after")
+    def _api_accepts(self) -> LLMOperator:
+        from evolve.mutate.cost import PriceTable
+        from evolve.mutate.models import request_problems
+
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        problems = request_problems(self.model, sampling, self.effort, self.max_tokens)
+        if PriceTable().find(self.model) is None and (self.input_usd_per_mtok is None
+                                                      or self.output_usd_per_mtok is None):
+            problems.append(f"model {self.model} has no known price: set input_usd_per_mtok and "
+                            "output_usd_per_mtok (0 for a free local server)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def label(self) -> str:
         from evolve.mutate.operators import label_of
@@ -61,20 +88,54 @@ class LLMOperator(OperatorSection):
     def secret_names(self) -> Sequence[str]:
         return [self.api_key_env]
 
+    def price_entry(self) -> dict[str, float] | None:
+        """This operator's prices for `PriceTable.from_config` (None: the built-in table)."""
+        if self.input_usd_per_mtok is None and self.output_usd_per_mtok is None:
+            return None
+        from evolve.mutate.cost import PriceTable
+
+        known = PriceTable().find(self.model)
+        entry = {"input": self.input_usd_per_mtok if self.input_usd_per_mtok is not None
+                 else known.input if known else 0.0,
+                 "output": self.output_usd_per_mtok if self.output_usd_per_mtok is not None
+                 else known.output if known else 0.0}
+        if self.cache_write_usd_per_mtok is not None:
+            entry["cache_write"] = self.cache_write_usd_per_mtok
+        if self.cache_read_usd_per_mtok is not None:
+            entry["cache_read"] = self.cache_read_usd_per_mtok
+        return entry
+
     def price_table(self) -> PriceTable:
         from evolve.mutate.cost import PriceTable
 
-        prices = PriceTable()
-        if self.input_usd_per_mtok is None:
-            return prices
-        output = self.output_usd_per_mtok
-        entry = {"input": self.input_usd_per_mtok,
-                 "output": output if output is not None else prices.lookup(self.model).output}
-        return PriceTable.from_config({self.model: entry})
+        entry = self.price_entry()
+        return PriceTable.from_config({self.model: entry} if entry else None)
+
+    def sampling(self) -> dict[str, float | int | None]:
+        """What goes into the body (1.0 is the API's temperature default: sent as nothing)."""
+        return {"temperature": None if self.temperature == 1.0 else self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k}
 
 
 class CrossoverOperator(OperatorSection):
     kind: Literal["crossover"]
+
+
+class RepairOperator(OperatorSection):
+    """Repairs of crashed children: triggered by a crash with a traceback, one per crashed
+    child, never drawn by weight (so its weight stays 0). It uses the first LLM operator's
+    client, budget and health."""
+
+    kind: Literal["repair"]
+    weight: NonNegative = 0.0
+
+    @field_validator("weight")
+    @classmethod
+    def _never_drawn(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError("a repair is triggered by a crash, never drawn by weight: leave "
+                             "weight out (0)")
+        return value
 
 
 class CommandOperator(OperatorSection):
@@ -97,12 +158,11 @@ def build_llm(op: LLMOperator, context: BuildContext) -> LLMMutator:
 
     return LLMMutator(
         model=op.model, base_url=op.base_url, api_key_env=op.api_key_env,
-        # 1.0 is the API's default; sending nothing keeps models without sampling parameters happy
-        temperature=None if op.temperature == 1.0 else op.temperature,
-        max_tokens=op.max_tokens, timeout_s=op.timeout_s, max_apply_retries=op.max_apply_retries,
-        prices=op.price_table(), ledger=context.ledger,
+        sampling=op.sampling(), effort=op.effort, max_tokens=op.max_tokens,
+        max_apply_retries=op.max_apply_retries, prices=op.price_table(), ledger=context.ledger,
         limiter=RateLimiter(context.max_in_flight, op.tokens_per_minute),
-        proposal_timeout_s=context.proposal_timeout_s, seed=context.seed)
+        proposal_timeout_s=context.proposal_timeout_s, down_after_s=context.down_after_s,
+        seed=context.seed)
 
 
 def build_heuristic(op: HeuristicOperator, context: BuildContext) -> Mutator:
@@ -127,7 +187,15 @@ def build_crossover(op: CrossoverOperator, context: BuildContext) -> Mutator:
     return CrossoverMutator(base)
 
 
+def build_repair(op: RepairOperator, context: BuildContext) -> Mutator:
+    from evolve.mutate.repair import RepairMutator
+
+    base: Any = context.first_of("llm") or build_llm(LLMOperator(kind="llm"), context)
+    return RepairMutator(base)
+
+
 register_operator(OperatorKind("heuristic", HeuristicOperator, build_heuristic))
 register_operator(OperatorKind("llm", LLMOperator, build_llm))
 register_operator(OperatorKind("crossover", CrossoverOperator, build_crossover))
 register_operator(OperatorKind("command", CommandOperator, build_command))
+register_operator(OperatorKind("repair", RepairOperator, build_repair))

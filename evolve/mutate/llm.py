@@ -2,43 +2,48 @@
 
 `propose` never raises: every failure (outage, timeout, unusable answer, budget spent)
 comes back as `Proposal.error`, which the controller stores as a rejected candidate.
-A run of failed calls is visible as `consecutive_failures` / `is_down`, so the controller
-can stop or fall back instead of spinning on a dead endpoint.
+The endpoint's health is time-based (`evolve.mutate.health`), so the controller can stop or
+fall back once it has been unreachable for a while, not after a burst of failures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 
-from evolve.mutate.base import MutationContext, Proposal
-from evolve.mutate.cost import PriceTable, SpendLedger, add_usage, usage_from_response
-from evolve.mutate.edit_format import (
-    apply_answer,
-    describe_change,
-    parse_answer,
-    syntax_problems,
-)
+from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Proposal
+from evolve.mutate.cost import PriceTable, SpendLedger, add_usage
+from evolve.mutate.edit_format import apply_answer, describe_change, parse_answer, syntax_problems
+from evolve.mutate.health import DOWN_AFTER_S, Health
+from evolve.mutate.models import adaptive_thinking, request_problems
 from evolve.mutate.prompt import Prompt, PromptLimits, build_prompt
 from evolve.mutate.ratelimit import RateLimiter
+from evolve.mutate.streaming import StreamBroke, stream_message
 
-# Errors worth another try: rate limits, overload/5xx, timeouts, dropped connections.
+# Errors worth another try: rate limits, overload/5xx, timeouts, dropped connections, and a
+# stream that broke after its 200.
 _TRANSIENT = (anthropic.RateLimitError, anthropic.InternalServerError,
               anthropic.APIConnectionError, anthropic.RequestTimeoutError,
-              anthropic.ConflictError, asyncio.TimeoutError)
-# Errors that no retry will fix: a bad key, no access, no such model.
+              anthropic.ConflictError, asyncio.TimeoutError, StreamBroke)
+# Errors that no retry will fix: a bad key, no access, no such model, no credit.
 _FATAL = (anthropic.AuthenticationError, anthropic.PermissionDeniedError,
           anthropic.NotFoundError, anthropic.PaymentRequiredError)
+DEFAULT_MAX_TOKENS = 16000  # an edit is ~1-3k tokens; the rest is room for adaptive thinking
+PROMPT_TOKENS_GUESS = 30000  # worst-case size of the first prompt, before one was measured
 
 
 class CallFailed(Exception):
     """No answer could be had from the API (after all retries)."""
+
+    def __init__(self, message: str, infrastructure: bool = True) -> None:
+        super().__init__(message)
+        self.infrastructure = infrastructure
 
 
 @dataclass
@@ -64,31 +69,33 @@ class LLMMutator:
 
     def __init__(self, *, model: str = "claude-sonnet-5-5",
                  client: anthropic.AsyncAnthropic | None = None, base_url: str | None = None,
-                 api_key_env: str = "ANTHROPIC_API_KEY", temperature: float | None = None,
-                 max_tokens: int = 16000, timeout_s: float = 300.0, max_apply_retries: int = 2,
-                 sdk_max_retries: int = 2, call_attempts: int = 3, backoff_s: float = 2.0,
-                 max_backoff_s: float = 60.0, proposal_timeout_s: float | None = None,
-                 prices: PriceTable | None = None, ledger: SpendLedger | None = None,
-                 limiter: RateLimiter | None = None, down_after: int = 5,
-                 thinking_tokens: int | None = None, limits: PromptLimits | None = None,
-                 effort: str | None = None, http_client: Any = None, seed: int = 0) -> None:
+                 api_key_env: str = "ANTHROPIC_API_KEY",
+                 sampling: Mapping[str, float | int | None] | None = None,
+                 effort: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 max_apply_retries: int = 2, sdk_max_retries: int = 2, call_attempts: int = 3,
+                 backoff_s: float = 2.0, max_backoff_s: float = 60.0,
+                 proposal_timeout_s: float | None = None, prices: PriceTable | None = None,
+                 ledger: SpendLedger | None = None, limiter: RateLimiter | None = None,
+                 down_after_s: float = DOWN_AFTER_S, limits: PromptLimits | None = None,
+                 http_client: Any = None, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.model = model
-        self.temperature = temperature
+        self.sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
+        self.effort = effort
+        problems = request_problems(model, dict(self.sampling), effort, max_tokens)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.prices = prices or PriceTable()
+        self.prices.lookup(model)  # an unknown price is an error now, not a guess later
         self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
         self.max_apply_retries = max_apply_retries
         self.call_attempts = max(1, call_attempts)
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.proposal_timeout_s = proposal_timeout_s
-        self.prices = prices or PriceTable()
         self.ledger = ledger
         self.limiter = limiter
-        self.down_after = down_after
-        self.thinking_tokens = thinking_tokens
-        self.effort = effort
         self.limits = limits or PromptLimits()
-        self._rng = random.Random(seed)
+        self.health = Health(down_after_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                             clock=clock, seed=seed)
         if client is None:
             key = os.environ.get(api_key_env, "")
             if not key and base_url is None:
@@ -96,35 +103,44 @@ class LLMMutator:
                     f"the llm operator needs an API key in the environment variable "
                     f"{api_key_env} (or a base_url for a local server); set it, or use the "
                     "heuristic operator")
+            # No explicit timeout: responses are streamed, and the SDK's own defaults guard
+            # a stalled connection without cutting a long answer short.
             client = anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=base_url,
-                                              max_retries=sdk_max_retries, timeout=timeout_s,
+                                              max_retries=sdk_max_retries,
                                               http_client=http_client)
         self.client = client
-        self.consecutive_failures = 0
-        self.fatal_reason = ""
-        self.last_failure = ""
+        self.base_url = str(getattr(client, "base_url", base_url or ""))
         self.calls = 0
         self._output_estimate = max_tokens / 4
+        self._prompt_tokens = PROMPT_TOKENS_GUESS
 
     # ------------------------------------------------------------------ health
 
     @property
     def is_down(self) -> bool:
-        """True when the endpoint looks gone for good: a fatal error or a run of failures."""
-        return bool(self.fatal_reason) or self.consecutive_failures >= self.down_after
+        return self.health.is_down
 
     @property
     def down_reason(self) -> str:
-        if self.fatal_reason:
-            return self.fatal_reason
-        if self.is_down:
-            return (f"{self.consecutive_failures} LLM calls in a row failed "
-                    f"(last: {self.last_failure})")
-        return ""
+        return self.health.down_reason
+
+    @property
+    def fatal_reason(self) -> str:
+        return self.health.fatal_reason
+
+    def worst_call_usd(self) -> float:
+        """The most the next call can cost (the ledger reserves this while it is in flight)."""
+        return self.prices.worst_case(self.model, self._prompt_tokens, self.max_tokens)
+
+    @property
+    def spend_summary(self) -> str:
+        return self.ledger.summary() if self.ledger is not None else ""
 
     @property
     def budget_exhausted(self) -> bool:
-        return self.ledger is not None and self.ledger.exhausted
+        """True when even one more call cannot fit under the dollar cap."""
+        return self.ledger is not None and not self.ledger.affordable(
+            self.worst_call_usd(), counting_reserved=False)
 
     # ------------------------------------------------------------------ proposing
 
@@ -135,9 +151,8 @@ class LLMMutator:
                          mutator: str) -> Proposal:
         """Hold the conversation for `prompt`; any failure becomes `Proposal.error`."""
         conversation = _Conversation()
+        infrastructure = True
         try:
-            if self.budget_exhausted:
-                raise CallFailed(f"the LLM budget is spent ({self.ledger.summary()})")
             work = self._converse(prompt, context, mutator, conversation)
             if self.proposal_timeout_s is None:
                 return await work
@@ -145,10 +160,13 @@ class LLMMutator:
         except asyncio.TimeoutError:
             error = f"the proposal took longer than {self.proposal_timeout_s:g}s"
         except CallFailed as failure:
-            error = str(failure)
+            error, infrastructure = str(failure), failure.infrastructure
         except Exception as failure:  # noqa: BLE001 - a mutator must never crash the run
             error = f"llm mutator failed: {type(failure).__name__}: {failure}"
-        return self._proposal(conversation, mutator, {}, "", "", "", self._redact(error))
+        proposal = self._proposal(conversation, mutator, {}, "", "", "", self._redact(error))
+        if infrastructure:
+            proposal = Proposal(**{**proposal.__dict__, "infrastructure": True})
+        return proposal
 
     async def _converse(self, prompt: Prompt, context: MutationContext, mutator: str,
                         conversation: _Conversation) -> Proposal:
@@ -173,27 +191,39 @@ class LLMMutator:
             if getattr(message, "stop_reason", "") == "max_tokens" and (problems or not applied):
                 problems.append(f"the answer was cut off at the {self.max_tokens}-token limit: "
                                 "send shorter SEARCH/REPLACE blocks instead of whole files")
+            feedback_head = None
             if not problems:
-                if not applied:
-                    problems.append("the answer has no edit: give SEARCH/REPLACE blocks in the "
-                                    "format described")
-                elif files == original:
-                    problems.append("the edits leave the file exactly as it was: change something")
-                else:
-                    problems.extend(_with_context(p, files) for p in syntax_problems(
-                        {n: s for n, s in files.items() if s != original[n]}))
+                problems = self._judge(original, files, applied, description)
+            if not problems and context.vet is not None:
+                verdict = context.vet(files, description or describe_change(original, files))
+                if verdict:  # refused before compute: start again from the parent's source
+                    problems, files, applied = [verdict], dict(original), []
+                    feedback_head = REFUSED
             if not problems:
                 description = description or describe_change(original, files)
                 return self._proposal(conversation, mutator, files, description, rationale,
                                       "\n\n".join(applied), "")
             messages = messages + [
                 {"role": "assistant", "content": text.strip() or "(empty answer)"},
-                {"role": "user", "content": _feedback(result.applied, problems)},
+                {"role": "user", "content": _feedback(result.applied, problems, feedback_head)},
             ]
         return self._proposal(conversation, mutator, {}, description, rationale,
                               "\n\n".join(applied),
                               f"the edit did not apply after {len(conversation.answers)} "
                               f"answer(s): {' | '.join(problems)}"[:2000])
+
+    @staticmethod
+    def _judge(original: Mapping[str, str], files: Mapping[str, str], applied: list[str],
+               description: str) -> list[str]:
+        """What is still wrong with an edit that applied: empty, unchanged or broken (each
+        goes back to the model)."""
+        if not applied:
+            return ["the answer has no edit: give SEARCH/REPLACE blocks in the format described"]
+        if files == original:
+            return ["the edits leave the file exactly as it was: change something"]
+        broken = [_with_context(p, files) for p in syntax_problems(
+            {n: s for n, s in files.items() if s != original[n]})]
+        return broken
 
     def _proposal(self, conversation: _Conversation, mutator: str, files: Mapping[str, str],
                   description: str, rationale: str, applied: str, error: str) -> Proposal:
@@ -210,85 +240,133 @@ class LLMMutator:
     async def _call(self, prompt: Prompt, messages: list[dict[str, Any]],
                     conversation: _Conversation) -> Any:
         """One answer, with our own bounded retries on top of the SDK's."""
-        last = ""
+        last, tries = "", 0
         for attempt in range(self.call_attempts):
-            if self.budget_exhausted:
-                raise CallFailed(f"the LLM budget is spent ({self.ledger.summary()})")
+            if self.health.fatal_reason:
+                raise CallFailed(f"LLM call refused: {self.health.fatal_reason}")
+            if attempt and self.health.is_down:
+                break  # down: one try per proposal is enough to notice it is back
+            if (wait := self.health.wait_s()) > 0:
+                await asyncio.sleep(wait)  # an incident: every caller backs off together
+            tries += 1
             try:
-                message = await self._request(prompt, messages)
+                message = await self._request(prompt, messages, conversation)
             except _FATAL as error:
-                self.fatal_reason = self._redact(f"{type(error).__name__}: {_brief(error)}")
-                self._failed(self.fatal_reason)
-                raise CallFailed(f"LLM call refused: {self.fatal_reason}") from None
+                self.health.fatal(self._redact(_fatal_text(error, self.model, self.base_url)))
+                raise CallFailed(f"LLM call refused: {self.health.fatal_reason}") from None
             except _TRANSIENT as error:
                 last = self._redact(f"{type(error).__name__}: {_brief(error)}")
-                if attempt + 1 < self.call_attempts:
-                    await asyncio.sleep(self._backoff(attempt, error))
+                self._observe_error(error)
+                self.health.failed(last, _retry_after(error))
                 continue
             except anthropic.APIStatusError as error:  # 400 etc.: this request is wrong
                 last = self._redact(f"{type(error).__name__}: {_brief(error)}")
-                self._failed(last)
+                self.health.failed(last)
                 raise CallFailed(f"LLM call failed: {last}") from None
-            self.consecutive_failures = 0
+            self.health.succeeded()
             self.calls += 1
-            usage = usage_from_response(getattr(message, "usage", None))
-            cost = self.prices.cost(self.model, usage)
-            conversation.usage = add_usage(conversation.usage, usage)
-            conversation.cost_usd += cost
-            if self.ledger is not None:
-                self.ledger.record(self.model, usage, cost)
-            self._output_estimate = 0.8 * self._output_estimate + 0.2 * usage["output_tokens"]
             return message
-        self._failed(last)
-        raise CallFailed(f"LLM call failed {self.call_attempts} times: {last}")
+        raise CallFailed(f"LLM call failed {tries} time(s): {last}")
 
-    async def _request(self, prompt: Prompt, messages: list[dict[str, Any]]) -> Any:
+    def params(self, prompt: Prompt, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The request body (less `stream`), exactly as the API accepts it for this model."""
         params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
-                                  "system": prompt.system, "messages": messages,
-                                  "timeout": self.timeout_s}
-        if self.thinking_tokens:
-            params["thinking"] = {"type": "enabled", "budget_tokens": self.thinking_tokens}
-        elif self.temperature is not None:
-            # Current Claude models take no sampling parameters (the SDK dropped them);
-            # local servers and older models still honour one passed through the body.
-            params["extra_body"] = {"temperature": self.temperature}
+                                  "system": prompt.system, "messages": messages}
+        if adaptive_thinking(self.model):
+            params["thinking"] = {"type": "adaptive"}  # never a budget (HTTP 400 on Claude 5)
         if self.effort:
             params["output_config"] = {"effort": self.effort}
-        if self.limiter is None:
-            return await self._bounded(params)
-        estimate = int(sum(len(str(m["content"])) for m in messages) / 4
-                       + sum(len(b["text"]) for b in prompt.system) / 4 + self._output_estimate)
-        async with self.limiter.slot(estimate) as slot:
-            message = await self._bounded(params)
-            usage = usage_from_response(getattr(message, "usage", None))
-            slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                           + usage["output_tokens"])
+        if self.sampling:
+            # The SDK has no sampling arguments any more; older models and local servers still
+            # honour them in the body (the config refuses them for the Claude 5 family).
+            params["extra_body"] = dict(self.sampling)
+        return params
+
+    async def _request(self, prompt: Prompt, messages: list[dict[str, Any]],
+                       conversation: _Conversation) -> Any:
+        params = self.params(prompt, messages)
+        chars = sum(len(str(m["content"])) for m in messages) + sum(
+            len(b["text"]) for b in prompt.system)
+        worst = self.prices.worst_case(self.model, max(self._prompt_tokens, chars // 3),
+                                       self.max_tokens)
+        await self._reserve(worst)
+        try:
+            if self.limiter is None:
+                return await self._stream(params, conversation, None)
+            estimate = int(chars / 4 + self._output_estimate)
+            async with self.limiter.slot(estimate) as slot:
+                message = await self._stream(params, conversation, slot)
+                return message
+        finally:
+            if self.ledger is not None:
+                self.ledger.release(worst)
+
+    async def _reserve(self, worst: float) -> None:
+        """Hold the call's worst case under the dollar cap, waiting for calls in flight to
+        settle when only their reservations stand in the way."""
+        if self.ledger is None:
+            return
+        while not self.ledger.reserve(worst):
+            if not self.ledger.affordable(worst, counting_reserved=False):
+                raise CallFailed(f"the LLM budget is spent ({self.ledger.summary()}; the next "
+                                 f"call could cost up to ${worst:.2f})")
+            await asyncio.sleep(0.05)
+
+    async def _stream(self, params: dict[str, Any], conversation: _Conversation,
+                      slot: Any) -> Any:
+        """Stream one answer; whatever it used is charged, also when it broke midway."""
+        usage: dict[str, int] = {}
+        try:
+            message, usage, headers = await stream_message(self.client, params)
+            if self.limiter is not None:
+                self.limiter.observe(headers, self._output_estimate + self._prompt_tokens / 4)
+            self._prompt_tokens = (usage["input_tokens"] + usage["cache_read_input_tokens"]
+                                   + usage["cache_creation_input_tokens"])
+            self._output_estimate = 0.8 * self._output_estimate + 0.2 * usage["output_tokens"]
             return message
+        except StreamBroke as broke:
+            usage = broke.usage
+            raise
+        finally:
+            if usage:
+                self._charge(usage, conversation)
+                if slot is not None:
+                    slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                                   + usage["output_tokens"])
 
-    async def _bounded(self, params: dict[str, Any]) -> Any:
-        # Our own clock as well: a transport that ignores timeouts must not hang a proposal.
-        return await asyncio.wait_for(self.client.messages.create(**params), self.timeout_s)
+    def _charge(self, usage: Mapping[str, int], conversation: _Conversation) -> None:
+        cost = self.prices.cost(self.model, usage)
+        conversation.usage = add_usage(conversation.usage, usage)
+        conversation.cost_usd += cost
+        if self.ledger is not None:
+            self.ledger.record(self.model, usage, cost)
 
-    def _backoff(self, attempt: int, error: BaseException) -> float:
-        retry_after = None
+    def _observe_error(self, error: BaseException) -> None:
         response = getattr(error, "response", None)
-        if response is not None:
-            try:
-                retry_after = float(response.headers.get("retry-after", ""))
-            except (TypeError, ValueError):
-                retry_after = None
-        base = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
-        wait = base * (0.5 + self._rng.random() / 2)
-        return min(self.max_backoff_s, max(wait, retry_after or 0.0))
-
-    def _failed(self, reason: str) -> None:
-        self.consecutive_failures += 1
-        self.last_failure = reason
+        if self.limiter is not None and response is not None and response.status_code >= 400:
+            self.limiter.observe(response.headers, self._prompt_tokens)
 
     def _redact(self, text: str) -> str:
         """Error text without the API key (servers sometimes echo what they were sent)."""
         secret = getattr(self.client, "api_key", None)
         return text.replace(secret, "***") if isinstance(secret, str) and len(secret) > 8 else text
+
+
+def _fatal_text(error: BaseException, model: str, base_url: str) -> str:
+    if isinstance(error, anthropic.NotFoundError):
+        return (f"model {model} was not found at {base_url or 'the API'} (HTTP 404: "
+                f"{_brief(error)}); check the operator's `model`")
+    return f"{type(error).__name__}: {_brief(error)}"
+
+
+def _retry_after(error: BaseException) -> float | None:
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None
 
 
 def _brief(error: BaseException) -> str:
@@ -311,9 +389,21 @@ def _with_context(problem: str, files: Mapping[str, str]) -> str:
     return problem
 
 
-def _feedback(applied: tuple[str, ...], problems: list[str]) -> str:
-    head = (f"{len(applied)} edit block(s) applied and are now part of the file; do not send "
-            "them again. " if applied else "Nothing was applied. ")
+REFUSED = ("Your edit applied but was refused before any compute was spent on it, and "
+           "nothing of it was kept: the file is the parent's source again. ")
+
+
+def _feedback(applied: tuple[str, ...], problems: list[str], head: str | None = None) -> str:
+    # The answer goes back as text only: thinking blocks belong to the turn that made them.
+    if head is None:
+        head = (f"{len(applied)} edit block(s) applied and are now part of the file; do not "
+                "send them again. " if applied else "Nothing was applied. ")
     items = "\n\n".join(f"- {p}" for p in problems)
+    if head is REFUSED:
+        return (f"{head}Why:\n\n{items}\n\nReply in the same format with a DESCRIPTION, a "
+                "RATIONALE and edit blocks against the parent's source as shown above.")
     return (f"{head}Your answer could not be used:\n\n{items}\n\nReply in the same format with "
             "corrected edit blocks only (DESCRIPTION and RATIONALE may stay as they were).")
+
+
+__all__ = ["INFRASTRUCTURE", "CallFailed", "LLMMutator", "answer_text"]

@@ -6,6 +6,8 @@ stay flat as a run grows to thousands of candidates.
 
 from __future__ import annotations
 
+from evolve.mutate.base import INFRASTRUCTURE
+from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate, Status
 from population.store import MIGRATION, Store
 
@@ -79,14 +81,16 @@ def build_notebook(store: Store, *, best: int = 6, path_steps: int = 8, failures
             more = f"({len(steps) - len(shown)} earlier steps)\n" if len(steps) > len(shown) else ""
             sections.append("## The steps that led to the best\n" + more + "\n".join(shown))
     fail_lines = []
-    for failed in store.recent_failures(failures):
+    # an unreachable LLM (429, outage, budget) is not an experiment: it teaches nothing
+    experiments = [f for f in store.recent_failures(failures * 4)
+                   if not f.reason.startswith(INFRASTRUCTURE)][:failures]
+    for failed in experiments:
         what = failed.description or "(no description)"
         line = f"- {failed.status.value}: {what[:140]}"
         if failed.reason:
             line += f"\n  reason: {failed.reason.strip()[:300]}"
         if failed.status in (Status.CRASHED, Status.TIMED_OUT) and failed.log_tail.strip():
-            tail = _tail(failed.log_tail, tail_lines, 600).replace("\n", "\n    ")
-            line += f"\n  log tail:\n    {tail}"
+            line += "\n  log tail " + fenced(_tail(failed.log_tail, tail_lines, 600), 600)
         fail_lines.append(line)
     if fail_lines:
         sections.append("## Recent failures (avoid repeating them)\n" + "\n".join(fail_lines))
@@ -99,7 +103,8 @@ def build_notebook(store: Store, *, best: int = 6, path_steps: int = 8, failures
 def tried_on_parent(store: Store, parent_id: str, limit: int = 50) -> list[str]:
     """Descriptions of the children already made from the parent (MutationContext field)."""
     return [c.description for c in store.children_of(parent_id)
-            if c.mutator != MIGRATION and c.description][-limit:]
+            if c.mutator != MIGRATION and c.description
+            and not c.reason.startswith(INFRASTRUCTURE)][-limit:]
 
 
 def tried_with_outcomes(store: Store, parent_id: str, limit: int = 20) -> list[str]:
@@ -111,7 +116,7 @@ def tried_with_outcomes(store: Store, parent_id: str, limit: int = 20) -> list[s
     except KeyError:
         pass
     for child in store.children_of(parent_id):
-        if child.mutator == MIGRATION:
+        if child.mutator == MIGRATION or child.reason.startswith(INFRASTRUCTURE):
             continue
         what = child.description or "(no description)"
         if child.val_bpb is not None and parent_bpb is not None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from population.candidate import Candidate, Status
 from population.store import MIGRATION, RAN
 
+REPAIR = "repair"  # evolve.mutate.repair's operator (not imported: it pulls in the LLM client)
+
 
 def label_of(mutator: str, model: str = "") -> str:
     """The key an operator's children are credited under: the mutator kind, plus the model for
@@ -40,10 +42,13 @@ class OperatorStats:
 def credit(child: Candidate, parent_val_bpb: float | None) -> tuple[str, bool] | None:
     """(label, beat its parent) for a child that ran to the end (done, crashed, timed out);
     None for anything that is not an operator's experiment (the root, migration copies,
-    children still running, rejected). A crash is a trial that did not improve."""
+    children still running, rejected). A crash is a trial that did not improve; a repair
+    succeeds when the fixed child runs to a score."""
     if child.parent_id is None or child.mutator == MIGRATION or child.status not in RAN:
         return None
     mine = child.val_bpb
+    if child.mutator == REPAIR:  # its parent crashed and has no score: a fix that runs succeeds
+        return REPAIR, child.status is Status.DONE and mine is not None
     improved = (child.status is Status.DONE and mine is not None and parent_val_bpb is not None
                 and mine < parent_val_bpb)
     return label_of(child.mutator, child.model), improved

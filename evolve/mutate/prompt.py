@@ -8,13 +8,17 @@ Every variable section is bounded, so prompts stay the same size as a run grows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evolve.mutate.base import MutationContext, unified_diff
+from evolve.mutate.base import BriefFacts, MutationContext, unified_diff
+from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate
 from population.store import edits_from_seed
+
+_BRIEF = re.compile(r"<!--\s*brief:\s*(\w+)\s*-->(.*?)<!--\s*end brief\s*-->", re.S)
 
 ANSWER_FORMAT = """\
 ## How to answer
@@ -45,8 +49,9 @@ Rules for edits:
 SYSTEM_INTRO = """\
 You are an ML researcher improving a small GPT training script by careful experiments.
 Each experiment trains your edited script for a fixed budget and scores it by validation
-bits per byte (val_bpb, lower is better). You see the parent script, its history, a lab
-notebook shared by a population of parallel experiments, and ideas from other islands.
+bits per byte (val_bpb, lower is better). You see the parent script, its history, the
+latest results of a population of parallel experiments (worse ones included), what is being
+tried right now, a shared lab notebook, and ideas from other lines of the search.
 """
 
 FOCUS_HINTS = (
@@ -67,9 +72,14 @@ class PromptLimits:
     lineage_steps: int = 12
     notebook_chars: int = 6000
     tried_items: int = 20
-    inspiration_chars: int = 4000
-    inspirations: int = 2
-    log_tail_chars: int = 1500
+    inspiration_chars: int = 3000
+    inspirations: int = 3
+    log_tail_chars: int = 2000
+    recent_chars: int = 3000
+    in_flight_items: int = 12
+    # a parent larger than this (all mutable files) is shown with its middle elided: the
+    # model edits what it sees, and the prompt stays inside what a call can afford
+    source_chars: int = 120_000
 
 
 @dataclass(frozen=True)
@@ -141,38 +151,145 @@ def format_lineage(lineage: Sequence[Candidate], steps: int) -> str:
     return "\n".join(lines)
 
 
-def _source_section(files: Mapping[str, str]) -> str:
-    return "\n\n".join(f"{name}\n```python\n{source}\n```" for name, source in files.items())
+def select_brief(program_md: str, profile: str) -> str:
+    """program.md for this profile: the shared text plus the section marked for its kind
+    (`<!-- brief: gpu -->` ... `<!-- end brief -->`), the other kinds' sections left out."""
+    kind = "gpu" if profile.startswith("gpu") else "cpu"
+
+    def keep(match: re.Match[str]) -> str:
+        return match.group(2).strip("\n") if match.group(1).lower() == kind else ""
+
+    text = _BRIEF.sub(keep, program_md)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _source_view(source: str, limit: int) -> str:
+    """The file, or for a file over `limit` characters its head and tail with the middle
+    elided at line boundaries (the model is told to edit only what it sees)."""
+    if len(source) <= limit:
+        return source
+    lines = source.split("\n")
+    head, tail, used = [], [], 0
+    for line in lines:
+        if used + len(line) + 1 > limit * 0.6:
+            break
+        head.append(line)
+        used += len(line) + 1
+    for line in reversed(lines[len(head):]):
+        if used + len(line) + 1 > limit:
+            break
+        tail.insert(0, line)
+        used += len(line) + 1
+    hidden = len(lines) - len(head) - len(tail)
+    marker = (f"# [... lines {len(head) + 1}-{len(head) + hidden} not shown: the file is "
+              f"{len(source)} characters, over this prompt's {limit}; edit only lines shown ...]")
+    return "\n".join(head + [marker] + tail)
+
+
+def _source_section(files: Mapping[str, str], limit: int) -> str:
+    each = max(1000, limit // max(1, len(files)))
+    parts = []
+    for name, source in files.items():
+        view = _source_view(source, each)
+        note = ("\n(Too large to show whole: SEARCH may only quote lines shown here; the "
+                "elided lines stay as they are.)" if view is not source else "")
+        parts.append(f"{name}\n```python\n{view}\n```{note}")
+    return "\n\n".join(parts)
+
+
+def format_facts(facts: BriefFacts) -> str:
+    """One line of this run's measurement facts (budget, device, memory, noise)."""
+    parts = []
+    if facts.budget:
+        parts.append(f"budget: {facts.budget}")
+    if facts.device:
+        parts.append(f"device: {facts.device}")
+    if facts.peak_memory_gb is not None:
+        parts.append(f"the parent peaked at {facts.peak_memory_gb:.1f} GB of device memory "
+                     "(a soft limit: running out crashes the run)")
+    if facts.noise_sigma is not None:
+        parts.append(f"seed-to-seed noise of val_bpb: σ = {facts.noise_sigma:.4f} (a change "
+                     "smaller than about 2σ is not distinguishable from luck)")
+    return "; ".join(parts)
 
 
 def build_prompt(context: MutationContext, limits: PromptLimits = PromptLimits(),
                  focus: bool = True) -> Prompt:
     """The request for one LLM mutation of `context.parent`."""
+    system = [{"type": "text", "text": system_text(context), "cache_control": _CACHE}]
+    body = "\n\n".join([part for part in variable_sections(context, limits) if part]
+                        + [_ask(context, focus)])
+    content = [{"type": "text", "text": parent_head(context, limits), "cache_control": _CACHE},
+               {"type": "text", "text": body}]
+    return Prompt(system, [{"role": "user", "content": content}])
+
+
+def system_text(context: MutationContext) -> str:
+    brief = select_brief(context.program_md, context.facts.profile)
+    return "\n".join([SYSTEM_INTRO, "# The research brief (program.md)\n", brief, "",
+                      ANSWER_FORMAT])
+
+
+def parent_head(context: MutationContext, limits: PromptLimits) -> str:
+    """What every child of this parent shares (cached as a second prefix)."""
     parent = context.parent
-    system_text = "\n".join([SYSTEM_INTRO, "# The research brief (program.md)\n",
-                             context.program_md.strip(), "", ANSWER_FORMAT])
-    system = [{"type": "text", "text": system_text, "cache_control": _CACHE}]
-    head = "\n\n".join([
+    facts = format_facts(context.facts)
+    return "\n\n".join(part for part in [
+        f"# This run\n{facts}" if facts else "",
         f"# The parent: {parent.id} (island {parent.island}, "
         f"generation {edits_from_seed(context.lineage)})",  # lineage ends at the parent
         f"Metrics: {format_metrics(parent.metrics)}",
         "## Its lineage (root first; Δ is the change in val_bpb from the step before)\n"
         + format_lineage(context.lineage, limits.lineage_steps),
         "## Its current source (SEARCH text must match this exactly)\n"
-        + _source_section({n: parent.files.get(n, "") for n in context.mutable_files}),
-    ])
-    tail = [_notebook_section(context.notebook, limits),
-            _tried_section(context.tried_on_parent, limits, context.notebook),
-            _inspiration_section(parent, context.inspirations, context.mutable_files, limits)]
+        + _source_section({n: parent.files.get(n, "") for n in context.mutable_files},
+                          limits.source_chars),
+    ] if part)
+
+
+def variable_sections(context: MutationContext, limits: PromptLimits,
+                      inspirations: bool = True) -> list[str]:
+    """What changes from call to call, each section bounded."""
+    parts = [_recent_section(context.recent, limits),
+             _in_flight_section(context.in_flight, limits),
+             _tried_section(context.tried_on_parent, limits),
+             _log_section(context.parent_log, limits),
+             _notebook_section(context.notebook, limits)]
+    if inspirations:
+        parts.append(_inspiration_section(context.inspirations, limits))
+    return parts
+
+
+def _ask(context: MutationContext, focus: bool) -> str:
     ask = "# Your task\nPropose one new experiment: a child of this parent likely to lower val_bpb."
     if focus:
         ask += (" If nothing better comes to mind, consider "
                 f"{FOCUS_HINTS[context.seed % len(FOCUS_HINTS)]}.")
-    ask += " Do not repeat what was already tried on this parent."
-    body = "\n\n".join([part for part in tail if part] + [ask])
-    content = [{"type": "text", "text": head, "cache_control": _CACHE},
-               {"type": "text", "text": body}]
-    return Prompt(system, [{"role": "user", "content": content}])
+    return ask + (" Do not repeat what was already tried on this parent or what is being "
+                  "tried now: near-identical edits are refused before they run.")
+
+
+def _recent_section(recent: str, limits: PromptLimits) -> str:
+    if not recent.strip():
+        return ""
+    return ("# Recent results across the population (newest first; Δ is the change from "
+            "each child's own parent, worse ones included)\n"
+            + _clip(recent.strip(), limits.recent_chars))
+
+
+def _in_flight_section(items: Sequence[str], limits: PromptLimits) -> str:
+    if not items:
+        return ""
+    shown = list(items)[-limits.in_flight_items:]
+    return ("# Being tried right now (do not duplicate these)\n"
+            + "\n".join(f"- {item[:200]}" for item in shown))
+
+
+def _log_section(log: str, limits: PromptLimits) -> str:
+    if not log.strip():
+        return ""
+    return ("# The end of the parent's training log (its loss curve)\n"
+            + fenced(log, limits.log_tail_chars))
 
 
 def _notebook_section(notebook: str, limits: PromptLimits) -> str:
@@ -182,34 +299,33 @@ def _notebook_section(notebook: str, limits: PromptLimits) -> str:
         notebook.strip(), limits.notebook_chars)
 
 
-def _tried_section(tried: Sequence[str], limits: PromptLimits, notebook: str = "") -> str:
-    # the notebook may already list them, with their outcomes
-    tried = [t for t in tried if f"- {t[:160]} -> " not in notebook]
+def _tried_section(tried: Sequence[str], limits: PromptLimits) -> str:
     if not tried:
         return ""
     items = list(tried)[-limits.tried_items:]
     more = len(tried) - len(items)
-    lines = [f"- {item[:200]}" for item in items]
+    lines = [f"- {item[:240]}" for item in items]
     if more:
         lines.insert(0, f"({more} older ones not shown)")
-    return "# Already tried on this parent (do not repeat)\n" + "\n".join(lines)
+    return ("# Already tried on this parent, with what happened (do not repeat)\n"
+            + "\n".join(lines))
 
 
-def _inspiration_section(parent: Candidate, inspirations: Sequence[Candidate],
-                         mutable_files: Sequence[str], limits: PromptLimits) -> str:
+def _inspiration_section(inspirations: Sequence[Candidate], limits: PromptLimits) -> str:
     parts = []
     for other in list(inspirations)[: limits.inspirations]:
-        diff = unified_diff({n: parent.files.get(n, "") for n in mutable_files},
-                            {n: other.files.get(n, "") for n in mutable_files})
+        edit = other.diff.strip()
         parts.append(
             f"## {other.id} (island {other.island}): {other.description or '(no description)'}\n"
             f"Metrics: {format_metrics(other.metrics)}\n"
-            "How its source differs from the parent's:\n```diff\n"
-            + _clip(diff or "(identical)\n", limits.inspiration_chars) + "```")
+            f"Its own edit (the diff from its parent {other.parent_id}):\n```diff\n"
+            + _clip(edit + "\n" if edit else "(no diff recorded)\n", limits.inspiration_chars)
+            + "```")
     if not parts:
         return ""
-    return ("# Inspirations from other islands (ideas to borrow; edits still apply to the "
-            "parent's source)\n" + "\n\n".join(parts))
+    return ("# Ideas from other lines of the search (each shown as the edit that made it; "
+            "borrow an idea, but your edit applies to the parent's source above)\n"
+            + "\n\n".join(parts))
 
 
 def build_crossover_prompt(context: MutationContext, other: Candidate,
@@ -229,8 +345,7 @@ def build_crossover_prompt(context: MutationContext, other: Candidate,
         "makes each one good, drop what hurts. Your edits apply to the FIRST parent's source.",
     ])
     head = base.messages[0]["content"][0]
-    tail = [_notebook_section(context.notebook, limits),
-            _tried_section(context.tried_on_parent, limits, context.notebook)]
+    tail = variable_sections(context, limits, inspirations=False)
     body = "\n\n".join([t for t in tail if t] + [ask])
     return Prompt(base.system, [{"role": "user",
                                  "content": [head, {"type": "text", "text": body}]}])

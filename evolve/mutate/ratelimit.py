@@ -1,15 +1,63 @@
-"""Keep a run inside the account's rate limits: a cap on calls in flight and a token budget.
+"""Keep a run inside the account's rate limits: a cap on calls in flight, a token budget, and
+the limits the API itself reports.
 
-`TokenBucket` is pure (the caller passes the time), so the discrete-event simulation drives
-the same arithmetic on its virtual clock; `RateLimiter` is its asyncio shell.
+`TokenBucket` and `pause_from_headers` are pure (the caller passes the time), so the
+discrete-event simulation drives the same arithmetic on its virtual clock; `RateLimiter` is
+their asyncio shell. The manual `tokens_per_minute` budget and the `anthropic-ratelimit-*`
+response headers work side by side: the budget spreads calls out before the account is near
+its limit, the headers stop every call when the account says it is at it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
+
+# The headers the Messages API sends with every answer (and with a 429), per limit:
+# <prefix>-remaining (what is left in the window) and <prefix>-reset (RFC 3339, when it refills).
+RATE_LIMIT_HEADERS = ("anthropic-ratelimit-requests", "anthropic-ratelimit-tokens",
+                      "anthropic-ratelimit-input-tokens", "anthropic-ratelimit-output-tokens")
+MAX_HEADER_PAUSE_S = 120.0  # a reset time further out than this is a skewed clock, not a limit
+
+
+def _reset_in(value: str | None, wall_now: float) -> float | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, when - wall_now)
+
+
+def pause_from_headers(headers: Mapping[str, str], wall_now: float,
+                       next_tokens: float) -> float:
+    """Seconds every call should wait, from one answer's rate-limit headers (0 = go on).
+
+    A window with no requests left, or fewer tokens left than the next call needs, pauses
+    until it resets; a `retry-after` (sent with a 429) pauses at least that long."""
+    pause = 0.0
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for prefix in RATE_LIMIT_HEADERS:
+        remaining = lowered.get(f"{prefix}-remaining")
+        if remaining is None:
+            continue
+        try:
+            left = float(remaining)
+        except ValueError:
+            continue
+        need = 1 if prefix.endswith("requests") else next_tokens
+        if left < need:
+            wait = _reset_in(lowered.get(f"{prefix}-reset"), wall_now)
+            pause = max(pause, wait if wait is not None else 1.0)
+    try:
+        pause = max(pause, float(lowered.get("retry-after", "") or 0))
+    except ValueError:
+        pass
+    return min(pause, MAX_HEADER_PAUSE_S)
 
 
 class TokenBucket:
@@ -52,7 +100,8 @@ class RateLimiter:
 
     def __init__(self, max_in_flight: int = 8, tokens_per_minute: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 wall: Callable[[], float] = time.time) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight = max_in_flight
@@ -61,12 +110,26 @@ class RateLimiter:
         self._bucket = TokenBucket(tokens_per_minute, clock()) if tokens_per_minute else None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._bucket_lock = asyncio.Lock()  # first come, first served on the token budget
+        self._wall = wall
         self.in_flight = 0
         self.waited_s = 0.0  # total time calls spent waiting on the token budget
+        self.paused_until = 0.0  # on `clock`: the API said the account is at a limit
+        self.header_pauses = 0
+
+    def observe(self, headers: Mapping[str, str], next_tokens: float) -> float:
+        """Read an answer's (or a 429's) rate-limit headers; returns the pause they call for."""
+        pause = pause_from_headers(headers, self._wall(), next_tokens)
+        if pause > 0:
+            self.header_pauses += 1
+            self.paused_until = max(self.paused_until, self._clock() + pause)
+        return pause
 
     @asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[_Slot]:
         async with self._slots:
+            while (held := self.paused_until - self._clock()) > 0:
+                self.waited_s += held
+                await self._sleep(held)
             if self._bucket is not None:
                 async with self._bucket_lock:
                     while (wait := self._bucket.delay(estimated_tokens, self._clock())) > 0:

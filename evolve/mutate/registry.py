@@ -91,6 +91,7 @@ class BuildContext:
     ledger: SpendLedger | None = None
     max_in_flight: int = 8
     proposal_timeout_s: float | None = None  # the mutator's own deadline (`mutator_deadline`)
+    down_after_s: float = 900.0  # an LLM is down after this long without a successful call
     seed: int = 0
     built: dict[int, Mutator] = field(default_factory=dict)  # operator index -> mutator
 
@@ -145,12 +146,12 @@ def on_register(listener: Callable[[], None]) -> None:
 def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
                    template_dir: str | Path | None = None, ledger: SpendLedger | None = None,
                    max_in_flight: int = 8, proposal_timeout_s: float | None = None,
-                   seed: int = 0) -> dict[str, Mutator]:
+                   down_after_s: float = 900.0, seed: int = 0) -> dict[str, Mutator]:
     """The mutators for `mutation.operators`, keyed by `names` (the controller's operator
     names), each made by its kind's registry row."""
     context = BuildContext(operators, template_dir=template_dir, ledger=ledger,
                            max_in_flight=max_in_flight, proposal_timeout_s=proposal_timeout_s,
-                           seed=seed)
+                           down_after_s=down_after_s, seed=seed)
     for index, op in enumerate(operators):
         if op.kind not in OPERATORS:
             raise ValueError(f"unknown operator kind {op.kind!r}")

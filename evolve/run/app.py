@@ -16,7 +16,7 @@ from evolve.controller.shell import Controller, Progress
 from evolve.controller.wiring import operator_names
 from evolve.mutate.base import Mutator
 from evolve.run.live import LiveDisplay
-from evolve.run.outage import stop_when_down, with_fallback
+from evolve.run.outage import OFFLINE_KINDS, watch_llm, with_offline
 from evolve.run.rundir import RunDir, write_atomic
 from population.budget import Budget, exhausted
 from population.candidate import Candidate, Status
@@ -96,7 +96,14 @@ def build_mutators(config: Config, store: Store) -> dict[str, Mutator]:
     return build(config.mutation.operators, operator_names(config),
                  template_dir=config.template_dir, ledger=ledger,
                  max_in_flight=config.mutation.max_concurrent_proposals,
-                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s), seed=config.seed)
+                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s),
+                 down_after_s=config.mutation.llm_down_after_s, seed=config.seed)
+
+
+def has_offline_operator(config: Config) -> bool:
+    """Whether an operator that spends no LLM money can keep the workers busy once the LLM
+    budget is spent."""
+    return any(op.kind in OFFLINE_KINDS and op.weight > 0 for op in config.mutation.operators)
 
 
 def _recorded_costs(store: Store) -> list[float]:
@@ -201,10 +208,12 @@ class Run:
                 workers = self.config.workers
                 executor = RayExecutor(workers.count, gpus_per_worker=workers.gpus_per_worker,
                                        cpus_per_worker=workers.cpus_per_worker)
-            if self.config.mutation.on_llm_down == "fallback":
-                from evolve.mutate.heuristic import HeuristicMutator
+            from evolve.mutate.heuristic import HeuristicMutator
 
-                mutators = with_fallback(mutators, HeuristicMutator())
+            mutators = with_offline(
+                mutators, HeuristicMutator(),
+                when_down=self.config.mutation.on_llm_down == "fallback",
+                when_spent=has_offline_operator(self.config))
             recorder = RunRecorder(self.run_dir, display)
             controller = Controller(self.config, store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
@@ -224,9 +233,10 @@ class Run:
         stop, abandon = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         outage: list[str] = []
-        watcher = None
-        if self.config.mutation.on_llm_down == "stop":
-            watcher = asyncio.create_task(stop_when_down(mutators, stop, outage.append))
+        watcher = asyncio.create_task(watch_llm(
+            mutators, stop, outage.append,
+            stop_when_down=self.config.mutation.on_llm_down == "stop",
+            stop_when_spent=not has_offline_operator(self.config)))
 
         def on_signal() -> None:
             if stop.is_set():
@@ -247,8 +257,7 @@ class Run:
             reason = await controller.run(stop, abandon)
             return outage[0] if outage else reason
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
 

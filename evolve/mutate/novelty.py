@@ -1,0 +1,118 @@
+"""A cheap novelty filter: diversity without temperature.
+
+The Claude 5 family takes no sampling temperature, and sixteen proposals from one parent
+see nearly the same prompt. A proposal whose edit and description are near-identical to one
+already tried on the same parent (or being tried right now) is refused before any compute is
+spent, and the model is told which one it repeats, in the same conversation.
+
+An edit is compared by what it changes: the removed and added lines against the parent,
+with comments and spacing normalised (so a reworded comment is not a new idea).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from evolve.mutate.base import INFRASTRUCTURE
+from population.candidate import Candidate
+
+DIFF_SIMILAR = 0.9  # share of matching characters between two edits' changed lines
+WORDS_SIMILAR = 0.6  # Jaccard of the two descriptions' words
+PER_PARENT = 200  # edits remembered per parent (the newest)
+PARENTS = 512  # parents remembered (least recently used dropped)
+_COMMENT = re.compile(r"\s+#.*$|^#.*$")
+_WORD = re.compile(r"[a-z0-9_.]+")
+
+
+@dataclass(frozen=True)
+class Tried:
+    """One edit already made from a parent: who, what it said, what it changed."""
+
+    id: str
+    description: str
+    changes: str
+
+
+def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    """The lines an edit removes and adds, normalised (comments and spacing dropped)."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a = [_norm(line) for line in old.get(name, "").splitlines()]
+        b = [_norm(line) for line in new.get(name, "").splitlines()]
+        for line in difflib.unified_diff(a, b, lineterm="", n=0):
+            if line.startswith(("---", "+++", "@@")):
+                continue
+            if line[1:].strip():
+                out.append(line)
+    return "\n".join(out)
+
+
+def _norm(line: str) -> str:
+    return " ".join(_COMMENT.sub("", line).split())
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def similarity(a: str, b: str) -> float:
+    if not a and not b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def word_overlap(a: str, b: str) -> float:
+    wa, wb = _words(a), _words(b)
+    if not wa and not wb:
+        return 1.0
+    return len(wa & wb) / len(wa | wb)
+
+
+def repeats(changes: str, description: str, tried: Sequence[Tried]) -> Tried | None:
+    """The earlier edit this one nearly repeats, if any."""
+    for earlier in reversed(tried):
+        if not earlier.changes:
+            continue
+        if (similarity(changes, earlier.changes) >= DIFF_SIMILAR
+                and word_overlap(description, earlier.description) >= WORDS_SIMILAR):
+            return earlier
+    return None
+
+
+class NoveltyIndex:
+    """The edits made from each parent, loaded once per parent from `children_of`, then kept
+    up to date as proposals pass (in flight) — so concurrent proposals see each other."""
+
+    def __init__(self, children_of: Callable[[str], Sequence[Candidate]]) -> None:
+        self._children_of = children_of
+        self._by_parent: OrderedDict[str, list[Tried]] = OrderedDict()
+
+    def _known(self, parent: Candidate) -> list[Tried]:
+        if parent.id in self._by_parent:
+            self._by_parent.move_to_end(parent.id)
+            return self._by_parent[parent.id]
+        tried = [Tried(c.id, c.description, changed_lines(parent.files, c.files))
+                 for c in self._children_of(parent.id)
+                 if c.files and not c.reason.startswith(INFRASTRUCTURE)]
+        self._by_parent[parent.id] = tried[-PER_PARENT:]
+        if len(self._by_parent) > PARENTS:
+            self._by_parent.popitem(last=False)
+        return self._by_parent[parent.id]
+
+    def check(self, parent: Candidate, files: Mapping[str, str], description: str,
+              label: str = "") -> str:
+        """"" when the edit is new (it is then remembered as in flight), else why not."""
+        changes = changed_lines(parent.files, files)
+        tried = self._known(parent)
+        earlier = repeats(changes, description, tried)
+        if earlier is not None:
+            return (f"near-identical to {earlier.id}, already tried on this parent "
+                    f"(\"{earlier.description[:120]}\"): the same lines change the same way. "
+                    "Propose a different idea, not a variant of that one")
+        tried.append(Tried(label or "an edit in flight", description, changes))
+        del tried[:-PER_PARENT]
+        return ""
