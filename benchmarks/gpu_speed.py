@@ -48,6 +48,29 @@ def load_train(path: Path, name: str, dry: bool):
     return module
 
 
+def learnable_tokens(n: int, alphabet: int = 64, stay: float = 0.9, seed: int = 0):
+    """A token stream a model learns within tens of steps, so loss curves move and can be
+    compared: 64 of the 8192 ids, each followed by a fixed successor `stay` of the time, else by
+    a random one of the 64. Vectorised: a token k steps after the last random draw x is
+    successor^k(x). A model that peeks at the next token scores far below this stream's
+    entropy, so a variant that broke causality shows in its curve."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    successor = rng.permutation(alphabet)
+    noise = rng.integers(0, alphabet, size=n)
+    reset = rng.random(n) >= stay
+    reset[0] = True
+    index = np.arange(n)
+    last = np.maximum.accumulate(np.where(reset, index, 0))
+    steps = index - last
+    powers = np.empty((int(steps.max()) + 1, alphabet), dtype=np.int64)
+    powers[0] = np.arange(alphabet)
+    for k in range(1, len(powers)):
+        powers[k] = successor[powers[k - 1]]
+    return powers[steps, noise[last]].astype(np.uint16)
+
+
 def shape_run(args: argparse.Namespace) -> dict:
     """One timed run of a train.py through a context.py, in this (child) process."""
     sys.path.insert(0, str(TEMPLATE))
@@ -75,8 +98,10 @@ def shape_run(args: argparse.Namespace) -> dict:
                 self.stamps.append(time.perf_counter())
                 yield pair
 
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 8192, size=8_000_000, dtype=np.uint16)
+    if args.tokens == "learnable":
+        tokens = learnable_tokens(8_000_000)
+    else:
+        tokens = np.random.default_rng(0).integers(0, 8192, size=8_000_000, dtype=np.uint16)
     starts = np.arange(0, len(tokens) - profile.seq_len - 1, 997, dtype=np.int64)
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -95,7 +120,7 @@ def shape_run(args: argparse.Namespace) -> dict:
     q = statistics.quantiles(steps, n=4) if len(steps) >= 2 else [median] * 3
     independent = end - ctx.stamps[skip] if len(ctx.stamps) > skip else 0.0
     return {
-        "train": args.train, "context": sys.modules[TrainContext.__module__].__file__, "device": device_name(device),
+        "train": args.train, "tokens": args.tokens, "context": sys.modules[TrainContext.__module__].__file__, "device": device_name(device),
         "torch": torch.__version__, "num_params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "steps": ctx.steps, "clocked_steps": max(0, ctx.steps - skip),
         "counted_seconds": ctx.counted_seconds, "budget_seconds": profile.budget,
@@ -191,6 +216,8 @@ def main() -> int:
     parser.add_argument("--cache-dir", default=os.environ.get("EVOLVE_CACHE_DIR", "/tmp/evolve-cache"))
     parser.add_argument("--cache-tar", default=None, help="a synthetic cache tarball to unpack first")
     parser.add_argument("--dry", action="store_true", help="CPU, tiny shape, cpu-micro harness")
+    parser.add_argument("--tokens", choices=["random", "learnable"], default="random",
+                        help="shape runs: uniform random ids, or a stream whose loss falls")
     parser.add_argument("--one", choices=["shape", "muon"], help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--ctx-dir", help=argparse.SUPPRESS)

@@ -318,7 +318,7 @@ def shape_run(name: str, train: Path, args: argparse.Namespace, work: Path, out:
     result_path, losses_path = work / f"{name}.json", work / f"{name}.losses"
     cmd = [sys.executable, str(GPU_SPEED), "--baseline", str(TEMPLATE), "--one", "shape",
            "--train", str(train), "--ctx-dir", str(TEMPLATE), "--seconds", str(args.seconds),
-           "--json", str(result_path)] + (["--dry"] if args.dry else [])
+           "--tokens", args.tokens, "--json", str(result_path)] + (["--dry"] if args.dry else [])
     rc, wall = run_child(cmd, name, work, out, timeout, {LOSSES_ENV: str(losses_path)})
     row: dict = {"name": name, "rc": rc, "wall_s": round(wall, 1), "timeout_s": round(timeout)}
     if result_path.exists():
@@ -407,6 +407,7 @@ def main_runs(args: argparse.Namespace) -> int:
                 log.write(f"===== diff {name}: {VARIANTS[name].why} =====\n"
                           f"{diff_of(name, VARIANTS[name].patches)}\n")
     summary: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry": args.dry,
+                     "tokens": args.tokens,
                      "seconds": args.seconds, "deadline": args.deadline,
                      "variants": {n: VARIANTS[n].why for n in names if n != COMBO},
                      "runs": [], "skipped": []}
@@ -462,22 +463,6 @@ def main_runs(args: argparse.Namespace) -> int:
 
 # ---- the CPU equivalence check ------------------------------------------------------------
 
-def learnable_tokens(n: int, alphabet: int = 64, stay: float = 0.9):
-    """A token stream the tiny model learns within tens of steps, so losses move and differ:
-    64 of the 8192 ids, each followed by a fixed successor 90% of the time."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    successor = rng.permutation(alphabet)
-    noise = rng.integers(0, alphabet, size=n)
-    follow = rng.random(n) < stay
-    tokens = np.empty(n, dtype=np.uint16)
-    tokens[0] = 0
-    for i in range(1, n):
-        tokens[i] = successor[tokens[i - 1]] if follow[i] else noise[i]
-    return tokens
-
-
 def cpu_check(names: list[str], steps: int, bf16: bool) -> dict:
     """Baseline and each variant for `steps` steps of the tiny shape on CPU, same seed and
     data, a token budget (so the LR schedule is the same step by step): the losses read."""
@@ -495,7 +480,7 @@ def cpu_check(names: list[str], steps: int, bf16: bool) -> dict:
         def autocast(self):
             return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else super().autocast()
 
-    tokens = learnable_tokens(200_000)
+    tokens = gpu_speed.learnable_tokens(200_000)
     starts = np.arange(0, len(tokens) - 129, 997, dtype=np.int64)
     batch = gpu_speed.TINY["BATCH_SIZE"]
     profile = dataclasses.replace(get_profile("gpu-5min"), device="cpu", seq_len=128,
@@ -529,6 +514,9 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"default: {' '.join(DEFAULT_ORDER)}; known: "
                              f"{', '.join([*VARIANTS, COMBO])}")
+    parser.add_argument("--tokens", choices=["random", "learnable"], default="random",
+                        help="the runs' token stream: random ids, or one whose loss falls "
+                             "(loss curves that can differ)")
     parser.add_argument("--dry", action="store_true", help="CPU, tiny shape: the plumbing")
     parser.add_argument("--check", action="store_true",
                         help="CPU: each variant's losses against the baseline's (same seed)")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,11 +53,22 @@ class Candidate:
     seed: int = 0
     created_at: float = 0.0
     finished_at: float | None = None
+    donor_id: str | None = None  # a merge: the candidate whose winning edit was carried here
+    # Why its score was not sandboxed ("" = it was; None = never scored, or not known).
+    sandbox_problem: str | None = None
+    # The held-out test score of the run that scored it: never in `metrics`, so nothing that
+    # shows or selects by metrics (prompts, the notebook, the live view) can see it.
+    test_bpb: float | None = None
 
     @property
     def val_bpb(self) -> float | None:
         value = self.metrics.get("val_bpb")
         return None if value is None else float(value)
+
+    @property
+    def unsandboxed(self) -> bool:
+        """True if its score came from a run the candidate could reach (no working jail)."""
+        return bool(self.sandbox_problem)
 
     @property
     def source_hash(self) -> str:
@@ -82,10 +95,35 @@ def normalise_source(source: str) -> str:
 
 def source_hash(files: Mapping[str, str]) -> str:
     """Hash of the normalised mutable files: equal hashes are the same experiment."""
+    return _hash_of(tuple(sorted(files.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_of(files: tuple[tuple[str, str], ...]) -> str:
+    """Normalising 25 KB of source costs a millisecond, and a child's hash is asked for by
+    pre-flight (differs from its parent, duplicate) and the store: computed once per text."""
     digest = hashlib.sha256()
-    for name in sorted(files):
+    for name, source in files:
         digest.update(name.encode())
         digest.update(b"\0")
-        digest.update(normalise_source(files[name]).encode())
+        digest.update(normalise_source(source).encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def split_marks(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, float | None]:
+    """A run's metrics without its held-out test scores and sandbox mark, and those two:
+    (metrics, sandbox problem: "" sandboxed / text / None unknown, finite test_bpb or None)."""
+    kept = {k: v for k, v in metrics.items()
+            if not k.startswith("test_") and k not in ("sandboxed", "sandbox_problem")}
+    test = metrics.get("test_bpb")
+    test_bpb = float(test) if isinstance(test, int | float) and not isinstance(test, bool) \
+        and math.isfinite(test) else None
+    sandboxed = metrics.get("sandboxed")
+    if sandboxed is True:
+        problem: str | None = ""
+    elif sandboxed is False:
+        problem = str(metrics.get("sandbox_problem") or "the run was not sandboxed")
+    else:
+        problem = None
+    return kept, problem, test_bpb

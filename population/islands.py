@@ -22,7 +22,7 @@ class Copy:
     source_id: str
     from_island: int
     to_island: int
-    why: str  # "seed" | "migration"
+    why: str  # "seed" | "migration" | "broadcast"
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ def plan_migration(island_survivors: Sequence[Sequence[Candidate]], size: int) -
             continue
         if verdict(best, residents, size) == "keep":
             copies.append(Copy(best.id, island, target, "migration"))
+    return copies
+
+
+def plan_broadcast(best: Candidate, island_survivors: Sequence[Sequence[Candidate]],
+                   size: int) -> list[Copy]:
+    """Gossip: a new best of the run goes to every other island at once (what a swarm of
+    agents sharing their best does), where that code is not there yet and would survive."""
+    copies = []
+    for island, residents in enumerate(island_survivors):
+        if island == best.island or any(r.source_hash == best.source_hash for r in residents):
+            continue
+        if verdict(best, residents, size) == "keep":
+            copies.append(Copy(best.id, best.island, island, "broadcast"))
     return copies
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from population.candidate import Candidate, Status
-from population.islands import plan_migration, plan_reseeds, plan_seeding
+from population.islands import plan_broadcast, plan_migration, plan_reseeds, plan_seeding
 from population.result import Result
 from population.selection import ParentSelector
 from population.store import Store
@@ -47,8 +47,10 @@ class StorePopulation:
     """The population in a writable store: bounded queries (an island's top `size` rows)."""
 
     def __init__(self, store: Store, selector: ParentSelector, *, size: int, islands: int,
-                 root_id: str = "root", stagnation_reseed_after: int = 0) -> None:
+                 root_id: str = "root", stagnation_reseed_after: int = 0,
+                 broadcast: bool = False) -> None:
         self.store = store
+        self.broadcast = broadcast  # gossip: bests spread at once (`spread`), no ring
         self.selector = selector
         self.size = selector.population_size(size)
         self.islands = islands
@@ -85,12 +87,30 @@ class StorePopulation:
                 if not self.store.survivors(copy.to_island, 1)]
 
     def migrate(self, groups: Groups, now: float) -> list[Candidate]:
-        """Ring migration inside each group, on one snapshot of its islands."""
+        """Ring migration inside each group, on one snapshot of its islands (none when bests
+        are broadcast instead)."""
+        if self.broadcast:
+            return []
         made = []
         for islands in groups:
             survivors = [self.store.survivors(i, self.size) for i in islands]
             made += [self.store.add_copy(copy.source_id, islands[copy.to_island], now=now)
                      for copy in plan_migration(survivors, self.size)]
+        return made
+
+    def spread(self, best: Candidate, groups: Groups, now: float) -> list[Candidate]:
+        """Gossip (`population.migration: broadcast`): a new best of the run is copied at once
+        to every other island of its group where it would survive."""
+        if not self.broadcast:
+            return []
+        made: list[Candidate] = []
+        for islands in groups:
+            if best.island not in islands:
+                continue
+            survivors = [self.store.survivors(i, self.size) for i in islands]
+            local = best.replace(island=list(islands).index(best.island))
+            made += [self.store.add_copy(best.id, islands[copy.to_island], now=now)
+                     for copy in plan_broadcast(local, survivors, self.size)]
         return made
 
     def reseed(self, groups: Groups, now: float) -> list[Candidate]:

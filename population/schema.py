@@ -1,5 +1,6 @@
 """The store's tables: one row per candidate (full sources as JSON, plus the diff) and one
-per attempt to run one. Bump `Store.SCHEMA_VERSION` when this changes."""
+per attempt to run one. A change here is a new step in population/migrations.py, which also
+brings older stores up to it."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ CREATE TABLE IF NOT EXISTS candidates (
     log_tail TEXT NOT NULL,
     seed INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    sandbox_problem TEXT,
+    test_bpb REAL,
+    donor_id TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_rank
     ON candidates (island, status, val_bpb, finished_at, seq);
@@ -63,19 +67,21 @@ CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts (candidate_id, outcome
 COLUMNS = (
     "id, parent_id, island, generation, source_hash, files, diff, description, rationale, "
     "mutator, model, raw_answer, applied_edit, usage, cost_usd, status, metrics, val_bpb, "
-    "reason, log_tail, seed, created_at, finished_at"
+    "reason, log_tail, seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id"
 )
+PLACEHOLDERS = ", ".join("?" * len(COLUMNS.split(",")))
 
 
 def candidate_from_row(row: Any) -> Candidate:
     """A stored row (in COLUMNS order) back as a frozen Candidate."""
     (cid, parent_id, island, generation, _hash, files, diff, description, rationale, mutator,
      model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason, log_tail,
-     seed, created_at, finished_at) = tuple(row)
+     seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id) = tuple(row)
     return Candidate(
         id=cid, parent_id=parent_id, island=island, generation=generation,
         files=json.loads(files), description=description, rationale=rationale, mutator=mutator,
         model=model, raw_answer=raw_answer, applied_edit=applied_edit, diff=diff,
         usage=json.loads(usage), cost_usd=cost_usd, status=Status(status),
         metrics=json.loads(metrics), reason=reason, log_tail=log_tail, seed=seed,
-        created_at=created_at, finished_at=finished_at)
+        created_at=created_at, finished_at=finished_at, sandbox_problem=sandbox_problem,
+        test_bpb=test_bpb, donor_id=donor_id)

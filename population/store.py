@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from population import extra_runs
-from population.candidate import Candidate, Status
+from population import extra_runs, migrations
+from population.candidate import Candidate, Status, split_marks
 from population.extra_runs import ExtraRun
 from population.outcomes import Outcome
-from population.schema import COLUMNS, SCHEMA, candidate_from_row
+from population.schema import COLUMNS, PLACEHOLDERS, SCHEMA, candidate_from_row
+from population.wins import Win
 
 _RANK = {
     Status.PROPOSED: 0,
@@ -92,7 +93,7 @@ def _finite_bpb(metrics: Mapping[str, Any]) -> float | None:
 class Store:
     """The population's memory: every candidate and every attempt of a run."""
 
-    SCHEMA_VERSION: int = 1
+    SCHEMA_VERSION: int = migrations.LATEST
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool,
                  lock_fd: int | None) -> None:
@@ -100,6 +101,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._lock_fd = lock_fd
+        self._columns = COLUMNS  # a reader of an older store derives the newer columns
 
     # ---- opening and closing -------------------------------------------------------------
 
@@ -187,6 +189,16 @@ class Store:
                 self._conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(self.SCHEMA_VERSION),))
+        elif found < self.SCHEMA_VERSION and self.readonly:
+            self._columns = migrations.select_list("candidates", COLUMNS, found)
+        elif found < self.SCHEMA_VERSION:
+            try:
+                with self._write():
+                    migrations.migrate(self._conn, found)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"{self.path} has store schema version {found}; bringing it to "
+                    f"{self.SCHEMA_VERSION} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection and release the writer lock (idempotent)."""
@@ -216,6 +228,11 @@ class Store:
             raise StatusError(
                 f"candidate {candidate.id} must be added as proposed, rejected or done, "
                 f"not {candidate.status.value}")
+        metrics, problem, test_bpb = split_marks(candidate.metrics)
+        candidate = candidate.replace(
+            metrics=metrics,
+            sandbox_problem=candidate.sandbox_problem if problem is None else problem,
+            test_bpb=candidate.test_bpb if test_bpb is None else test_bpb)
         bpb = _finite_bpb(candidate.metrics)
         if candidate.status is Status.DONE and bpb is None:
             raise ValueError(f"candidate {candidate.id} is done but has no finite val_bpb")
@@ -230,8 +247,7 @@ class Store:
                 finished: float | None) -> None:
         try:
             self._conn.execute(
-                f"INSERT INTO candidates ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO candidates ({COLUMNS}) VALUES ({PLACEHOLDERS})",
                 (candidate.id, candidate.parent_id, candidate.island, candidate.generation,
                  candidate.source_hash, json.dumps(dict(candidate.files)), candidate.diff,
                  candidate.description, candidate.rationale, candidate.mutator,
@@ -239,7 +255,7 @@ class Store:
                  json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
                  Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
                  candidate.reason, candidate.log_tail, int(candidate.seed), created,
-                 finished))
+                 finished, candidate.sandbox_problem, candidate.test_bpb, candidate.donor_id))
         except sqlite3.IntegrityError:
             raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
 
@@ -262,10 +278,14 @@ class Store:
     def record_result(self, candidate_id: str, *, status: Status, metrics: Mapping,
                       reason: str = "", log_tail: str = "",
                       now: float | None = None) -> Candidate:
-        """The final word on a candidate: its status, metrics and finish time."""
+        """The final word on a candidate: its status, metrics and finish time. The run's
+        held-out test score and sandbox mark leave `metrics` for columns of their own."""
         status = Status(status)
         if not status.is_final:
             raise StatusError(f"record_result needs a final status, not {status.value}")
+        metrics, problem, test_bpb = split_marks(metrics)
+        if status is Status.DONE and not problem:
+            problem = self._extra_run_problem(candidate_id) or problem
         bpb = _finite_bpb(metrics)
         if status is Status.DONE and bpb is None:
             raise ValueError(
@@ -275,10 +295,20 @@ class Store:
             self._check_move(candidate_id, status)
             self._conn.execute(
                 "UPDATE candidates SET status=?, metrics=?, val_bpb=?, reason=?, log_tail=?, "
-                "finished_at=? WHERE id=?",
+                "finished_at=?, sandbox_problem=?, test_bpb=? WHERE id=?",
                 (status.value, json.dumps(dict(metrics)), bpb if status is Status.DONE else None,
-                 reason, log_tail, time.time() if now is None else now, candidate_id))
+                 reason, log_tail, time.time() if now is None else now,
+                 problem if status is Status.DONE else None,
+                 test_bpb if status is Status.DONE else None, candidate_id))
         return self.get(candidate_id)
+
+    def _extra_run_problem(self, candidate_id: str) -> str | None:
+        """Why one of the candidate's finished re-runs (its score's evidence) was not
+        sandboxed, if one was not."""
+        for run in extra_runs.select(self._conn, candidate_id):
+            if run.outcome == "done" and run.metrics.get("sandboxed") is False:
+                return str(run.metrics.get("sandbox_problem") or "a re-run was not sandboxed")
+        return None
 
     def _check_move(self, candidate_id: str, new: Status) -> None:
         row = self._conn.execute(
@@ -368,7 +398,7 @@ class Store:
             parent_id=source_id, island=island, generation=source.generation + 1,
             description=description or f"copy of {source_id} from island {source.island}",
             rationale="", mutator=MIGRATION, model="", raw_answer="", applied_edit="", diff="",
-            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp)
+            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp, donor_id=None)
         self._insert(copy, source.val_bpb, stamp, stamp)
         return self.get(copy.id)
 
@@ -429,7 +459,7 @@ class Store:
 
     def get(self, candidate_id: str) -> Candidate:
         row = self._conn.execute(
-            f"SELECT {COLUMNS} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+            f"SELECT {self._columns} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
         if row is None:
             raise KeyError(f"no candidate {candidate_id!r} in the store")
         return candidate_from_row(row)
@@ -514,6 +544,23 @@ class Store:
             "SELECT seq FROM candidates WHERE parent_id=? ORDER BY seq", (parent_id,))]
         return self._load(seqs)
 
+    def wins(self, limit: int = 50) -> list[Win]:
+        """Children that beat their parent (both done; migration copies are not edits),
+        largest gain first: the edits the merge operator may carry to other lines."""
+        rows = self._conn.execute(
+            "SELECT c.seq, p.seq FROM candidates c JOIN candidates p ON p.id = c.parent_id "
+            "WHERE c.status='done' AND p.status='done' AND c.mutator != ? "
+            "AND c.val_bpb < p.val_bpb ORDER BY p.val_bpb - c.val_bpb DESC, c.seq LIMIT ?",
+            (MIGRATION, limit)).fetchall()
+        loaded = self._load([seq for row in rows for seq in row])
+        return [Win(donor=loaded[2 * i], base=loaded[2 * i + 1]) for i in range(len(rows))]
+
+    def donors_into(self, target_id: str) -> list[str]:
+        """The donors already carried into `target_id` (its merge children, any status)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT donor_id FROM candidates WHERE parent_id=? AND donor_id IS NOT NULL "
+            "ORDER BY seq", (target_id,))]
+
     def has_hash(self, source_hash: str) -> bool:
         return self._conn.execute(
             "SELECT 1 FROM candidates WHERE source_hash=? LIMIT 1", (source_hash,)
@@ -584,7 +631,7 @@ class Store:
         if not seqs:
             return []
         rows = self._conn.execute(
-            f"SELECT seq, {COLUMNS} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
+            f"SELECT seq, {self._columns} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
             seqs).fetchall()
         by_seq = {row[0]: candidate_from_row(row[1:]) for row in rows}
         return [by_seq[seq] for seq in seqs]

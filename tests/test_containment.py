@@ -239,7 +239,7 @@ raise SystemExit("cheated")
 def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_score(
         tmp_path, monkeypatch):
     # Unjailed (no bwrap: EVOLVE_BWRAP names none) the child can write both; the checks
-    # before each run and the pinned harness copy are what protect the next score then.
+    # after and before each run and the pinned harness copy are what protect the scores then.
     monkeypatch.setenv("EVOLVE_BWRAP", str(tmp_path / "no-bwrap"))
     template = tmp_path / "template"
     shutil.copytree(TRAIN_TEMPLATE, template, ignore=shutil.ignore_patterns("__pycache__"))
@@ -248,7 +248,10 @@ def test_a_child_that_rewrites_the_cache_and_harness_does_not_change_the_next_sc
     before = run_candidate(_request(tmp_path, template, honest, "honest", budget_fraction=0.2))
     assert before.outcome == "done", before.reason
     cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template), cache=str(tmp_path / "cache")), "cheat"))
-    assert cheat.outcome == "crashed", (cheat.outcome, cheat.reason)
+    # checked after the run too: whatever it ended as, a run that changed them is invalid
+    assert cheat.outcome == "invalid", (cheat.outcome, cheat.reason)
+    assert "the data cache changed during the run (manifest.json, val.bin)" in cheat.reason
+    assert f"the template {template} changed during the run (prepare.py)" in cheat.reason
     assert (template / "prepare.py").read_bytes() != pristine_harness  # it did tamper
     after = run_candidate(_request(tmp_path, template, honest, "again", budget_fraction=0.2))
     assert after.outcome == "done", after.reason
@@ -273,7 +276,10 @@ def test_in_the_jail_a_child_cannot_reach_the_cache_or_the_template(tmp_path):
     assert before.outcome == "done" and before.metrics["sandboxed"] is True, before.reason
     cache = {p: p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     cheat = run_candidate(_request(tmp_path, template, CHEAT.format(template=str(template), cache=str(tmp_path / "cache")), "cheat"))
-    assert cheat.outcome == "crashed", (cheat.outcome, cheat.reason)
+    # checked after the run too: whatever it ended as, a run that changed them is invalid
+    assert cheat.outcome == "invalid", (cheat.outcome, cheat.reason)
+    assert "the data cache changed during the run (manifest.json, val.bin)" in cheat.reason
+    assert f"the template {template} changed during the run (prepare.py)" in cheat.reason
     assert (template / "prepare.py").read_bytes() == pristine_harness
     assert {p: p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()} == cache
 

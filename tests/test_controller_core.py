@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from evolve.controller.core import (
+    Cancel,
     GiveUp,
     History,
     Migrate,
@@ -47,19 +48,54 @@ def start(n_workers: int, **settings) -> tuple[Scheduler, list]:
 
 
 def finish_root(core: Scheduler, out: list, val: float = 1.0, now: float = 10.0) -> list:
+    """The root's result; returns the proposals made while it ran, then what it leads to."""
     (run,) = of(Run, out)
-    return core.handle(ResultArrived(candidate_id="root", worker_id=run.worker_id, outcome="done",
-                                     val_bpb=val, now=now))
+    return of(Propose, out) + core.handle(ResultArrived(
+        candidate_id="root", worker_id=run.worker_id, outcome="done", val_bpb=val, now=now))
 
 
-def test_root_runs_first_and_alone():
+def test_children_of_the_root_are_proposed_and_run_while_it_runs():
     core, out = start(4)
-    assert of(Run, out) == [Run("root", "w0", 1)]
-    assert not of(Propose, out)
-    out = finish_root(core, out)
+    assert of(Run, out) == [Run("root", "w0", 1)]  # the root first
     proposals = of(Propose, out)
     assert len(proposals) == 4 and all(p.parent_id == "root" for p in proposals)
     assert len({p.seed for p in proposals}) == 4
+    runs = []
+    for i, p in enumerate(proposals):
+        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{i}",
+                                                  now=1.0 + i)))
+    assert runs == [Run("c0", "w1", 1), Run("c1", "w2", 1), Run("c2", "w3", 1)]
+    assert core.status().running == 4 and core.status().ready == 1
+    out = core.handle(ResultArrived(candidate_id="c0", worker_id="w1", outcome="done",
+                                    val_bpb=0.9, now=5.0))  # before the root: nothing waits
+    assert of(Run, out) == [Run("c3", "w1", 1)]
+    assert [p.parent_id for p in of(Propose, out)] == ["root"]  # still the only parent
+    out = finish_root(core, [Run("root", "w0", 1)], now=10.0)
+    assert all(p.parent_id == "root" for p in of(Propose, out))  # Champion: the root's id
+    assert not of(Stop, out)
+
+
+def test_a_failed_root_cancels_the_runs_beside_it_and_stops_with_its_reason():
+    core, out = start(3)
+    proposals = of(Propose, out)
+    runs = []
+    for i, p in enumerate(proposals[:2]):
+        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{i}",
+                                                  now=1.0)))
+    assert len(runs) == 2 and core.status().running == 3
+    out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="crashed",
+                                    now=5.0))
+    cancelled = of(Cancel, out)
+    assert [(c.candidate_id, c.worker_id) for c in cancelled] == [("c0", "w1"), ("c1", "w2")]
+    assert all(c.reason.startswith("cancelled: the baseline (root root) did not finish")
+               for c in cancelled)
+    (stop,) = of(Stop, out)
+    assert "baseline" in stop.reason and "crashed" in stop.reason
+    assert not of(Run, out) and not of(Propose, out) and not of(GiveUp, out)
+    assert core.status().finished == 1  # the root only: a cancelled child is no result
+    # a cancelled run's late result changes nothing
+    assert core.handle(ResultArrived(candidate_id="c0", worker_id="w1", outcome="done",
+                                     val_bpb=0.5, now=6.0)) == []
 
 
 def test_steady_state_keeps_every_worker_busy():
@@ -150,7 +186,7 @@ def test_max_hours_counts_time_before_resume():
 
 def test_target_val_bpb_stops():
     core, out = start(1, target_val_bpb=0.8)
-    out = finish_root(core, out, val=0.79)
+    out = finish_root(core, of(Run, out), val=0.79)
     assert out == [Stop("target val_bpb 0.8 reached (0.790000)")]
 
 
@@ -227,15 +263,15 @@ def test_tokens_per_minute_budget_paces_proposals():
     proposals = of(Propose, out)
     assert len(proposals) == 3
     out = core.handle(ProposalReady(ticket=proposals[0].ticket, candidate_id="a", tokens=10_000, now=11.0))
-    assert not of(Propose, out)  # 30k charged in this minute when the calls started
-    assert core.next_wakeup() == 70.0
-    assert not of(Propose, core.handle(Tick(now=69.0)))
-    out = core.handle(Tick(now=70.5))
+    assert not of(Propose, out)  # 30k charged in this minute when the calls started (t=0)
+    assert core.next_wakeup() == 60.0
+    assert not of(Propose, core.handle(Tick(now=59.0)))
+    out = core.handle(Tick(now=60.5))
     assert len(of(Propose, out)) == 3
     # Usage above the estimate is settled against the budget when the answer comes.
     out = core.handle(ProposalReady(ticket=proposals[1].ticket, candidate_id="b", tokens=30_000,
-                                    now=71.0))
-    assert not of(Propose, core.handle(Tick(now=130.6)))
+                                    now=61.0))
+    assert not of(Propose, core.handle(Tick(now=120.6)))
 
 
 def test_migration_every_interval():

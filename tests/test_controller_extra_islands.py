@@ -104,7 +104,7 @@ def test_with_device_groups_a_new_best_is_confirmed_against_its_own_types_best(t
                                                "runs": []}))
 
         grouped = Evidence(store, seed=config.seed, noise=config.noise, confirm=config.confirm,
-                            test=config.test, size=4, peers=lambda island: [island])
+                            size=4, peers=lambda island: [island])
         jobs = grouped.hold(Result("c", Status.DONE, {"val_bpb": 1.2}), now=3.0)
         assert jobs and grouped.held["c"].trigger == "new best"
         assert grouped.held["c"].incumbent_id == "b1"
@@ -113,5 +113,5 @@ def test_with_device_groups_a_new_best_is_confirmed_against_its_own_types_best(t
 
         # Without groups every island is one comparison: 1.2 is no new best against 1.0.
         assert Evidence(store, seed=config.seed, noise=config.noise, confirm=config.confirm,
-                            test=config.test, size=4).hold(Result("c", Status.DONE, {"val_bpb": 1.2}),
+                            size=4).hold(Result("c", Status.DONE, {"val_bpb": 1.2}),
                                                     now=3.0) is None

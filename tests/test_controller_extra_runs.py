@@ -1,13 +1,12 @@
-"""Extra runs in the scheduler core (seed re-runs, test scoring): first in line, outside the
-experiment budget, still run while closing; Finalize before Stop."""
+"""Extra runs in the scheduler core (seed re-runs, stages): first in line, outside the
+experiment budget, still run while closing; then Stop, with nothing queued at the end (the
+held-out test split is scored in every run, never by a retraining)."""
 
 from __future__ import annotations
 
 import random
 
 from evolve.controller.core import (
-    ExtraRunsQueued,
-    Finalize,
     ProposalReady,
     Propose,
     ResultArrived,
@@ -45,28 +44,23 @@ def test_extra_runs_go_first_and_do_not_count_as_experiments():
     assert core.status().finished == 1  # the root only: extra runs are not experiments
 
 
-def test_extra_runs_run_while_closing_then_finalize_then_stop():
-    core = Scheduler(Settings(lookahead=0, max_experiments=1, finalize=True), Root(), "root")
+def test_extra_runs_run_while_closing_then_the_run_stops_with_nothing_more_queued():
+    core = Scheduler(Settings(lookahead=0, max_experiments=1), Root(), "root")
     core.handle(WorkerJoined(worker_id="w0", now=0.0))
     out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
                                     val_bpb=1.0, then_run=("root@x1",), now=1.0))
     assert of(Run, out) == [Run("root@x1", "w0", 1)]  # budget spent, the re-run still runs
-    assert not of(Propose, out)
+    assert not of(Propose, out) and not of(Stop, out)
     out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w0", outcome="done", now=2))
-    assert of(Finalize, out) and not of(Stop, out)
-    out = core.handle(ExtraRunsQueued(job_ids=("root@t1",), now=3.0))
-    assert of(Run, out) == [Run("root@t1", "w0", 1)]
-    out = core.handle(ResultArrived(candidate_id="root@t1", worker_id="w0", outcome="done", now=4))
-    assert of(Stop, out) == [Stop("max_experiments reached (1)")]
+    assert out == [Stop("max_experiments reached (1)")]
 
 
-def test_finalize_with_nothing_to_add_stops():
-    core = Scheduler(Settings(lookahead=0, max_experiments=1, finalize=True), Root(), "root")
+def test_a_run_without_extra_runs_stops_as_its_budget_is_spent():
+    core = Scheduler(Settings(lookahead=0, max_experiments=1), Root(), "root")
     core.handle(WorkerJoined(worker_id="w0", now=0.0))
     out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
                                     val_bpb=1.0, now=1.0))
-    assert of(Finalize, out)
-    assert of(Stop, core.handle(ExtraRunsQueued(job_ids=(), now=2.0)))
+    assert out == [Stop("max_experiments reached (1)")]
 
 
 def test_a_lost_extra_run_is_requeued_first():

@@ -90,12 +90,16 @@ def test_end_to_end_with_local_workers(tmp_path):
         assert reason == "max_experiments reached (8)"
         assert store.count(*FINISHED) == 8
         finished = finished_once(store)
-        # The baseline ran first and alone: every other attempt started after it ended.
+        # The baseline ran first, its children beside it (from its source), and its result
+        # was recorded before theirs (which are judged against it).
         root_attempt = store.attempts("root")[0]
         assert finished[0].id == "root"
+        firsts = {c.id: store.attempts(c.id)[0] for c in finished[1:]}
+        assert all(a.started_at >= root_attempt.started_at for a in firsts.values())
+        assert any(a.started_at < root_attempt.ended_at for a in firsts.values())
         for c in finished[1:]:
-            assert store.attempts(c.id)[0].started_at >= root_attempt.ended_at
             assert c.parent_id is not None and c.description
+            assert c.finished_at >= finished[0].finished_at
         assert [c.id for c, _ in recorder.results] == [c.id for c in finished]
         assert recorder.results[0][1] is True  # the baseline is kept
         assert all(store.get(c.id).metrics["kept"] is kept for c, kept in recorder.results)

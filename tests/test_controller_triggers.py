@@ -69,10 +69,13 @@ def test_triggered_children_do_not_teach_the_operator_weights():
 
 def test_triggered_proposals_wait_for_the_root_and_respect_the_proposal_cap():
     core, out = start(2, lookahead=1, max_concurrent_proposals=2)
+    drawn = of(Propose, out)  # children of the root, drawn while it runs: the cap is full
+    assert [p.trigger for p in drawn] == [Trigger.DRAWN, Trigger.DRAWN]
     requests = tuple(TriggeredProposal("root", "heuristic", Trigger.OTHER) for _ in range(3))
     assert not of(Propose, core.handle(ProposalsTriggered(requests=requests, now=1.0)))
-    out = finish_root(core, out)
-    proposals = of(Propose, out)
-    assert [p.trigger for p in proposals] == [Trigger.OTHER, Trigger.OTHER]  # the cap: 2
-    out = core.handle(ProposalFailed(ticket=proposals[0].ticket, reason="x", now=11.0))
-    assert [p.trigger for p in of(Propose, out)] == [Trigger.OTHER]  # the third, then
+    (root_run,) = of(Run, out)
+    again = of(Propose, core.handle(ProposalFailed(ticket=drawn[0].ticket, reason="x", now=2.0)))
+    assert [p.trigger for p in again] == [Trigger.DRAWN]  # the root is still running
+    assert not of(Propose, finish_root(core, [root_run]))  # the cap: 2 drawn in flight
+    out = core.handle(ProposalFailed(ticket=again[0].ticket, reason="x", now=11.0))
+    assert [p.trigger for p in of(Propose, out)] == [Trigger.OTHER]  # the first, then

@@ -59,6 +59,9 @@ def test_children_climb_stages_and_only_full_budget_results_compete(tmp_path):
             assert [s["budget_fraction"] for s in c.metrics["stages"]] == [0.25, 1.0]
             (run,) = store.extra_runs(c.id, purpose="stage")
             assert run.outcome == "done" and run.budget_fraction == 1.0
+            # its held-out score came with that full-budget run: never a retraining for it
+            assert c.test_bpb == run.test_bpb is not None and "test_bpb" not in c.metrics
+            assert not store.extra_runs(c.id, purpose="test")
         for c in stopped:
             assert c.metrics["budget_fraction"] == 0.25 and c.metrics["stage"] == 0
             assert "not promoted past stage 1 of 2 (25% budget)" in c.reason

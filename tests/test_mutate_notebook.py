@@ -126,3 +126,31 @@ def test_prompt_generations_count_edits_not_island_copies(store):
     text = build_prompt(context).text()
     assert "(island 1, generation 1)" in text
     assert "- gen 0: copy" in text and "- gen 1: wider MLP" in text
+
+
+def test_path_to_the_best_of_a_deep_lineage_counts_every_edit_and_skips_copies(tmp_path):
+    with Store.open(tmp_path / "deep.db") as store:
+        store.add(done("root", None, 2.0, what="seed", t=1))
+        parent = "root"
+        for k in range(1, 31):
+            store.add(done(f"s{k}", parent, 2.0 - k / 1000, island=0 if k <= 10 else 1,
+                           what=f"step {k}", t=1 + k))
+            parent = f"s{k}"
+            if k == 10:  # the line moves to island 1 by migration: a copy, not an edit
+                store.add(done("s10@1", "s10", 2.0 - 10 / 1000, island=1, what="copy",
+                               t=11.5).replace(mutator="migration"))
+                parent = "s10@1"
+        notebook = LabNotebook(store, path_steps=8)
+        text = notebook.text()
+        path = text.split("## The steps that led to the best\n", 1)[1].split("\n\n")[0]
+        assert path.splitlines()[0] == "(22 earlier steps)"
+        assert [line.split(" -> ")[0] for line in path.splitlines()[1:]] == [
+            f"- step {k}" for k in range(23, 31)]
+        assert all(line.endswith("-> Δ -0.0010") for line in path.splitlines()[1:])
+        assert "copy" not in path
+        child = done("s31", "s30", 1.95, island=1, what="step 31", t=40)
+        store.add(child)
+        notebook.note(child)
+        again = notebook.text()
+        assert "(23 earlier steps)" in again and "- step 31 -> Δ -0.0200" in again
+        assert again == build_notebook(store, path_steps=8)

@@ -43,7 +43,10 @@ def test_success_reads_the_result_file(tmp_path):
     assert result.outcome == "done", result.reason
     directory = experiment_dir(request(tmp_path))
     written = json.loads((directory / "result.json").read_text())
-    assert result.metrics == written
+    # the harness's keys, plus the sandbox mark: the stand-in harness runs no jail
+    assert result.metrics == {**written, "sandboxed": False, "sandbox_problem":
+                              "the template has no jail (jail.py): its harness runs "
+                              "candidates unsandboxed"}
     assert 1.0 < result.metrics["val_bpb"] < 3.0
     assert result.reason == "" and result.exit_code == 0 and result.device == "cpu"
     assert result.started_at <= result.ended_at
@@ -307,7 +310,10 @@ def test_a_rewritten_harness_does_not_reach_the_next_run(tmp_path):
         "json.dump({\"status\": \"ok\", \"val_bpb\": 1.0001}, open(\"result.json\", \"w\"))\\n')\n"
         "    steps = 0\n"))
     first = run_candidate(request(tmp_path, cheat))
-    assert first.outcome == "done"
+    # checked after the run: the harness it was scored by changed under it, so no score
+    assert first.outcome == "invalid" and first.metrics == {}
+    assert first.reason == ("the harness in the experiment folder changed during the run "
+                            "(prepare.py)")
     # The same candidate's next attempt, and a rerun of the very same attempt.
     for attempt in (2, 1):
         honest = run_candidate(request(tmp_path, SEED, attempt=attempt, keep_workdir=True))

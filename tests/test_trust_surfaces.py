@@ -56,9 +56,14 @@ def test_status_report_and_export_show_noise_decisions_and_test(tmp_path):
         asyncio.run(controller.run(None, None))
         best = store.best()
         assert best is not None and best.metrics["confirm"]["accepted"] is True
+        # test.every_new_best is accepted and free: the test score came with each run
+        assert best.test_bpb is not None and not store.extra_runs(purpose="test")
 
     console = Console(record=True, width=200)
     render_status(run_dir, console, islands=1, population_size=4)
+    assert "test_bpb" not in console.export_text()  # held out unless asked for
+    console = Console(record=True, width=200)
+    render_status(run_dir, console, islands=1, population_size=4, show_test=True)
     text = console.export_text()
     assert "seed noise: σ" in text and "root under 3 seeds" in text
     assert "test_bpb" in text and "confirmed" in text
@@ -70,8 +75,9 @@ def test_status_report_and_export_show_noise_decisions_and_test(tmp_path):
     assert "σ 0.00" in display._line()
 
     run = read_run(run_dir.path)
-    assert run.trust.sigma is not None and run.trust.test_of(best.id) is not None
-    assert run.best is not None and "test_bpb" in run.best.metrics
+    assert run.trust.sigma is not None and run.trust.test_of(best) is not None
+    assert run.best is not None and run.best.test_bpb is not None
+    assert "test_bpb" not in run.best.metrics  # its own column: nothing reading metrics sees it
     html = build_report(run_dir.path).html.read_text()
     assert "seed noise σ" in html and "held-out test" in html
 

@@ -201,7 +201,7 @@ def _problem(error: Mapping[str, Any]) -> str:
             f"unknown operator kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
         )
     if kind == "union_tag_not_found":
-        return "an operator needs a kind: heuristic, llm, crossover or command"
+        return "an operator needs a kind: heuristic, llm, crossover, command or merge"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "list_type":
         return (f"{message[0].lower()}{message[1:]}, got {value!r} ({_kind(value)}); "

@@ -27,6 +27,7 @@ from evolve.mutate.kinds import (  # noqa: F401 - registers the built-in kinds; 
     HeuristicOperator,
     LLMOperator,
 )
+from evolve.mutate.merge import MergeOperator  # noqa: F401 - registers the merge kind
 from evolve.mutate.registry import kinds, on_register
 from population.selection import STRATEGIES, ParentSelector
 from population.selection import on_register as on_strategy
@@ -57,6 +58,9 @@ class PopulationConfig(_Section):
     islands: PositiveInt = 1
     migration_interval: NonNegativeInt = 10  # finished experiments between migrations; 0 = off
     stagnation_reseed_after: NonNegativeInt = 0  # finished experiments without gain; 0 = off
+    # ring: every migration_interval results each island's best goes to the next island;
+    # broadcast: a new best of the run goes to every island at once (gossip; no ring)
+    migration: Literal["ring", "broadcast"] = "ring"
 
 
 class _Selection(_Section):
@@ -145,6 +149,9 @@ class WorkersConfig(_Section):
     # isolate: no network where the OS allows (else the run log says so); require: never
     # start an experiment with network access; allow: the normal network (evolve/workers/network.py)
     network: Literal["isolate", "require", "allow"] = "isolate"
+    # warn: run where the harness's jail does not work, every such score marked unsandboxed
+    # (live, status, report, export); require: start nothing there (evolve/workers/jail_check.py)
+    sandbox: Literal["warn", "require"] = "warn"
     device_groups: bool = False  # one island group per device type instead of refusing to mix them
 
     @field_validator("count", mode="before")
@@ -173,8 +180,10 @@ class ConfirmConfig(_Section):
 
 
 class TestSplitConfig(_Section):
-    final: bool = True            # score the final best lineage on the held-out test split
-    every_new_best: bool = False  # and each new best as it is crowned
+    # Accepted for older configs, now free: every run scores the held-out test split beside val
+    # (shown only by status --test, the report and the export); nothing is trained again for it.
+    final: bool = True            # the final best lineage
+    every_new_best: bool = False  # each new best as it is crowned
 
 
 class StageConfig(_Section):

@@ -68,14 +68,14 @@ class ResultArrived:
     worker_id: str
     outcome: Outcome | str  # an Outcome; a plain string of one compares equal
     val_bpb: float | None = None
-    then_run: tuple[str, ...] = ()  # extra runs (re-runs, test scoring) to run before children
+    then_run: tuple[str, ...] = ()  # extra runs (re-runs, stages) to run before children
     islands: Mapping[str, int] = field(default_factory=dict)  # extra job -> island (below)
     now: float
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtraRunsQueued:
-    """Runs that are not experiments (seed re-runs, test-split scoring): they run before any
+    """Runs that are not experiments (seed re-runs, promotions to a longer stage): they run before any
     child, do not count against max_experiments, and still run while the run is closing.
 
     `islands` names the island of the candidate each job re-scores, so with device groups it
@@ -176,19 +176,22 @@ class GiveUp:
 
 
 @dataclass(frozen=True)
+class Cancel:
+    """Stop a run in flight (its worker is free again): the baseline failed, so nothing
+    measured against it can count. Not the candidate's fault: no crash, no lost attempt."""
+
+    candidate_id: str
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Migrate:
     finished: int
 
 
 @dataclass(frozen=True)
 class Stop:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Finalize:
-    """The run is about to stop: queue its last extra runs (ExtraRunsQueued, even empty)."""
-
     reason: str
 
 
@@ -200,7 +203,7 @@ class RefuseWorker:
     message: str
 
 
-Decision = Propose | Run | Requeue | GiveUp | Migrate | Stop | Finalize | RefuseWorker
+Decision = Propose | Run | Requeue | GiveUp | Cancel | Migrate | Stop | RefuseWorker
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -234,7 +237,6 @@ class Settings:
     adaptive_operators: bool = False        # scale the weights by UCB1 on improving the parent
     exploration: float = 1.0                # UCB1's exploration constant (adaptive only)
     seed: int = 0
-    finalize: bool = False                  # say Finalize once before stopping
     device_groups: bool = False             # one island group per device type (else refuse mixing)
     device_type: str | None = None          # the type a resumed run was scored on
 
@@ -319,8 +321,6 @@ class Scheduler:
         self._stopped = False
         self._extra: set[str] = set()           # queued or running jobs that are extra runs
         self._islands: dict[str, int] = {}      # candidate -> island it was queued on
-        self._finalizing = False                # Finalize said; waiting for the shell's answer
-        self._finalized = False
         if not self._root_done and all(cid != root_id for cid, _ in self._ready):
             self._ready.appendleft((root_id, root_island))
             self._island_load[root_island % len(self._island_load)] += 1
@@ -372,8 +372,6 @@ class Scheduler:
             case StopRequested():
                 self._close(event.reason)
             case ExtraRunsQueued():
-                if self._finalizing:
-                    self._finalizing, self._finalized = False, True
                 self._queue_extra(event.job_ids, event.islands)
             case ProposalsTriggered():
                 self._triggered.extend(event.requests)
@@ -492,10 +490,25 @@ class Scheduler:
         if event.candidate_id == self._root_id:
             self._root_done = True
             if event.outcome != DONE:
-                self._close(f"the baseline (root {self._root_id}) did not finish: {event.outcome}; "
-                            "see its log — nothing can be compared against it")
+                self._root_failed(f"the baseline (root {self._root_id}) did not finish: "
+                                  f"{event.outcome}; see its log — nothing can be compared "
+                                  "against it", out)
         if event.outcome == DONE and event.val_bpb is not None:
             self._note_best(event.val_bpb)
+
+    def _root_failed(self, reason: str, out: list[Decision]) -> None:
+        """Children of the root ran beside it; with no baseline they measure nothing: every run
+        in flight is cancelled at once (its worker freed) and the run stops with the reason."""
+        self._close(reason)
+        for candidate, (worker, island) in list(self._running.items()):
+            del self._running[candidate]
+            self._island_load[island] -= 1
+            self._extra.discard(candidate)
+            if worker in self._workers:
+                self._workers[worker] = None
+                self._free[worker] = None
+            out.append(Cancel(candidate, worker, f"cancelled: {reason}"))
+        self._ready.clear()
 
     def _note_best(self, val_bpb: float) -> None:
         if self._best is None or val_bpb < self._best:
@@ -518,7 +531,8 @@ class Scheduler:
             self._count_finished(out)
             if candidate == self._root_id:
                 self._root_done = True
-                self._close("the baseline (root) was lost on every attempt; check the workers")
+                self._root_failed("the baseline (root) was lost on every attempt; check the "
+                                  "workers", out)
             return
         self._ready.appendleft((candidate, island))
         out.append(Requeue(candidate, lost))
@@ -552,13 +566,15 @@ class Scheduler:
         """Extra runs go to the front of the queue, in the order given, each on the island of
         the candidate it re-scores: with device groups a re-run or test run must use the
         device type its candidate was scored on, or it compares unlike hardware."""
+        # the root's own first run goes before its noise seeds (queued with it at the start)
+        at = 1 if self._ready and self._ready[0][0] == self._root_id else 0
         for job in reversed(job_ids):
             island = islands.get(job)
             if island is None:
                 island = self._islands.get(job_candidate(job), 0)
             island %= len(self._island_load)
             self._extra.add(job)
-            self._ready.appendleft((job, island))
+            self._ready.insert(at, (job, island))
             self._island_load[island] += 1
 
     def _close(self, reason: str) -> None:
@@ -582,7 +598,9 @@ class Scheduler:
             self._close(budget.experiments_reason(cap))
         if self._closing is None:
             self._start_runs(out)
-            if self._no_proposals is None and self._root_done:
+            # Children of the root are proposed and run while it runs: their parent's source
+            # is known, only its score is not (what needs the score waits in the shell).
+            if self._no_proposals is None:
                 self._start_proposals(out)
         else:
             self._start_runs(out, extras_only=True)
@@ -651,7 +669,9 @@ class Scheduler:
 
     def _start_proposals(self, out: list[Decision]) -> None:
         cap = self.settings.max_concurrent_proposals
-        while self._triggered and len(self._proposing) < cap and self._token_room():
+        # a triggered proposal names its parent, which a result decided: after the root's
+        while (self._root_done and self._triggered and len(self._proposing) < cap
+               and self._token_room()):
             request = self._triggered.popleft()  # caused by an event: ahead of drawn ones
             island = request.island
             if island is None:
@@ -668,7 +688,9 @@ class Scheduler:
             ticket = self._next_ticket
             rng = proposal_rng(self.settings.seed, ticket)  # same choices whatever the arrival order
             operator = self._pick_operator(rng)
-            parent = self._parents.choose_parent(island, rng)
+            # until the root's result is in, the root is the only parent there is
+            parent = (self._parents.choose_parent(island, rng) if self._root_done
+                      else self._root_id)
             self._open_ticket(island)
             out.append(Propose(ticket, parent, island, operator, self._seed_of(ticket)))
 
@@ -696,7 +718,7 @@ class Scheduler:
         return rng.choices(names, weights)[0]
 
     def _maybe_stop(self, out: list[Decision]) -> None:
-        if self._running or self._finalizing:
+        if self._running:
             return
         if self._workers and any(job in self._extra for job, _ in self._ready):
             return  # extra runs still to do (they run while closing)
@@ -705,10 +727,6 @@ class Scheduler:
         elif self._no_proposals is not None and not self._proposing and not self._ready:
             reason = self._no_proposals
         else:
-            return
-        if self.settings.finalize and not self._finalized:
-            self._finalizing = True  # until the shell answers with ExtraRunsQueued
-            out.append(Finalize(reason))
             return
         self._stopped = True
         out.append(Stop(reason))

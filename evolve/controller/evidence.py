@@ -1,22 +1,22 @@
-"""Evidence before credit: the noise floor, confirmation re-runs and held-out test scoring.
+"""Evidence before credit: the noise floor and confirmation re-runs.
 
 The shell asks `hold()` about every finished first run. A result that needs more evidence (the
 root, to measure σ; a child that would be the new best or enters the population by less than
 m·σ) is held back — not recorded, so it can neither be selected nor crowned — while its extra
 runs go first on the workers. When the last of them is in, `on_extra_done()` hands back the
 final record: the decision, its evidence and the val_bpb the candidate is ranked by. Every
-extra run is a row of the store's extra_runs table.
+extra run is a row of the store's extra_runs table. (The held-out test split needs no run of
+its own: every run scores it, and only `status --test`, the report and the export show it.)
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from evolve.config.schema import ConfirmConfig, NoiseConfig, TestSplitConfig
+from evolve.config.schema import ConfirmConfig, NoiseConfig
 from population.candidate import Candidate, Status
 from population.extra_runs import job_id
 from population.noise import (
@@ -34,6 +34,7 @@ from population.survival import is_ranked
 
 NOISE_META = "noise_floor"  # JSON: {"sigma", "mean", "seeds", "runs"}
 WAITING_FOR_NOISE = "waiting for the noise floor"
+WAITING_FOR_ROOT = "waiting for the baseline"  # a child of the root finished before the root
 RESUME_LOST = "the controller stopped before this extra run finished; its decision is redone"
 
 
@@ -59,7 +60,7 @@ class Evidence:
     """Holds results, plans extra runs and decides, over one writable store."""
 
     def __init__(self, store: Store, *, seed: int, noise: NoiseConfig, confirm: ConfirmConfig,
-                 test: TestSplitConfig, size: int, root_id: str = "root",
+                 size: int, root_id: str = "root",
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
         # island -> the islands scored on its device type (workers.device_groups), or None
@@ -75,10 +76,9 @@ class Evidence:
         self.fresh_seeds = paired_seeds(self.run_seed, self.confirm_seeds + 1)[1:]
         self.margin_sigma = float(confirm.margin_sigma)
         self.z = float(confirm.z)
-        self.test_final = bool(test.final)
-        self.test_every_new_best = bool(test.every_new_best)
         self.held: dict[str, Held] = {}
         self._sigma: float | None = None
+        self._root_final = False
         self._by_job: dict[int, set[str]] = {}   # extra run id -> held candidates it feeds
         if not store.readonly:
             # a controller that stopped left these; the held results they fed run again
@@ -97,6 +97,15 @@ class Evidence:
 
     def pending(self) -> int:
         return len(self.held)
+
+    def root_recorded(self) -> bool:
+        """Whether the baseline's result stands: survival and confirmation compare with it."""
+        if not self._root_final:
+            try:
+                self._root_final = self.store.get(self.root_id).status.is_final
+            except KeyError:
+                return False
+        return self._root_final
 
     def runs_by_seed(self, candidate: Candidate) -> dict[int, float]:
         """Full-budget val_bpb of a candidate per seed: its first run and its extra runs. An
@@ -128,6 +137,10 @@ class Evidence:
             held.trigger = "noise"
             seeds = paired_seeds(self.run_seed, self.noise_seeds)[1:]
             return self._plan(held, [(candidate_id, s, "noise") for s in seeds], now)
+        if not self.root_recorded():  # children run beside the root; their verdicts wait
+            held.trigger = WAITING_FOR_ROOT
+            self.held[candidate_id] = held
+            return []
         if self.confirm_seeds <= 0:
             return None
         if self.noise_seeds > 1 and self.sigma() is None:
@@ -166,14 +179,30 @@ class Evidence:
         bests = [b for i in group if (b := self.store.best(i)) is not None and b.val_bpb is not None]
         return min(bests, key=lambda b: (b.val_bpb, b.finished_at or 0.0)) if bests else None
 
+    def early_noise(self, now: float) -> list[str]:
+        """The root's noise seeds, queued with the root itself so they run beside it."""
+        if self.noise_seeds <= 1 or self.root_recorded():
+            return []
+        jobs = []
+        for seed in paired_seeds(self.run_seed, self.noise_seeds)[1:]:
+            if not any(r.seed == seed and r.outcome in (Outcome.QUEUED, Outcome.RUNNING)
+                       for r in self.store.extra_runs(self.root_id, purpose=Purpose.NOISE)):
+                jobs.append(self.store.add_extra_run(self.root_id, purpose=Purpose.NOISE,
+                                                     seed=seed, now=now).job_id)
+        return jobs
+
     def _plan(self, held: Held, wanted: list[tuple[str, int, str]], now: float) -> list[str]:
-        """Queue the wanted runs, reusing any already queued or running for another decision."""
+        """Queue the wanted runs, reusing any already queued or running for another decision
+        (and the root's noise runs that ran beside it and are already in)."""
         self.held[held.candidate_id] = held
         jobs: list[str] = []
         for cid, seed, purpose in wanted:
-            open_runs = [r for r in self.store.extra_runs(cid)
-                         if r.seed == seed and r.outcome in (Outcome.QUEUED, Outcome.RUNNING)
-                         and r.purpose in (Purpose.NOISE, Purpose.CONFIRM)]
+            runs = [r for r in self.store.extra_runs(cid)
+                    if r.seed == seed and r.purpose in (Purpose.NOISE, Purpose.CONFIRM)]
+            if purpose == Purpose.NOISE and any(
+                    r.outcome not in (Outcome.QUEUED, Outcome.RUNNING, Outcome.LOST) for r in runs):
+                continue  # the root's noise run that ran beside it is already in
+            open_runs = [r for r in runs if r.outcome in (Outcome.QUEUED, Outcome.RUNNING)]
             if open_runs:
                 run = open_runs[0]
             else:
@@ -203,14 +232,24 @@ class Evidence:
                 records.append(self._confirmed(held))
         return records, jobs
 
+    def complete(self) -> list[Record]:
+        """Held results whose extra runs were all in before they were held (the root's noise
+        runs ran beside it): their records, now."""
+        done = [h for h in self.held.values() if h.trigger == "noise" and not h.jobs]
+        return [self._noise_done(h) for h in done]
+
     def after_recorded(self, now: float) -> tuple[list[Record], list[str]]:
-        """Once the root is recorded with its noise floor: screen the results that waited for
-        it, against the population as it now stands."""
+        """Once the root is recorded (with its noise floor, if measured): decide the results
+        that waited for it, against the population as it now stands."""
         records: list[Record] = []
         jobs: list[str] = []
-        if self.sigma() is None:
+        if not self.root_recorded():
             return records, jobs
-        for waiting in [h for h in self.held.values() if h.trigger == WAITING_FOR_NOISE]:
+        waiting_triggers = (WAITING_FOR_NOISE, WAITING_FOR_ROOT)
+        for waiting in [h for h in self.held.values() if h.trigger in waiting_triggers]:
+            if self.confirm_seeds <= 0 or (self.noise_seeds > 1 and self.sigma() is None):
+                records.append(self._release(waiting))
+                continue
             more = self._screen(waiting, now)
             if more is None:
                 records.append(self._release(waiting))
@@ -277,40 +316,5 @@ class Evidence:
         held.metrics = metrics
         return self._release(held)
 
-    # --------------------------------------------------------------- test
 
-    def test_jobs_for(self, candidate: Candidate, now: float) -> list[str]:
-        """A held-out test run of a candidate, unless it has one (or one is on its way)."""
-        if candidate.status is not Status.DONE:
-            return []
-        if any(r.outcome in (Outcome.QUEUED, Outcome.RUNNING, Outcome.DONE)
-               for r in self.store.extra_runs(candidate.id, purpose=Purpose.TEST)):
-            return []
-        run = self.store.add_extra_run(candidate.id, purpose=Purpose.TEST, seed=int(candidate.seed),
-                                       splits=("val", "test"), now=now)
-        return [run.job_id]
-
-    def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
-        return self.test_jobs_for(candidate, now) if self.test_every_new_best else []
-
-    def final_jobs(self, now: float) -> list[str]:
-        """Test-split runs for the final best lineage (root first)."""
-        best = self.store.best()
-        if not self.test_final or best is None:
-            return []
-        jobs: list[str] = []
-        for candidate in self.store.lineage(best.id):
-            jobs += self.test_jobs_for(candidate, now)
-        return jobs
-
-
-def held_out_scores(store: Store, candidate_id: str) -> Mapping[str, float] | None:
-    """The latest finished held-out test run of a candidate: {val_bpb, test_bpb}."""
-    done = [r for r in store.extra_runs(candidate_id, purpose=Purpose.TEST)
-            if r.outcome == Outcome.DONE and r.test_bpb is not None]
-    if not done:
-        return None
-    return {"val_bpb": done[-1].val_bpb or math.nan, "test_bpb": done[-1].test_bpb or math.nan}
-
-
-__all__ = ["Evidence", "Held", "Record", "job_id", "held_out_scores"]
+__all__ = ["Evidence", "Held", "Record", "job_id"]

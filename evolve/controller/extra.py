@@ -1,41 +1,41 @@
-"""Extra runs: the jobs beside the experiments (noise floor, confirmation, test split, stages).
+"""Extra runs: the jobs beside the experiments (noise floor, confirmation, stages).
 
 The shell hands every finished first run to `intercept()`; one that needs more evidence or a
 longer stage is held back while its extra runs go first on the workers. When an extra run ends
 (or is given up), `after()` turns it into evidence and records the candidates it completes
-through the shell's `record` callback, which may in turn ask for more runs (a new best's test
-split). Each extra job is a row of the store's extra_runs table, named by `job_id`.
+through the shell's `record` callback. Each extra job is a row of the store's extra_runs table,
+named by `job_id`. The held-out test split needs none: every run scores it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from evolve.config.schema import ConfirmConfig, FidelityConfig, NoiseConfig, TestSplitConfig
+from evolve.config.schema import ConfirmConfig, FidelityConfig, NoiseConfig
 from evolve.controller.evidence import Evidence
 from evolve.controller.stages import StageResult, Stages
 from evolve.controller.wiring import RunFacts
 from evolve.workers.runner import RunResult
-from population.candidate import Candidate, Status
+from population.candidate import Status
 from population.extra_runs import ExtraRun, parse_job_id
 from population.outcomes import Outcome
 from population.result import Result
 from population.store import Store
 from population.survival import is_score
 
-# Records a final result; returns the extra runs that calls for (the shell's `_record`).
-RecordResult = Callable[[Result, float], list[str]]
+# Records a final result (the shell's `_record`).
+RecordResult = Callable[[Result, float], None]
 
 
 class ExtraRuns:
     """Queues, starts and closes extra runs and turns their results into recorded decisions."""
 
     def __init__(self, store: Store, facts: RunFacts, *, noise: NoiseConfig,
-                 confirm: ConfirmConfig, test: TestSplitConfig, fidelity: FidelityConfig,
+                 confirm: ConfirmConfig, fidelity: FidelityConfig,
                  record: RecordResult,
                  peers: Callable[[int], list[int] | None] | None = None) -> None:
         self.store = store
-        self.evidence = Evidence(store, seed=facts.seed, noise=noise, confirm=confirm, test=test,
+        self.evidence = Evidence(store, seed=facts.seed, noise=noise, confirm=confirm,
                                  size=facts.size, root_id=facts.root_id, peers=peers)
         self.stages = Stages(store, fidelity, root_id=facts.root_id)
         self._record = record
@@ -66,15 +66,20 @@ class ExtraRuns:
         staged = self.stages.after_first_run(result, seed, now)
         if staged is not None:  # multi-fidelity: a short first stage
             return self._staged(result.candidate_id, staged, result.reason, result.log_tail, now)
-        return self.evidence.hold(result, now)
+        held = self.evidence.hold(result, now)
+        if held is not None and not held:  # evidence already in (noise runs beside the root)
+            return self._record_all(self.evidence.complete(), [], now)
+        return held
 
-    def on_new_best(self, candidate: Candidate, now: float) -> list[str]:
-        """The test-split runs of a candidate just recorded as the best."""
-        return self.evidence.on_new_best(candidate, now)
+    def early_jobs(self, now: float) -> list[str]:
+        """Extra runs that start with the root: its noise seeds."""
+        return self.evidence.early_noise(now)
 
-    def final_jobs(self, now: float) -> list[str]:
-        """The last extra runs: the final best lineage on the test split."""
-        return self.evidence.final_jobs(now)
+    def release(self, now: float) -> list[str]:
+        """The root is recorded: results that waited for it are decided now; returns the extra
+        runs that calls for."""
+        records, jobs = self.evidence.after_recorded(now)
+        return self._record_all(records, jobs, now)
 
     # ------------------------------------------------------------ extra runs
 
@@ -120,9 +125,14 @@ class ExtraRuns:
             staged = self.stages.after_extra(key, row.outcome, dict(row.metrics), row.seed, now)
             return self._staged(row.candidate_id, staged, row.reason, "", now)
         records, jobs = self.evidence.on_extra_done(key, now)
+        return self._record_all(records, jobs, now)
+
+    def _record_all(self, records: list, jobs: list[str], now: float) -> list[str]:
+        """Record each, then what waited on them; returns every extra run they call for."""
+        jobs = list(jobs)
         while records:
             for record in records:
-                jobs += self._record(record, now)
+                self._record(record, now)
             records, more = self.evidence.after_recorded(now)
             jobs += more
         return jobs
@@ -139,4 +149,5 @@ class ExtraRuns:
             if held is not None:
                 return held
         why = "; ".join(r for r in (staged.reason, reason) if r)
-        return self._record(Result(candidate_id, staged.status, staged.metrics, why, log_tail), now)
+        self._record(Result(candidate_id, staged.status, staged.metrics, why, log_tail), now)
+        return []

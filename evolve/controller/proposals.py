@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from evolve.controller.core import Propose
 from evolve.controller.store_index import StoreIndex
+from evolve.controller.triggers import Trigger
 from evolve.controller.wiring import RunFacts
 from evolve.guard.preflight import (
     check_child,
@@ -23,10 +24,12 @@ from evolve.guard.preflight import (
 )
 from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Mutator, Proposal, unified_diff
 from evolve.mutate.findings import brief_facts, in_flight, pick_inspirations, recent_results
+from evolve.mutate.merge import MergeMutator
 from evolve.mutate.notebook import LabNotebook
 from evolve.mutate.novelty import NoveltyIndex
 from population.candidate import Candidate, Status
 from population.store import Store
+from population.wins import Win
 
 NOTEBOOK_REFRESH_S = 5.0
 
@@ -74,6 +77,15 @@ class Proposals:
         self.store.set_meta("next_ticket", str(decision.ticket + 1))
         parent = self.store.get(decision.parent_id)
         mutator = self.mutators.get(decision.operator)
+        wins: tuple[Win, ...] = ()
+        carried: tuple[str, ...] = ()
+        if isinstance(mutator, MergeMutator):  # a merge carries a win onto the best
+            if decision.trigger is Trigger.CARRY and decision.note:  # this win, this target
+                wins = self._win(decision.note)
+            else:
+                parent = self._merge_target(mutator, decision.island) or parent
+                wins = tuple(self.store.wins())
+            carried = tuple(self.store.donors_into(parent.id))
         notebook = self._notebook()
         context = MutationContext(
             parent=parent, lineage=self.memory.lineage(parent),
@@ -83,6 +95,7 @@ class Proposals:
             notebook=notebook, program_md=self.program_md,
             mutable_files=self.facts.mutable_files, seed=decision.seed,
             trigger=decision.trigger.value, note=decision.note,
+            wins=wins, carried=carried,
             recent=self._recent_text, in_flight=in_flight(self.store),
             parent_log=parent.log_tail,
             facts=brief_facts(self.store, self.facts.template, self.facts.profile, parent),
@@ -111,7 +124,21 @@ class Proposals:
             usage=dict(proposal.usage), cost_usd=proposal.cost_usd,
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
             seed=self.facts.seed, created_at=now, finished_at=now if reason else None,
+            donor_id=proposal.donor_id or None,
         )
+
+    def _merge_target(self, mutator: MergeMutator, island: int) -> Candidate | None:
+        """The line a merge carries a win onto: the island's best, or the run's."""
+        return self.store.best() if mutator.target == "global" else self.store.best(island)
+
+    def _win(self, donor_id: str) -> tuple[Win, ...]:
+        """The one win a triggered merge carries (none if the donor did not beat its parent)."""
+        donor = self.store.get(donor_id)
+        base = self.store.get(donor.parent_id) if donor.parent_id else None
+        if base is None or donor.val_bpb is None or base.val_bpb is None \
+                or not donor.val_bpb < base.val_bpb:
+            return ()
+        return (Win(donor=donor, base=base),)
 
     async def _mutate(self, decision: Propose, parent: Candidate, mutator: Mutator | None,
                       context: MutationContext) -> None:

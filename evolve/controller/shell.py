@@ -18,10 +18,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from evolve.controller.carry import CarryTrigger
 from evolve.controller.core import (
+    Cancel,
     Event,
     ExtraRunsQueued,
-    Finalize,
     GiveUp,
     Migrate,
     ProposalFailed,
@@ -147,10 +148,11 @@ class Controller:
         self.clock = clock
         self.facts = run_facts(config, ROOT_ID)  # run-wide facts, built once
         self.population = store_population(store, config, ROOT_ID)
+        self.carry = CarryTrigger(store, config)  # the asynchronous-greedy merge trigger
         self.size = self.facts.size
         self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
         self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
-                               test=config.test, fidelity=config.fidelity, record=self._record,
+                               fidelity=config.fidelity, record=self._record,
                                peers=self._peers)
         template = Path(config.template_dir)
         self.template = template
@@ -166,10 +168,17 @@ class Controller:
         self._repair_operator = repair_operator(config)  # None: crashes are not repaired
         self._crashes = 0
         self._rejected = 0
+        self._cancelled = False                # runs were cancelled: the executor must kill them
         self._notices: list[str] = []          # what the operator must hear about, once each
         self._unisolated: set[str] = set()     # nodes already warned about
+        self._unsandboxed: set[str] = set()    # nodes already warned about (workers.sandbox)
 
     # ------------------------------------------------------------------- run
+
+    def idle(self) -> bool:
+        """Nothing left to react to: no proposal in flight, no event waiting. A deterministic
+        executor (benchmarks/virtual_executor.py) hands over its next result only then."""
+        return not self.proposals.tasks and self._queue.empty()
 
     async def run(self, stop: asyncio.Event | None = None,
                   abandon: asyncio.Event | None = None) -> str:
@@ -178,7 +187,7 @@ class Controller:
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
                           max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = dataclasses.replace(settings_from_config(self.config), finalize=True,
+        settings = dataclasses.replace(settings_from_config(self.config),
                                        device_type=self.store.get_meta("device_type"))
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
@@ -192,6 +201,11 @@ class Controller:
         if abandon is not None:
             watchers.append(asyncio.create_task(self._on_set(abandon, Signal.ABANDON)))
         reason, stopped = "stopped", False
+        early = self.extra.early_jobs(self.clock())  # the root's noise seeds run beside it
+        if early:
+            self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(early),
+                                                   islands=self._islands_of(early),
+                                                   now=self.clock()))
         try:
             await self.executor.start(self._queue.put_nowait)
             reason = await self._loop()
@@ -202,7 +216,7 @@ class Controller:
             for task in watchers + list(self.proposals.tasks):
                 with contextlib.suppress(BaseException):
                     await task
-            in_flight = bool(self._running)
+            in_flight = bool(self._running) or self._cancelled
             if stopped:  # not after an error: that stays as it was for resume to sort out
                 self._leave_for_resume(reason.startswith(ABANDONED_STOP), self.clock())
             await self.executor.close(abandon=in_flight)
@@ -319,6 +333,20 @@ class Controller:
                                          f"({joined.isolation_problem}); its experiments can "
                                          "reach the network")
 
+    def _warn_sandbox(self, worker_id: str, result: RunResult) -> None:
+        """Once per node: its runs are not sandboxed, so their scores are marked so."""
+        if result.metrics.get("sandboxed") is not False:
+            return
+        joined = self._workers.get(worker_id)
+        node = joined.node if joined is not None else worker_id
+        if node in self._unsandboxed:
+            return
+        self._unsandboxed.add(node)
+        where = node[:12] + (f" ({joined.ip})" if joined is not None and joined.ip else "")
+        problem = str(result.metrics.get("sandbox_problem", ""))
+        self._notice("sandbox_warnings", f"sandbox: NOT working on node {where} ({problem}); "
+                                         "its scores are marked unsandboxed")
+
     def _notice(self, meta_key: str, message: str) -> None:
         """Keep a message for the live output and for `evolve status` (store meta, one a line)."""
         if message in self._notices:
@@ -333,6 +361,7 @@ class Controller:
         if run is None or run.candidate_id != result.candidate_id:
             return None  # a run already counted lost
         del self._running[worker_id]
+        self._warn_sandbox(worker_id, result)
         if self.extra.owns(result.candidate_id):
             return self._extra_finished(worker_id, run, result, now)
         outcome = result.outcome
@@ -355,17 +384,16 @@ class Controller:
             return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id,
                                  outcome=outcome, val_bpb=None, then_run=tuple(held),
                                  islands=self._islands_of(held), now=now)
-        then_run = self._record(final, now)
+        self._record(final, now)
         return ResultArrived(candidate_id=result.candidate_id, worker_id=worker_id, outcome=outcome,
-                             val_bpb=float(bpb) if status is Status.DONE else None,
-                             then_run=tuple(then_run), islands=self._islands_of(then_run),
-                             now=now)
+                             val_bpb=float(bpb) if status is Status.DONE else None, now=now)
 
-    def _record(self, result: Result, now: float) -> list[str]:
-        """Record a final result; returns the extra runs it calls for (test of a new best)."""
+    def _record(self, result: Result, now: float) -> None:
+        """Record a final result (the held-out test score came with it: no run is queued)."""
         status = result.status
         # Judged against the survivors when the result arrives; stored with the metrics so
         # results.tsv can be rebuilt from the store after a kill.
+        stale = self.carry.before(result.candidate_id)  # the island's best before this result
         candidate, said = self.population.record(result, now)
         kept = said == "keep"
         self._note(candidate)
@@ -383,14 +411,21 @@ class Controller:
             self._copies(self.population.seed(candidate, now))
         if status is Status.DONE:
             self._copies(self.population.reseed(self._groups(), now))
-            if self._best is candidate:  # a new best
-                return self.extra.on_new_best(candidate, now)
-        return []
+            if (carry := self.carry.after(candidate, stale)) is not None:
+                self.trigger(carry)  # a win on a stale line: merge it onto the best now
+            if self._best is candidate:  # a new best: gossip sends it to every island
+                self._copies(self.population.spread(candidate, self._groups(), now))
+        if candidate.id == ROOT_ID and status is Status.DONE:
+            # its children's results that waited for it are decided now; their
+            # confirmation runs, if any, go to the queue like any extra runs
+            jobs = self.extra.release(now)
+            if jobs:
+                self._queue.put_nowait(ExtraRunsQueued(
+                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
-        """A re-run or test run ended: stored as its own row; a decision it completes is
-        recorded now."""
+        """A re-run ended: stored as its own row; a decision it completes is recorded now."""
         outcome = self.extra.close(run.attempt_id, result, now)
         seconds = max(0.0, result.ended_at - result.started_at) or (now - run.started)
         self._add_worker_seconds(seconds, wasted=False)
@@ -426,6 +461,8 @@ class Controller:
                 self._run(decision)
             case Requeue():
                 pass  # the lost attempt is already closed in the store; the core re-runs it
+            case Cancel():
+                self._cancel(decision)
             case RefuseWorker():  # another device type: kept for `evolve status` and the log
                 self._notice("refused_workers", decision.message)
             case GiveUp() if self.extra.owns(decision.candidate_id):
@@ -443,11 +480,6 @@ class Controller:
                 self.recorder.on_result(candidate, False)
             case Migrate():
                 self._copies(self.population.migrate(self._groups(), self.clock()))
-            case Finalize():  # the last extra runs: the final best lineage on the test split
-                now = self.clock()
-                jobs = self.extra.final_jobs(now)
-                self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
 
     def _run(self, decision: Run) -> None:
         now = self.clock()
@@ -472,7 +504,8 @@ class Controller:
             profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
             work_root=self.work_root, cache_dir=self.cache_dir,
             torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
-            network=cfg.workers.network, data_hash=self.data_hash, template_hash=self.template_hash,
+            network=cfg.workers.network, sandbox=cfg.workers.sandbox, data_hash=self.data_hash,
+            template_hash=self.template_hash,
         )
         if extra is not None:  # a re-run or test run: its own job name, seed and splits
             request = dataclasses.replace(
@@ -482,6 +515,21 @@ class Controller:
             request = dataclasses.replace(
                 request, budget_fraction=self.extra.first_fraction(candidate.id))
         self.executor.submit(decision.worker_id, request)
+
+    def _cancel(self, decision: Cancel) -> None:
+        """The baseline failed: a run beside it ends `abandoned` (not the candidate's fault, and
+        resume would run it again); the executor kills it when the run closes, right after."""
+        run = self._running.pop(decision.worker_id, None)
+        if run is None:
+            return
+        self._cancelled = True
+        now = self.clock()
+        if self.extra.owns(run.candidate_id):
+            self.extra.lost(run.attempt_id, decision.reason, now)
+        else:
+            self.store.finish_attempt(run.attempt_id, outcome=Outcome.ABANDONED,
+                                      reason=decision.reason, now=now)
+            self._add_worker_seconds(now - run.started, wasted=False)
 
     def _islands_of(self, jobs: list[str] | tuple[str, ...]) -> dict[str, int]:
         """Extra job -> the island of the candidate it re-scores: it runs on that island's
@@ -541,6 +589,7 @@ class Controller:
         the store per event; a finished child (one read: its parent) teaches the core's
         operator statistics before the event that frees its worker is handled."""
         self.memory.note(c)
+        self.proposals.notebook.note(c)  # its lineage steps, kept as they finish
         if self._core is not None and (verdict := judge(self.store, c)) is not None:
             self._core.learn(*verdict, candidate_id=c.id)
         if c.status in (Status.CRASHED, Status.TIMED_OUT):

@@ -101,8 +101,9 @@ class Stages:
                                f"not promoted past stage {climb.stage + 1} of {len(self.ladder)} "
                                f"({stage.budget_fraction:.0%} budget): val_bpb {score:.6f} ranks "
                                f"{rank} of {len(seen)} there (top {stage.promote_top:.0%} go on)")
+        # the last stage's run is the candidate's score: its test score comes with it
         run = self.store.add_extra_run(
-            climb.candidate_id, purpose=Purpose.STAGE, seed=seed,
+            climb.candidate_id, purpose=Purpose.STAGE, seed=seed, splits=("val", "test"),
             budget_fraction=self.ladder[following].budget_fraction, now=now)
         self._climbs[run.id] = _Climb(climb.candidate_id, following, climb.history,
                                       climb.log_tail)

@@ -86,4 +86,5 @@ def store_population(store: Store, config: Any, root_id: str = "root") -> StoreP
     population = config.population
     return StorePopulation(store, config.selection.build(), size=population.size,
                            islands=population.islands, root_id=root_id,
-                           stagnation_reseed_after=population.stagnation_reseed_after)
+                           stagnation_reseed_after=population.stagnation_reseed_after,
+                           broadcast=population.migration == "broadcast")

@@ -159,6 +159,30 @@ def _unchanged(state: DataState) -> bool:
     return not state.directory or _stats(Path(state.directory)) == state.stats
 
 
+def _changed_files(state: DataState) -> list[str]:
+    """Files of a verified cache written, replaced, added or removed since verification."""
+    if not state.directory:
+        return []
+    now = {row[0]: row for row in _stats(Path(state.directory))}
+    then = {row[0]: row for row in state.stats}
+    return sorted(name for name in now.keys() | then.keys() if now.get(name) != then.get(name))
+
+
+def data_changes(start: DataState, template_dir: str | Path, profile: str, data: str,
+                 cache_dir: str | None = None) -> list[str]:
+    """After a run: the files of the cache that changed since `start` (the state verified
+    before it), by anyone while it ran. A changed cache is rebuilt at once (unless a run beside
+    it did so already), so the next run is scored on the controller's data again; a rebuild
+    that fails leaves the next run's check to refuse it."""
+    changed = _changed_files(start)
+    if changed:
+        try:
+            ensure_data(template_dir, profile, data, cache_dir, expected=start.fingerprint)
+        except DataMismatch:
+            pass
+    return changed
+
+
 def _discard(state: DataState, data: str) -> None:
     """Delete a cache that may have been written to; climbmix keeps its downloaded shards
     (the content hash still covers them) and drops everything derived from them."""

@@ -11,51 +11,16 @@ not make adversarial code safe; the harness owning the score does most of that w
 
 from __future__ import annotations
 
-import ast
-import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from evolve.guard.harness_rules import check_file
+from evolve.guard.parsed import Parsed, parse
 from population.candidate import source_hash
 
 HARNESS_MODULES: tuple[str, ...] = ("prepare",)
-RESEEDING_CALLS = frozenset(
-    {
-        "torch.manual_seed",
-        "torch.seed",
-        "torch.random.manual_seed",
-        "torch.random.seed",
-        "torch.cuda.manual_seed",
-        "torch.cuda.manual_seed_all",
-        "torch.cuda.seed",
-        "torch.cuda.seed_all",
-        "random.seed",
-        "numpy.random.seed",
-    }
-)
-# Attributes that walk from a function to its caller's frames and globals (the harness).
-FRAME_ATTRIBUTES = frozenset(
-    {"f_back", "f_globals", "f_locals", "_getframe", "__globals__", "gi_frame", "tb_frame"}
-)
-INTROSPECTION_CALLS = frozenset(
-    {
-        "sys._getframe",
-        "inspect.currentframe",
-        "inspect.stack",
-        "inspect.getouterframes",
-        "gc.get_objects",
-        "gc.get_referrers",
-        "gc.get_referents",
-    }
-)
-DATA_CACHE_MARKERS = ("EVOLVE_CACHE_DIR", ".cache/evolve", "token_bytes.npy")
-DATA_FILE = re.compile(r"(^|[/\\])(train|val|test)\.(bin|idx)$")
-SUMMARY_LINE = re.compile(r"^\s*(val_bpb|test_bpb)\s*:", re.MULTILINE)
-# What a training script may legitimately set on a module: torch's switches and compiler
-# configs. Anything else (torch.nn.functional.cross_entropy, math.log...) the harness uses too.
-PATCHABLE = re.compile(r"^(torch|triton)\.(.*\.)?(backends|config)\.|^torch\._(inductor|dynamo)\.")
 
 HashSeen = Callable[[str], bool] | Collection[str]
 
@@ -111,22 +76,23 @@ def check_child(
     has_hash: HashSeen | None = None,
     harness_modules: Collection[str] = HARNESS_MODULES,
 ) -> PreflightReport:
-    """All checks on a child, each file parsed once. A mutator may call it before it hands
+    """All checks on a child, each file parsed once (only the statements that differ from the
+    parent's, `evolve.guard.parsed`). A mutator may call it before it hands
     a child back (so a rejection can go back to the model as feedback); the shell calls it
     on every proposal. `has_hash` None skips the duplicate check (the store answers that)."""
     verdicts: list[Verdict] = []
     problem = check_only_mutable(child_files, mutable_files)
     if problem:
         verdicts.append(_verdict(Check.ONLY_MUTABLE, problem))
-    trees: dict[str, ast.Module] = {}
-    for name in sorted(child_files):
+    parsed: dict[str, Parsed] = {}
+    for name in sorted(child_files):  # what changed from the parent is parsed, once
         try:
-            trees[name] = ast.parse(child_files[name], filename=name)
+            parsed[name] = parse(child_files[name], name, parent=parent_files.get(name))
         except (SyntaxError, ValueError):
             verdicts.append(_verdict(Check.PARSES, check_parses({name: child_files[name]}) or ""))
-    modules = set(harness_modules) | set(HARNESS_MODULES)
-    for name, tree in trees.items():
-        problem = _harness_problem(name, tree, modules)
+    modules = frozenset(harness_modules) | frozenset(HARNESS_MODULES)
+    for name, found in parsed.items():
+        problem = check_file(name, child_files[name], found, modules)
         if problem:
             verdicts.append(_verdict(Check.HARNESS, problem))
     problem = check_differs(parent_files, child_files)
@@ -184,10 +150,12 @@ def check_only_mutable(child_files: Mapping[str, str], mutable_files: Sequence[s
     return None
 
 
-def check_parses(files: Mapping[str, str]) -> str | None:
+def check_parses(files: Mapping[str, str], *,
+                 parents: Mapping[str, str] | None = None) -> str | None:
+    """Every file parses. With the parent's files, only what changed is parsed again."""
     for name in sorted(files):
         try:
-            ast.parse(files[name], filename=name)
+            parse(files[name], name, parent=(parents or {}).get(name))
         except SyntaxError as exc:
             return f"{name}:{exc.lineno}: syntax error: {exc.msg}"
         except ValueError as exc:  # e.g. null bytes
@@ -219,193 +187,20 @@ def check_not_duplicate(child_files: Mapping[str, str], has_hash: HashSeen) -> s
 
 
 def check_harness(
-    files: Mapping[str, str], *, harness_modules: Collection[str] = HARNESS_MODULES
+    files: Mapping[str, str], *, harness_modules: Collection[str] = HARNESS_MODULES,
+    parents: Mapping[str, str] | None = None,
 ) -> str | None:
-    """The static harness check on every mutable file; train.py must also define train(ctx)."""
-    modules = set(harness_modules) | set(HARNESS_MODULES)
+    """The static harness check on every mutable file; train.py must also define train(ctx).
+    A statement that is, word for word, one already found clean under the same imports,
+    `train` parameter and harness names is not walked again (a child differs from its parent
+    in a few)."""
+    modules = frozenset(harness_modules) | frozenset(HARNESS_MODULES)
     for name in sorted(files):
         try:
-            tree = ast.parse(files[name], filename=name)
+            parsed = parse(files[name], name, parent=(parents or {}).get(name))
         except (SyntaxError, ValueError):
             return check_parses({name: files[name]})
-        problem = _harness_problem(name, tree, modules)
+        problem = check_file(name, files[name], parsed, modules)
         if problem:
             return problem
     return None
-
-
-def _harness_problem(name: str, tree: ast.Module, modules: set[str]) -> str | None:
-    """The first harness problem of one parsed file, as `name:line: what`."""
-    if name == "train.py":
-        problem = _defines_train(tree)
-        if problem:
-            return f"{name}:{problem}"
-    for lineno, problem in _harness_violations(tree, modules):
-        return f"{name}:{lineno}: {problem}"
-    return None
-
-
-def _defines_train(tree: ast.Module) -> str | None:
-    for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef) and stmt.name == "train":
-            if not (stmt.args.posonlyargs or stmt.args.args or stmt.args.vararg):
-                return f"{stmt.lineno}: train() takes no argument; it must be train(ctx)"
-            return None
-        if isinstance(stmt, ast.AsyncFunctionDef) and stmt.name == "train":
-            return f"{stmt.lineno}: train is async; the harness calls a plain train(ctx)"
-    return "1: defines no top-level function train(ctx), which the harness calls"
-
-
-def _harness_violations(tree: ast.Module, harness: set[str]) -> Iterator[tuple[int, str]]:
-    aliases = _import_aliases(tree)
-    ctx_names = {"ctx"} | _train_param(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] in harness:
-                    yield (
-                        node.lineno,
-                        f"imports the harness module {alias.name!r}; the harness is off limits",
-                    )
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            names = {a.name for a in node.names}
-            if module.split(".")[0] in harness or (node.level and names & harness):
-                yield (
-                    node.lineno,
-                    f"imports from the harness module {module or names}; the harness is off limits",
-                )
-            if module == "sys" and "modules" in names:
-                yield node.lineno, "imports sys.modules, which reaches into the harness"
-        elif isinstance(node, ast.Attribute):
-            dotted = _dotted(node, aliases)
-            if dotted == "sys.modules" or dotted == "sys._getframe":
-                yield node.lineno, f"uses {dotted}, which reaches into the harness"
-            elif node.attr in FRAME_ATTRIBUTES:
-                yield node.lineno, f"uses .{node.attr}, which walks into the caller (the harness)"
-            elif (
-                isinstance(node.value, ast.Name)
-                and node.value.id in ctx_names
-                and node.attr.startswith("_")
-            ):
-                yield (
-                    node.lineno,
-                    f"reads {node.value.id}.{node.attr}, a private part of the harness context",
-                )
-        elif isinstance(node, ast.Call):
-            yield from _call_violations(node, aliases, harness, ctx_names)
-        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
-            for target in targets:
-                problem = _assignment_violation(target, aliases, ctx_names)
-                if problem:
-                    yield node.lineno, problem
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            yield from _string_violations(node.lineno, node.value)
-
-
-def _call_violations(
-    node: ast.Call, aliases: Mapping[str, str], harness: set[str], ctx_names: set[str]
-) -> Iterator[tuple[int, str]]:
-    func = _dotted(node.func, aliases)
-    if func in RESEEDING_CALLS:
-        yield (
-            node.lineno,
-            (
-                f"calls {func}(), which reseeds a global RNG the harness seeded; use a local "
-                "torch.Generator seeded from ctx.seed"
-            ),
-        )
-    if func in ("__import__", "importlib.import_module", "importlib.reload") and node.args:
-        first = node.args[0]
-        if isinstance(first, ast.Constant) and str(first.value).split(".")[0] in harness:
-            yield node.lineno, f"imports the harness module {first.value!r} dynamically"
-    if func in ("setattr", "delattr") and node.args:
-        target = _dotted(node.args[0], aliases)
-        root = target.split(".")[0] if target else ""
-        if root in harness or root in ctx_names or (target and _patches_module(target, aliases)):
-            yield node.lineno, f"calls {func}() on {target}, which changes the harness's objects"
-    if func in INTROSPECTION_CALLS:
-        yield node.lineno, f"calls {func}(), which can reach the harness's frames and objects"
-
-
-def _assignment_violation(
-    target: ast.expr, aliases: Mapping[str, str], ctx_names: set[str]
-) -> str | None:
-    if isinstance(target, (ast.Tuple, ast.List)):
-        for element in target.elts:
-            problem = _assignment_violation(element, aliases, ctx_names)
-            if problem:
-                return problem
-        return None
-    if not isinstance(target, ast.Attribute):
-        return None
-    base = target.value
-    while isinstance(base, (ast.Attribute, ast.Subscript)):
-        base = base.value
-    if not isinstance(base, ast.Name):
-        return None
-    written = ast.unparse(target)
-    if base.id in ctx_names:
-        return f"assigns {written}, changing the harness context (ctx is read-only)"
-    if _patches_module(_dotted(target, aliases) or "", aliases, base.id):
-        return f"assigns {written}, patching a module the harness also uses"
-    return None
-
-
-def _string_violations(lineno: int, text: str) -> Iterator[tuple[int, str]]:
-    markers = [m for m in DATA_CACHE_MARKERS if m in text]
-    if DATA_FILE.search(text):
-        markers.append(text)
-    for marker in markers:
-        why = f"refers to the data cache ({marker!r}); train.py gets data only from ctx.batches()"
-        yield lineno, why
-    match = SUMMARY_LINE.search(text)
-    if match:
-        why = f"has a line shaped like the summary block ({match.group(1)}:); only the harness reports the score"
-        yield lineno, why
-
-
-def _import_aliases(tree: ast.Module) -> dict[str, str]:
-    """Local name -> the full module or object path it was imported as."""
-    aliases: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.asname:
-                    aliases[alias.asname] = alias.name
-                else:
-                    root = alias.name.split(".")[0]
-                    aliases[root] = root
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return aliases
-
-
-def _dotted(node: ast.expr, aliases: Mapping[str, str]) -> str | None:
-    """`np.random.seed` -> "numpy.random.seed" through the import aliases; None if not a path."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    head = aliases.get(node.id, node.id)
-    return ".".join([head, *reversed(parts)])
-
-
-def _patches_module(path: str, aliases: Mapping[str, str], name: str | None = None) -> bool:
-    """Whether `path` (resolved through the imports) is an attribute of an imported module
-    other than torch's own switches."""
-    name = name or path.split(".")[0]
-    imported = name in aliases or any(v.split(".")[0] == name for v in aliases.values())
-    return imported and not PATCHABLE.match(path + ".")
-
-
-def _train_param(tree: ast.Module) -> set[str]:
-    for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef) and stmt.name == "train":
-            args = stmt.args.posonlyargs + stmt.args.args
-            return {args[0].arg} if args else set()
-    return set()

@@ -26,7 +26,7 @@ from evolve.inspect.runview import (
     open_store,
     resolve_template,
 )
-from evolve.inspect.trust import read_trust, with_test_scores
+from evolve.inspect.trust import read_trust, unsandboxed_note, with_test_scores
 from population.candidate import Candidate, Status
 from population.store import edits_from_seed
 
@@ -57,9 +57,10 @@ class ExportSummary:
     steps: int                      # lineage edits exported (commits after the template / patches)
     files: tuple[Path, ...] = ()    # the patch files, in order (patches)
     tags: tuple[str, ...] = ()      # tags made (git)
+    note: str = ""                  # " (unsandboxed: why)" when its score was not sandboxed
 
     def describe(self) -> str:
-        score = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else self.status
+        score = f"val_bpb {self.val_bpb:.6f}{self.note}" if self.val_bpb is not None else self.status
         what = {"git": f"git repository, template + {self.steps} commit(s)",
                 "patches": f"{len(self.files)} patch file(s) for `git am`",
                 "dir": f"runnable directory (how to run it: {RUN_NOTE})"}[self.fmt]
@@ -83,9 +84,9 @@ def export_run(run_dir: Path, to: Path, *, candidate: str = "best", fmt: str = "
         config, _ = load_config(rd)
         template = resolve_template(rd, config)
         with open_store(rd) as store:
-            target = find_candidate(store, candidate)
             trust = read_trust(store, ())
-            lineage = with_test_scores(store.lineage(target.id), trust)
+            lineage = with_test_scores(store.lineage(find_candidate(store, candidate).id), trust)
+            target = lineage[-1]
             best = store.best()
     except RunViewError as error:
         raise ExportError(str(error)) from error
@@ -93,18 +94,19 @@ def export_run(run_dir: Path, to: Path, *, candidate: str = "best", fmt: str = "
     tmp = Path(tempfile.mkdtemp(prefix=".evolve-export-", dir=_scratch_parent(to)))
     try:
         build = tmp / "out"
+        head = (fmt, to, target.id, target.status.value, target.val_bpb)
+        note = unsandboxed_note(target)
         if fmt == "dir":
             _write_tree(build, _harness(template), target.files)
             (build / RUN_NOTE).write_text(run_note(target, config), encoding="utf-8")
-            summary = ExportSummary(fmt, to, target.id, target.status.value, target.val_bpb, 0)
+            summary = ExportSummary(*head, 0, note=note)
         elif fmt == "git":
             steps, tags = _build_repo(build, template, lineage, best, base="harness")
-            summary = ExportSummary(fmt, to, target.id, target.status.value, target.val_bpb,
-                                    steps, tags=tags)
+            summary = ExportSummary(*head, steps, tags=tags, note=note)
         else:
             patches = _build_patches(build, tmp / "repo", template, lineage, best)
-            summary = ExportSummary(fmt, to, target.id, target.status.value, target.val_bpb,
-                                    len(patches), files=tuple(to / p.name for p in patches))
+            summary = ExportSummary(*head, len(patches), files=tuple(to / p.name for p in patches),
+                                    note=note)
         _move_into(build, to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,7 +130,9 @@ def run_note(target: Candidate, config: Mapping[str, object]) -> str:
              "The score is printed and written to result.json (`val_bpb`, lower is better)."]
     if target.val_bpb is not None:
         lines += ["", "Recorded by the run:", "",
-                  f"- val_bpb: {target.val_bpb:.6f}"]
+                  f"- val_bpb: {target.val_bpb:.6f}{unsandboxed_note(target)}"]
+        if target.test_bpb is not None:
+            lines.append(f"- test_bpb (held-out, never seen by the search): {target.test_bpb:.6f}")
         first = _metric(target, "val_bpb_first")
         if first is not None and first != target.val_bpb:
             lines.append(f"  (the credited score, a mean over confirmation re-runs; this seed "
@@ -271,9 +275,11 @@ def _build_repo(repo: Path, template: Path, lineage: list[Candidate], best: Cand
             previous, moves = step, []
         commit_of[step.id] = head
     target = lineage[-1]
-    tags = {_tag_name(target.id): (head, f"candidate {target.id}, val_bpb {_bpb(target)}")}
+    tags = {_tag_name(target.id): (head, f"candidate {target.id}, val_bpb {_bpb(target)}"
+                                         f"{unsandboxed_note(target)}")}
     if best is not None and best.id in commit_of:
-        tags["best"] = (commit_of[best.id], f"best of the run: {best.id}, val_bpb {_bpb(best)}")
+        tags["best"] = (commit_of[best.id], f"best of the run: {best.id}, val_bpb {_bpb(best)}"
+                                            f"{unsandboxed_note(best)}")
     for name, (sha, message) in tags.items():
         _git(repo, "tag", "-a", name, "-m", message, sha)
     return steps, tuple(sorted(tags))
@@ -311,6 +317,13 @@ def _bpb(candidate: Candidate) -> str:
     return f"{candidate.val_bpb:.6f}" if candidate.val_bpb is not None else "none"
 
 
+def _scored(candidate: Candidate) -> list[str]:
+    """Commit-message lines on how far the score can be trusted: unsandboxed, and why."""
+    if not candidate.unsandboxed:
+        return []
+    return textwrap.wrap(f"unsandboxed: {candidate.sandbox_problem}", 72)
+
+
 def _metric(candidate: Candidate, key: str) -> float | None:
     value = candidate.metrics.get(key)
     try:
@@ -324,9 +337,9 @@ def _template_message(template: Path, root: Candidate) -> str:
              f"Root candidate of the run: {root.id}."]
     if root.val_bpb is not None:
         lines.append(f"val_bpb: {_bpb(root)}")
-    test = _metric(root, "test_bpb")
-    if test is not None:
-        lines.append(f"test_bpb: {test:.6f}")
+        lines += _scored(root)
+    if root.test_bpb is not None:
+        lines.append(f"test_bpb: {root.test_bpb:.6f}")
     lines.append(f"candidate: {root.id}")
     return "\n".join(lines) + "\n"
 
@@ -362,15 +375,21 @@ def _step_message(parent: Candidate, step: Candidate, moves: list[Candidate],
     else:
         reason = f": {_one_line(step.reason, 200)}" if step.reason else ""
         lines.append(f"status: {step.status.value}{reason}")
-    before, after = _metric(parent, "test_bpb"), _metric(step, "test_bpb")
+    if step.val_bpb is not None:
+        lines += _scored(step)
+    before, after = parent.test_bpb, step.test_bpb
     if after is not None:
         lines.append(f"test_bpb: {before:.6f} → {after:.6f}" if before is not None
                      else f"test_bpb: {after:.6f}")
     confirm = step.metrics.get("confirm")
     if isinstance(confirm, dict) and confirm.get("reason"):  # the re-run evidence behind it
         lines += textwrap.wrap(f"evidence: {confirm['reason']}", 72)
-    lines.append(f"candidate: {step.id} (parent {step.parent_id}, island {step.island}, "
+    donor = f", donor {step.donor_id}" if step.donor_id else ""
+    lines.append(f"candidate: {step.id} (parent {step.parent_id}{donor}, island {step.island}, "
                  f"generation {generation}: edits from the seed)")
+    if step.donor_id:  # a merge: the second parent, whose winning edit this commit carries
+        lines.append(f"merged from: {step.donor_id} (its edit over its own parent, carried "
+                     "onto this line by a three-way merge)")
     for move in moves:
         lines.append(f"moved to island {move.island} via {move.id}")
     mutator = step.mutator or "unknown"

@@ -290,6 +290,11 @@ def lineage_chart(run: RunSnapshot) -> Figure:
                 axes.text(x1 - 0.05, y0 + 0.72, format_delta(delta), ha="right", va="center",
                           fontsize=8, color="#1a7f37" if delta < 0 else CRASHED,
                           fontweight="bold" if cid in on_best else "normal")
+        for cid, node in nodes.items():  # a merge: dashed from the donor whose edit it carries
+            if node.donor_id in place:
+                (x0, y0), (x1, y1) = place[node.donor_id], place[cid]
+                axes.plot([x0, x1], [y0, y1], color="#8a8a8a", linewidth=1.0, linestyle="--",
+                          zorder=1)
         islands = sorted({n.island for n in nodes.values()})
         for cid, (x, y) in place.items():
             node = nodes[cid]

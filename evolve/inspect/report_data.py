@@ -75,9 +75,9 @@ def read_run(run_path: Path) -> RunSnapshot:
         everything = all_candidates(store)
         best = store.best()
         trust = read_trust(store, everything)
-    # held-out test scores live in extra runs; shown with the candidate they scored
+    # runs from before the in-run test score kept it in test extra runs
     everything = with_test_scores(everything, trust)
-    if best is not None and best.id in trust.test:
+    if best is not None:
         best = next(c for c in everything if c.id == best.id)
     by_id = {c.id: c for c in everything}
     experiments = [c for c in everything

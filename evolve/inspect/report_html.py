@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from evolve.inspect.report_data import RunSnapshot
+from evolve.inspect.trust import unsandboxed_note
 from population.candidate import Candidate, Status
 from population.store import edits_from_seed
 
@@ -122,9 +123,14 @@ def _facts(run: RunSnapshot) -> str:
         items.append(("re-run decisions", f"{accepted} confirmed / "
                       f"{len(run.trust.decisions) - accepted} not credited"
                       + (f" ({untrusted} untrusted)" if untrusted else "")))
-    if run.best is not None and run.best.id in run.trust.test:
+    if run.best is not None and run.best.test_bpb is not None:
         items.append(("best: val / held-out test",
-                      "{:.4f} / {:.4f}".format(*run.trust.test[run.best.id])))
+                      f"{_bpb(run.best.val_bpb)} / {_bpb(run.best.test_bpb)}"))
+    if run.best is not None and run.best.unsandboxed:
+        items.append(("best score", f"unsandboxed: {run.best.sandbox_problem}"))
+    unsandboxed = [c for c in run.experiments if c.unsandboxed]
+    if unsandboxed:
+        items.append(("unsandboxed scores", f"{len(unsandboxed)} of {counts['done']}"))
     items.append(("LLM spend", f"${run.total_cost:.2f}"))
     return '<div class="facts">' + "".join(
         f'<div class="fact">{_e(k)}<b>{_e(v)}</b></div>' for k, v in items) + "</div>"
@@ -134,22 +140,23 @@ def _top_table(run: RunSnapshot) -> str:
     rows = []
     for rank, c in enumerate(run.top, start=1):
         delta, cls = _delta(run, c)
-        test = _metric(c, "test_bpb")
         model = f"{c.mutator} ({c.model})" if c.model else c.mutator
+        if c.donor_id:
+            model += f" ← {c.donor_id}"
         best = ' class="best"' if run.best is not None and c.id == run.best.id else ""
         kept = "keep" if run.kept.get(c.id) else "discard"
         improved = "✓" if cls == "better" else ""
         rows.append(
             f"<tr{best}><td class=num>{rank}</td><td><code>{_e(c.id)}</code></td>"
             f"<td class=num>{c.island}</td><td class=num>{edits_from_seed(run.lineage_of(c))}</td>"
-            f"<td class=num>{_bpb(c.val_bpb)}</td><td class=num>{_bpb(test)}</td>"
+            f"<td class=num>{_bpb(c.val_bpb)}{_e(unsandboxed_note(c, reason=False))}</td>"
             f'<td class="num {cls}">{delta}</td><td class="better">{improved}</td>'
             f"<td>{kept}</td><td>{_e(c.description)}</td>"
             f"<td>{_e(model)}</td><td class=num>${c.cost_usd:.4f}</td></tr>")
     if not rows:
         return "<p>No candidate has finished with a score yet.</p>"
     return ("<table><tr><th>#</th><th>id</th><th>island</th><th>gen.</th><th>val_bpb</th>"
-            "<th>test_bpb</th><th>Δ vs parent</th><th>improved</th><th>status</th>"
+            "<th>Δ vs parent</th><th>improved</th><th>status</th>"
             "<th>description</th><th>mutator</th><th>cost</th></tr>" + "".join(rows)
             + f"</table>{LEGEND}")
 
@@ -165,14 +172,17 @@ def _lineage_steps(run: RunSnapshot) -> str:
                 if parent else f"val_bpb <b>{_bpb(c.val_bpb)}</b>"]
         if delta != "—":
             bits.append(f'<span class="{cls}">Δ {delta}</span>')
-        test = _metric(c, "test_bpb")
-        if test is not None:
-            bits.append(f"test_bpb {test:.4f}")
+        if c.unsandboxed:
+            bits.append(_e(unsandboxed_note(c).strip()))
+        if c.test_bpb is not None:  # the final lineage: its held-out score may be seen now
+            bits.append(f"test_bpb {c.test_bpb:.4f}")
         seconds = _metric(c, "training_seconds")
         if seconds is not None:
             bits.append(f"trained {seconds:.0f} s" if seconds >= 10 else f"trained {seconds:.1f} s")
         bits.append(f"island {c.island}")
         bits.append(_e(f"{c.mutator or 'seed'}" + (f" ({c.model})" if c.model else "")))
+        if c.donor_id:
+            bits.append(f"donor <code>{_e(c.donor_id)}</code>")
         if c.cost_usd:
             bits.append(f"${c.cost_usd:.4f}")
         title = "Seed" if n == 0 else f"Step {n}: {c.description or c.id}"

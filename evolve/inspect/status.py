@@ -8,7 +8,7 @@ from rich.table import Table
 
 from evolve.config import Config, load_config
 from evolve.controller.wiring import operator_labels, operator_names
-from evolve.inspect.trust import mark, read_trust
+from evolve.inspect.trust import Trust, mark, read_trust, sandbox_summary, unsandboxed_note
 from evolve.mutate.operators import mix_weights, tally
 from evolve.run.rundir import RunDir
 from population.candidate import Candidate, Status
@@ -17,7 +17,7 @@ from population.store import Store, edits_from_seed, is_copy
 
 def _bpb(candidate: Candidate) -> str:
     value = candidate.val_bpb
-    return "—" if value is None else f"{value:.6f}"
+    return "—" if value is None else f"{value:.6f}{unsandboxed_note(candidate, reason=False)}"
 
 
 def _delta(child: Candidate, parent: Candidate | None) -> str:
@@ -69,20 +69,24 @@ def operator_table(config: Config, finished: list[Candidate]) -> Table:
 
 
 def worker_notices(store: Store) -> list[str]:
-    """Workers the run refused (another device type, or a node whose harness or data differ
-    from the controller's) and nodes where experiments could not be network-isolated."""
+    """Workers the run refused (another device type, a node whose harness or data differ from
+    the controller's, or without the sandbox `require` asks for) and nodes where experiments
+    could not be network-isolated or jailed."""
     lines = []
     refused = [line for line in (store.get_meta("refused_workers") or "").splitlines() if line]
     if refused:
         lines.append(f"refused workers ({len(refused)}):")
         lines += [f"  {escape(line)}" for line in refused]
-    network = [line for line in (store.get_meta("network_warnings") or "").splitlines() if line]
-    lines += [escape(line) for line in network]
+    for key in ("network_warnings", "sandbox_warnings"):
+        lines += [escape(line) for line in (store.get_meta(key) or "").splitlines() if line]
     return lines
 
 
-def render_status(run_dir: RunDir, console: Console, islands: int, population_size: int) -> None:
-    """Print counts, each island's survivors and the best lineage; opens the store read-only."""
+def render_status(run_dir: RunDir, console: Console, islands: int, population_size: int,
+                  *, show_test: bool = False) -> None:
+    """Print counts, each island's survivors and the best lineage; opens the store read-only.
+    `show_test`: the best lineage's held-out test scores too (hidden unless asked: looking at
+    them while the search goes on would make them one more validation split)."""
     store = Store.open(run_dir.store_path, readonly=True)
     try:
         counts = {status: store.count(status) for status in Status}
@@ -110,8 +114,8 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
             console.print(line, highlight=False)
         finished_all = store.finished_in_order(include_copies=True)  # loaded once: big runs
         trust = read_trust(store, [c for c in finished_all if not is_copy(c)])
-        for line in trust.lines():
-            console.print(line)
+        for line in trust.lines() + sandbox_summary(finished_all):
+            console.print(escape(line), highlight=False)
         console.print(operator_table(load_config(run_dir.config_path), finished_all))
         for island in range(islands):
             table = Table(title=f"island {island}", title_justify="left")
@@ -127,15 +131,27 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
         if best is None:
             console.print("no finished experiment yet")
             return
-        table = Table(title=f"best lineage → {best.id}  val_bpb {_bpb(best)}", title_justify="left")
-        for column in ("id", "val_bpb", "test_bpb", "Δ", "trust", "description"):
-            table.add_column(column)
-        parent: Candidate | None = None
-        for step in store.lineage(best.id):
-            test = trust.test_of(step.id)
-            table.add_row(step.id, _bpb(step), "—" if test is None else f"{test:.6f}",
-                          _delta(step, parent), mark(step), step.description[:80] or "(seed)")
-            parent = step
-        console.print(table)
+        print_lineage(console, store, best, trust, show_test)
     finally:
         store.close()
+
+
+def print_lineage(console: Console, store: Store, best: Candidate, trust: Trust,
+                  show_test: bool) -> None:
+    """The best lineage as a table (its held-out test scores only when asked for)."""
+    title = f"best lineage → {best.id}  val_bpb {_bpb(best)}"
+    table = Table(title=escape(title), title_justify="left")
+    columns = ("id", "val_bpb", *(("test_bpb",) if show_test else ()), "Δ", "trust",
+               "description")
+    for column in columns:
+        table.add_column(column)
+    parent: Candidate | None = None
+    for step in store.lineage(best.id):
+        test = trust.test_of(step)
+        shown = ("—" if test is None else f"{test:.6f}",) if show_test else ()
+        table.add_row(step.id, escape(_bpb(step)), *shown, _delta(step, parent), mark(step),
+                      escape(step.description[:80]) or "(seed)")
+        parent = step
+    console.print(table)
+    if best.unsandboxed:
+        console.print(escape(f"best score{unsandboxed_note(best)}"), highlight=False)

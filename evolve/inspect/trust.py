@@ -5,13 +5,14 @@ confirmation decision with its evidence, and held-out test scores beside val. Sh
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from population.candidate import Candidate
+from population.candidate import Candidate, Status
 from population.outcomes import Outcome, Purpose
-from population.store import Store
+from population.store import Store, is_copy
 
 NOISE_META = "noise_floor"
 
@@ -33,8 +34,11 @@ class Trust:
     test: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (val, test)
     extra_runs: int = 0
 
-    def test_of(self, candidate_id: str) -> float | None:
-        pair = self.test.get(candidate_id)
+    def test_of(self, candidate: Candidate) -> float | None:
+        """Its held-out test score: scored in its own run, or (runs before that) by a test run."""
+        if candidate.test_bpb is not None:
+            return candidate.test_bpb
+        pair = self.test.get(candidate.id)
         return None if pair is None else pair[1]
 
     def lines(self) -> list[str]:
@@ -51,7 +55,7 @@ class Trust:
                        f"confirmed, {len(self.decisions) - accepted} not credited"
                        + (f", {untrusted} untrusted (reseed themselves)" if untrusted else ""))
         if self.extra_runs:
-            out.append(f"extra runs (noise, confirmation, test): {self.extra_runs}")
+            out.append(f"extra runs (noise, confirmation, stages): {self.extra_runs}")
         return out
 
 
@@ -79,10 +83,30 @@ def read_trust(store: Store, candidates: Iterable[Candidate]) -> Trust:
 
 
 def with_test_scores(candidates: Iterable[Candidate], trust: Trust) -> list[Candidate]:
-    """The candidates with `test_bpb` in their metrics where a held-out test run scored them
-    (test runs are extra runs; tables and commit messages read the metric)."""
-    return [c.replace(metrics={**c.metrics, "test_bpb": trust.test[c.id][1]})
-            if c.id in trust.test and "test_bpb" not in c.metrics else c for c in candidates]
+    """The candidates with `test_bpb` set where only a held-out test run (an extra run, in runs
+    from before the test split was scored in every run) scored them."""
+    return [c.replace(test_bpb=trust.test[c.id][1])
+            if c.test_bpb is None and c.id in trust.test else c for c in candidates]
+
+
+def unsandboxed_note(candidate: Candidate, *, reason: bool = True) -> str:
+    """" (unsandboxed: why)" after a score the candidate could reach, else ""."""
+    if not candidate.unsandboxed:
+        return ""
+    return f" (unsandboxed: {candidate.sandbox_problem})" if reason else " (unsandboxed)"
+
+
+def sandbox_summary(candidates: Iterable[Candidate]) -> list[str]:
+    """How many scores came from runs without a working jail, and why (one line each)."""
+    done = [c for c in candidates if c.status is Status.DONE and not is_copy(c)]
+    marked = [c for c in done if c.unsandboxed]
+    if not marked:
+        return []
+    reasons = Counter(str(c.sandbox_problem) for c in marked)
+    lines = [f"unsandboxed scores: {len(marked)} of {len(done)} (the candidate could reach "
+             "the process, files or clock that scored it; see docs/threat-model.md)"]
+    lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(5)]
+    return lines
 
 
 def mark(candidate: Candidate) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from population.candidate import Candidate
+from population.wins import Win
 
 # A rejected candidate whose reason starts with this was never an experiment: the LLM could
 # not be reached (429, outage, budget). The notebook and the prompts leave such rows out.
@@ -41,6 +42,10 @@ class MutationContext:
     program_md: str
     mutable_files: Sequence[str]
     seed: int  # per-proposal seed (deterministic)
+    # for the merge operator only (empty otherwise): the run's wins (children that beat their
+    # parent) and the donors already carried into `parent`
+    wins: Sequence[Win] = ()
+    carried: Sequence[str] = ()
     recent: str = ""  # table of recent results, children worse than their parent included
     in_flight: Sequence[str] = ()  # descriptions of the proposals being made or run right now
     parent_log: str = ""  # the tail of the parent's training log (untrusted text)
@@ -64,6 +69,7 @@ class Proposal:
     usage: Mapping[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
     error: str = ""  # non-empty: could not make a child (stored as rejected)
+    donor_id: str = ""  # a merge (or crossover): the second parent whose edit was carried
     infrastructure: bool = False  # the error is the endpoint's (outage, 429, budget), not an idea's
 
 

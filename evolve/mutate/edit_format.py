@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from evolve.guard.parsed import parse
+
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\b.*$", re.IGNORECASE)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\b.*$", re.IGNORECASE)
@@ -409,14 +411,16 @@ def render_block(block: Block, file: str, how: str = "exact") -> str:
             ">>>>>>> REPLACE")
 
 
-def syntax_problems(files: Mapping[str, str]) -> list[str]:
-    """Python files that no longer parse, with the line, for the model to fix."""
+def syntax_problems(files: Mapping[str, str],
+                    parents: Mapping[str, str] | None = None) -> list[str]:
+    """Python files that no longer parse, with the line, for the model to fix. With the
+    files they were edited from, only the changed statements are parsed."""
     problems = []
     for name, source in files.items():
         if not name.endswith(".py"):
             continue
         try:
-            ast.parse(source)
+            parse(source, name, parent=(parents or {}).get(name))
         except SyntaxError as error:
             line = (error.text or "").rstrip()
             problems.append(f"{name} no longer parses: {error.msg} at line {error.lineno}: {line}")

@@ -222,7 +222,7 @@ class LLMMutator:
         if files == original:
             return ["the edits leave the file exactly as it was: change something"]
         broken = [_with_context(p, files) for p in syntax_problems(
-            {n: s for n, s in files.items() if s != original[n]})]
+            {n: s for n, s in files.items() if s != original[n]}, original)]
         return broken
 
     def _proposal(self, conversation: _Conversation, mutator: str, files: Mapping[str, str],

@@ -12,6 +12,7 @@ with comments and spacing normalised (so a reworded comment is not a new idea).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +42,8 @@ def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     """The lines an edit removes and adds, normalised (comments and spacing dropped)."""
     out = []
     for name in sorted(set(old) | set(new)):
-        a = [_norm(line) for line in old.get(name, "").splitlines()]
-        b = [_norm(line) for line in new.get(name, "").splitlines()]
+        a, b = _differing(old.get(name, "").splitlines(), new.get(name, "").splitlines())
+        a, b = [_norm(line) for line in a], [_norm(line) for line in b]
         for line in difflib.unified_diff(a, b, lineterm="", n=0):
             if line.startswith(("---", "+++", "@@")):
                 continue
@@ -51,7 +52,22 @@ def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     return "\n".join(out)
 
 
+def _differing(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+    """The two files' lines less their common head and tail: a child shares almost every line
+    with its parent, and difflib's cost grows with what it is given, not with what changed."""
+    limit = min(len(a), len(b))
+    head = 0
+    while head < limit and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and a[len(a) - 1 - tail] == b[len(b) - 1 - tail]:
+        tail += 1
+    return a[head:len(a) - tail], b[head:len(b) - tail]
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _norm(line: str) -> str:
+    # the children of a parent share almost every line: each distinct line is normalised once
     return " ".join(_COMMENT.sub("", line).split())
 
 

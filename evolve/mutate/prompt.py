@@ -16,7 +16,7 @@ from typing import Any
 from evolve.mutate.base import BriefFacts, MutationContext, unified_diff
 from evolve.mutate.untrusted import fenced
 from population.candidate import Candidate
-from population.store import edits_from_seed
+from population.store import edits_from_seed, is_copy
 
 _BRIEF = re.compile(r"<!--\s*brief:\s*(\w+)\s*-->(.*?)<!--\s*end brief\s*-->", re.S)
 
@@ -143,9 +143,10 @@ def format_lineage(lineage: Sequence[Candidate], steps: int) -> str:
     if skipped:
         lines.append(f"({skipped} earlier steps not shown)")
     previous = lineage[skipped - 1] if skipped else None
+    gen = edits_from_seed(lineage[:skipped])  # counted once: lineages grow hundreds deep
     for index, step in enumerate(shown, start=skipped):
         what = step.description or ("seed" if step.parent_id is None else "(no description)")
-        gen = edits_from_seed(lineage[:index + 1])
+        gen = edits_from_seed(lineage[:index + 1]) if index == 0 else gen + (not is_copy(step))
         lines.append(f"- gen {gen}: {what[:160]} -> {_delta(step, previous)}")
         previous = step
     return "\n".join(lines)

@@ -58,7 +58,7 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     run_dir = RunDir.open(args.run_dir)
     config = load_config(run_dir.config_path)
     render_status(run_dir, console, islands=config.population.islands,
-                  population_size=config.population.size)
+                  population_size=config.population.size, show_test=args.test)
     return 0
 
 
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="population per island and the best lineage")
     status.add_argument("run_dir")
+    status.add_argument("--test", action="store_true",
+                        help="show the best lineage's held-out test scores (scored in every "
+                             "run, never shown to the search)")
     status.set_defaults(handler=_cmd_status)
 
     export = sub.add_parser("export", help="export a candidate's lineage as git history, "
@@ -130,12 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evolve.inspect.export import ExportError
     from evolve.inspect.report import ReportError
     from evolve.run.rundir import RunDirError
+    from population.store import StoreError
 
     args = build_parser().parse_args(argv)
     console = Console()
     try:
         return args.handler(args, console)
-    except (ConfigError, RunDirError, ExportError, ReportError, DataMismatch) as exc:
+    except (ConfigError, RunDirError, ExportError, ReportError, DataMismatch, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -67,7 +67,8 @@ class LiveDisplay:
         """One line per finished experiment, above the panel."""
         if candidate.status is Status.DONE and candidate.val_bpb is not None:
             verdict = "[green]keep[/green]" if kept else "discard"
-            score = f"{candidate.val_bpb:.6f}"
+            # the reason is said once per node (a warning above); here only the mark
+            score = f"{candidate.val_bpb:.6f}" + (" (unsandboxed)" if candidate.unsandboxed else "")
         else:
             verdict, score = f"[red]{candidate.status.value}[/red]", "—"
         text = candidate.description or candidate.reason or "(seed)"

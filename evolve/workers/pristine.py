@@ -84,3 +84,18 @@ def write_harness(files: dict[str, bytes], directory: Path) -> set[str]:
         target.write_bytes(content)
         top.add(Path(name).parts[0])
     return top
+
+
+def harness_changes(files: dict[str, bytes], directory: Path) -> list[str]:
+    """Harness files under `directory` that no longer hold the pinned content (changed or
+    gone): after a run, in its experiment folder or the template itself."""
+    changed = []
+    for name, content in sorted(files.items()):
+        path = directory / name
+        try:
+            same = not path.is_symlink() and path.read_bytes() == content
+        except OSError:
+            same = False
+        if not same:
+            changed.append(name)
+    return changed

@@ -7,9 +7,11 @@ timed_out. Only a broken template (the engine's fault, not the candidate's) rais
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import signal
@@ -20,11 +22,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from evolve.workers.device import detect_device
-from evolve.workers.network import IsolationUnavailable, isolation
-from evolve.workers.pristine import pinned_harness, write_harness
+from evolve.workers.jail_check import SandboxUnavailable, check_sandbox, log_line, score_mark
+from evolve.workers.network import Isolation, IsolationUnavailable, isolation
+from evolve.workers.pristine import (
+    HarnessChanged,
+    harness_changes,
+    harness_files,
+    pinned_harness,
+    write_harness,
+)
 from evolve.workers.sandbox import kill_group, reap_group, scrubbed_env, start_in_group
+
+if TYPE_CHECKING:
+    from evolve.guard.datahash import DataState
 
 HARNESS_ENTRY = "prepare.py"
 RESULT_FILE = "result.json"  # the runner's copy of what the harness sent down the result pipe
@@ -46,12 +59,13 @@ class RunRequest:
     seed: int
     timeout_s: float
     work_root: str
-    splits: tuple[str, ...] = ("val",)
+    splits: tuple[str, ...] = ("val", "test")  # test scored in every run, shown only at the end
     budget_fraction: float = 1.0
     cache_dir: str | None = None
     torch_threads: int = 1
     attempt: int = 1
     network: str = "isolate"     # workers.network: isolate | require | allow (workers/network.py)
+    sandbox: str = "warn"        # workers.sandbox: warn | require (workers/jail_check.py)
     data_hash: str = ""          # the controller's data fingerprint ("" = this node's first)
     template_hash: str = ""      # the controller's harness hash ("" = not checked)
     keep_workdir: bool = False   # keep the whole experiment directory (debugging), not just logs
@@ -110,11 +124,9 @@ def run_candidate(request: RunRequest) -> RunResult:
     started = time.time()
     directory = experiment_dir(request)
     log_path = directory / LOG_FILE
-    try:  # before anything is laid out: a node that cannot isolate runs nothing (require)
-        sandbox = isolation(request.network)
-    except IsolationUnavailable as exc:
-        raise TemplateError(str(exc)) from exc
-    check_inputs(request)
+    sandbox, jail = containment(request)
+    data_state = check_inputs(request)
+    template_before = _template_files(request)
     problem = materialise(request, directory)
     if problem:
         log_path.write_text(f"error: {problem}\n")
@@ -125,7 +137,7 @@ def run_candidate(request: RunRequest) -> RunResult:
     read_end, write_end = os.pipe()
     try:
         with open(log_path, "wb") as log:
-            log.write(f"{sandbox.note}\n".encode())
+            log.write(f"{sandbox.note}\n{log_line(request.sandbox, jail)}\n".encode())
             log.flush()
             try:
                 process = start_in_group([*sandbox.prefix, *harness_command(request, write_end)],
@@ -149,15 +161,19 @@ def run_candidate(request: RunRequest) -> RunResult:
     finally:
         os.close(read_end)
     exit_code = process.returncode
-    if timed_out:
-        reason = f"timed out after {request.timeout_s:g} s (wall-clock limit); process group killed"
-        result = _result(request, "timed_out", {}, reason, log_path, exit_code, started)
-    else:
+    try:
+        tampered = changes_after_run(request, directory, data_state, template_before)
+        if tampered:  # checked before the result is believed: whatever it says, it is void
+            return _result(request, "invalid", {}, tampered, log_path, exit_code, started)
+        if timed_out:
+            reason = (f"timed out after {request.timeout_s:g} s (wall-clock limit); process "
+                      "group killed")
+            return _result(request, "timed_out", {}, reason, log_path, exit_code, started)
         _keep_result_copy(directory, sent)
-        result = _judge(request, sent, log_path, exit_code, started)
-    if not request.keep_workdir:
-        tidy(directory)
-    return result
+        return _marked(request, _judge(request, sent, log_path, exit_code, started), jail)
+    finally:
+        if not request.keep_workdir:
+            tidy(directory)
 
 
 class ResultReader:
@@ -196,6 +212,18 @@ def _keep_result_copy(directory: Path, sent: bytes | None) -> None:
         target.write_bytes(sent)
 
 
+def containment(request: RunRequest) -> tuple[Isolation, str]:
+    """The network isolation and the jail's problem ("" = none) of this node, before anything
+    is laid out; a node that cannot give what `require` asks for raises TemplateError."""
+    try:
+        sandbox = isolation(request.network)
+        jail = check_sandbox(request.sandbox, request.template_dir, request.template_hash) \
+            if (Path(request.template_dir) / HARNESS_ENTRY).is_file() else ""
+    except (IsolationUnavailable, SandboxUnavailable, HarnessChanged) as exc:
+        raise TemplateError(str(exc)) from exc
+    return sandbox, jail
+
+
 def tidy(directory: Path) -> None:
     """Keep only the log and the result file of a finished attempt.
 
@@ -212,20 +240,71 @@ def tidy(directory: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def check_inputs(request: RunRequest) -> None:
+def check_inputs(request: RunRequest) -> DataState | None:
     """The harness and the data are the controller's, untouched by earlier runs, or raise
     (TemplateError): scoring against anything else would make scores incomparable."""
     from evolve.guard.datahash import DataMismatch, ensure_data
-    from evolve.workers.pristine import HarnessChanged, pinned_harness
 
     if not (Path(request.template_dir) / HARNESS_ENTRY).is_file():
-        return  # not a harness at all: materialise says so
+        return None  # not a harness at all: materialise says so
     try:
         pinned_harness(request.template_dir, request.template_hash)
-        ensure_data(request.template_dir, request.profile, request.data, request.cache_dir,
-                    expected=request.data_hash)
+        return ensure_data(request.template_dir, request.profile, request.data,
+                           request.cache_dir, expected=request.data_hash)
     except (HarnessChanged, DataMismatch) as exc:
         raise TemplateError(str(exc)) from exc
+
+
+def _template_files(request: RunRequest) -> dict[str, bytes]:
+    """The template's harness files on disk as a run starts (compared after it)."""
+    return harness_files(request.template_dir) if Path(request.template_dir).is_dir() else {}
+
+
+def changes_after_run(request: RunRequest, directory: Path, data_state: DataState | None,
+                      template_before: dict[str, bytes]) -> str:
+    """What changed while the run went on that outlives it or scores it (the data cache, the
+    template, the harness copy in its folder), as an invalid run's reason; "" when nothing.
+    The data cache is rebuilt at once; later runs are laid out from the pinned harness."""
+    from evolve.guard.datahash import data_changes
+
+    template = Path(request.template_dir)
+    pinned = pinned_harness(template)
+    found = []
+    data = data_changes(data_state, template, request.profile, request.data,
+                        request.cache_dir) if data_state is not None else []
+    if data:
+        found.append(f"the data cache changed during the run ({_names(data)}); it was rebuilt")
+    in_folder = harness_changes(pinned, directory)
+    if in_folder:
+        found.append(f"the harness in the experiment folder changed during the run "
+                     f"({_names(in_folder)})")
+    in_template = harness_changes(template_before, template)
+    if in_template:
+        found.append(f"the template {template} changed during the run ({_names(in_template)}); "
+                     "later runs are laid out from the worker's pinned copy")
+    return "; ".join(found)
+
+
+def _names(paths: list[str], shown: int = 5) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+def _marked(request: RunRequest, result: RunResult, probe_problem: str) -> RunResult:
+    """A done run's metrics say whether it was sandboxed (and why not); under
+    `workers.sandbox: require` an unsandboxed run is the node's problem: refused, not scored."""
+    if result.outcome != "done":
+        return result
+    sandboxed, problem = score_mark(result.metrics, probe_problem)
+    if not sandboxed and request.sandbox == "require":
+        raise TemplateError(
+            f"sandbox required (workers.sandbox: require) but the harness ran the candidate "
+            f"unsandboxed on node {platform.node() or 'localhost'}: {problem}")
+    metrics = {key: value for key, value in result.metrics.items() if key != "sandbox_problem"}
+    metrics["sandboxed"] = sandboxed
+    if problem:
+        metrics["sandbox_problem"] = problem
+    return dataclasses.replace(result, metrics=metrics)
 
 
 def materialise(request: RunRequest, directory: Path) -> str:
