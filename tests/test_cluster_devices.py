@@ -86,15 +86,26 @@ def test_the_core_refuses_a_worker_of_another_type_and_never_runs_on_it():
     core = Scheduler(Settings(), Root(), "root")
     out = core.handle(WorkerJoined(worker_id="w0", device=H100, now=0.0))
     assert of(Run, out) == [Run("root", "w0", 1)]
+    # Start full: children of the root may be proposed while it runs; gather every ticket.
+    proposals = of(Propose, out)
     out = core.handle(WorkerJoined(worker_id="w1", device=A100, now=0.1))
     (refusal,) = of(RefuseWorker, out)
     assert refusal.worker_id == "w1" and A100 in refusal.message and H100 in refusal.message
+    assert not of(Run, out)  # the refused worker gets nothing to run
+    proposals += of(Propose, out)
+    runs = []
+    for p in proposals:  # children of the root proposed while it runs: none may go to w1
+        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.ticket}",
+                                                  now=0.5)))
+    assert all(r.worker_id == "w0" for r in runs)
     out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
                                     val_bpb=1.0, now=1.0))
     assert core.status().workers == 1
+    runs += of(Run, out)
     for p in of(Propose, out):
-        out += core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.ticket}", now=2.0))
-    assert {r.worker_id for r in of(Run, out)} == {"w0"}
+        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.ticket}",
+                                                  now=2.0)))
+    assert {r.worker_id for r in runs} == {"w0"}
 
 
 def test_with_device_groups_a_lost_attempt_is_retried_on_its_islands_type():
@@ -105,12 +116,21 @@ def test_with_device_groups_a_lost_attempt_is_retried_on_its_islands_type():
     assert not of(RefuseWorker, out)
     (root_run,) = of(Run, out)
     assert root_run.worker_id == "h0"  # island 0 is now an H100 island
+    # Start full: children of the root are proposed at the start, while it runs; answer
+    # tickets (the new ones they bring too) until every worker is busy, so that a lost
+    # attempt finds no idle H100 and has to wait.
+    pending = of(Propose, out)
     out = core.handle(ResultArrived(candidate_id="root", worker_id="h0", outcome="done",
                                     val_bpb=1.0, now=1.0))
-    runs = []
-    for p in of(Propose, out):
-        runs += of(Run, core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.island}-{p.ticket}",
-                                                  now=2.0)))
+    runs = of(Run, out)
+    pending += of(Propose, out)
+    while pending and core.status().running < 3:
+        p = pending.pop(0)
+        got = core.handle(ProposalReady(ticket=p.ticket, candidate_id=f"c{p.island}-{p.ticket}",
+                                        now=2.0))
+        runs += of(Run, got)
+        pending += of(Propose, got)
+    assert core.status().running == 3
     on = {r.candidate_id: r.worker_id for r in runs}
     island0 = [c for c in on if c.startswith("c0-")]
     assert island0 and all(on[c].startswith("h") for c in island0)

@@ -11,6 +11,7 @@ from test_controller_shell import make_config, make_template
 from evolve.controller.core import (
     ExtraRunsQueued,
     ProposalReady,
+    Propose,
     ResultArrived,
     Run,
     Scheduler,
@@ -37,14 +38,18 @@ def two_types() -> Scheduler:
     """Island 0 bound to type A (worker wa, the root's), island 1 to type B (worker wb);
     c0 runs on wa, c1 on wb."""
     core = Scheduler(Settings(lookahead=1, islands=2, device_groups=True), Root(), "root")
-    assert runs(core.handle(WorkerJoined(worker_id="wa", device="TYPE-A", now=0.0))) == \
-        [Run("root", "wa", 1)]
-    core.handle(WorkerJoined(worker_id="wb", device="TYPE-B", now=0.0))
+    out = core.handle(WorkerJoined(worker_id="wa", device="TYPE-A", now=0.0))
+    assert runs(out) == [Run("root", "wa", 1)]
+    out += core.handle(WorkerJoined(worker_id="wb", device="TYPE-B", now=0.0))
+    # Start full: children of the root are proposed while it runs, one per island here;
+    # their tickets are answered once the root is done, so c<i> is island i's child.
+    tickets = {d.island: d.ticket for d in out if isinstance(d, Propose)}
+    assert sorted(tickets) == [0, 1]
     core.handle(ResultArrived(candidate_id="root", worker_id="wa", outcome="done", val_bpb=2.0,
                               now=1.0))
-    assert runs(core.handle(ProposalReady(ticket=0, candidate_id="c0", now=2.0))) == \
+    assert runs(core.handle(ProposalReady(ticket=tickets[0], candidate_id="c0", now=2.0))) == \
         [Run("c0", "wa", 1)]
-    assert runs(core.handle(ProposalReady(ticket=1, candidate_id="c1", now=2.0))) == \
+    assert runs(core.handle(ProposalReady(ticket=tickets[1], candidate_id="c1", now=2.0))) == \
         [Run("c1", "wb", 1)]
     assert core.island_devices() == {0: "TYPE-A", 1: "TYPE-B"}
     return core

@@ -32,15 +32,18 @@ def test_extra_runs_go_first_and_do_not_count_as_experiments():
     core = Scheduler(Settings(lookahead=1, max_experiments=2), Root(), "root")
     out = core.handle(WorkerJoined(worker_id="w0", now=0.0))
     assert of(Run, out) == [Run("root", "w0", 1)]
+    # Start full: a child of the root is proposed while it runs; it is ready (waiting for the
+    # one worker) before the root's re-runs are queued, and still they go first.
+    (propose,) = of(Propose, out)
+    assert not of(Run, core.handle(ProposalReady(ticket=propose.ticket, candidate_id="c0",
+                                                 now=0.5)))
     out = core.handle(ResultArrived(candidate_id="root", worker_id="w0", outcome="done",
                                     val_bpb=1.0, then_run=("root@x1", "root@x2"), now=1.0))
     assert of(Run, out) == [Run("root@x1", "w0", 1)]
     out = core.handle(ResultArrived(candidate_id="root@x1", worker_id="w0", outcome="done", now=2))
     assert of(Run, out) == [Run("root@x2", "w0", 1)]
-    (propose,) = of(Propose, out)
-    core.handle(ProposalReady(ticket=propose.ticket, candidate_id="c0", now=2.5))
     out = core.handle(ResultArrived(candidate_id="root@x2", worker_id="w0", outcome="done", now=3))
-    assert of(Run, out) == [Run("c0", "w0", 1)]
+    assert of(Run, out) == [Run("c0", "w0", 1)] and not of(Stop, out)
     assert core.status().finished == 1  # the root only: extra runs are not experiments
 
 

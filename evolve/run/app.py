@@ -16,7 +16,7 @@ from evolve.controller.shell import Controller, Progress
 from evolve.controller.wiring import operator_names
 from evolve.mutate.base import Mutator
 from evolve.run.live import LiveDisplay
-from evolve.run.outage import OFFLINE_KINDS, watch_llm, with_offline
+from evolve.run.outage import OFFLINE_KINDS, refusal, watch_llm, with_offline
 from evolve.run.rundir import RunDir, write_atomic
 from population.budget import Budget, exhausted
 from population.candidate import Candidate, Status
@@ -255,7 +255,9 @@ class Run:
                     pass
         try:
             reason = await controller.run(stop, abandon)
-            return outage[0] if outage else reason
+            # A refusal (bad key, unknown model) can end the run before the watcher's next
+            # poll, through the burst of failed proposals it causes: it is still the reason.
+            return outage[0] if outage else (refusal(mutators) or reason)
         finally:
             watcher.cancel()
             for sig in installed:

@@ -136,14 +136,22 @@ def spent_message(summary: str) -> str:
             "heuristic with weight > 0 to keep the workers busy once the budget is spent")
 
 
+def refusal(mutators: Mapping[str, Mutator]) -> str:
+    """The stop message of the first LLM operator refused for good ("" = none is)."""
+    for mutator in mutators.values():
+        if can_go_down(mutator) and _fatal(mutator):
+            return refused_message(_fatal(mutator))
+    return ""
+
+
 def why_stop(mutators: Mapping[str, Mutator], *, stop_when_down: bool,
              stop_when_spent: bool) -> str:
     """Why the run must stop now ("" = it need not), from the LLM operators' state."""
+    if refused := refusal(mutators):
+        return refused
     for mutator in mutators.values():
         if not can_go_down(mutator):
             continue
-        if _fatal(mutator):
-            return refused_message(_fatal(mutator))
         if stop_when_down and mutator.is_down:  # type: ignore[attr-defined]
             return outage_message(mutator.down_reason)  # type: ignore[attr-defined]
         if stop_when_spent and _spent(mutator):
