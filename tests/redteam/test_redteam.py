@@ -36,7 +36,18 @@ TIME_ATTACKS = frozenset({"clock_patch", "train_after_return_thread", "train_in_
 TOKEN_TOLERANCE = 1e-6  # the token profile is deterministic: same data, order and maths
 NO_SCORE = ("invalid", "crashed", "timed_out")
 
-ATTACKS = sorted(p.stem for p in CANDIDATES.glob("*.py"))
+# Holes the judge does not close yet (issue 12 stays open for them; tests/redteam/REFEREE.md).
+# Not strict: on a quiet machine the margin of train_in_forward is thin (REFEREE.md), and a
+# run where load hides it must not fail CI; the suite reports each as XPASS when it gains nothing.
+OPEN_HOLES = {
+    "train_in_forward": "nothing bounds an evaluator's compute: a model that kept training "
+                        "batches in its buffers trains on them again in its first forward()",
+    "train_in_handback": "the trainer keeps training during the hand-back allowance "
+                         "(profiles.handback_s) before it saves the model",
+}
+ATTACKS = [pytest.param(name, marks=pytest.mark.xfail(reason=OPEN_HOLES[name], strict=False))
+           if name in OPEN_HOLES else name
+           for name in sorted(p.stem for p in CANDIDATES.glob("*.py"))]
 
 
 def _report(row: dict) -> None:
