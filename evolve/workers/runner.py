@@ -162,7 +162,8 @@ def run_candidate(request: RunRequest) -> RunResult:
         os.close(read_end)
     exit_code = process.returncode
     try:
-        tampered = changes_after_run(request, directory, data_state, template_before)
+        tampered = changes_after_run(request, directory, data_state, template_before,
+                                     jailed=_reports_jailed(sent) and not jail)
         if tampered:  # checked before the result is believed: whatever it says, it is void
             return _result(request, "invalid", {}, tampered, log_path, exit_code, started)
         if timed_out:
@@ -260,8 +261,16 @@ def _template_files(request: RunRequest) -> dict[str, bytes]:
     return harness_files(request.template_dir) if Path(request.template_dir).is_dir() else {}
 
 
+def _reports_jailed(sent: bytes | None) -> bool:
+    """The referee (trusted, writing down a pipe no candidate holds) says its roles ran jailed."""
+    try:
+        return json.loads(sent or b"{}").get("sandboxed") is True
+    except (ValueError, AttributeError):
+        return False
+
+
 def changes_after_run(request: RunRequest, directory: Path, data_state: DataState | None,
-                      template_before: dict[str, bytes]) -> str:
+                      template_before: dict[str, bytes], *, jailed: bool = False) -> str:
     """What changed while the run went on that outlives it or scores it (the data cache, the
     template, the harness copy in its folder), as an invalid run's reason; "" when nothing.
     The data cache is rebuilt at once; later runs are laid out from the pinned harness."""
@@ -278,7 +287,9 @@ def changes_after_run(request: RunRequest, directory: Path, data_state: DataStat
     if in_folder:
         found.append(f"the harness in the experiment folder changed during the run "
                      f"({_names(in_folder)})")
-    in_template = harness_changes(template_before, template)
+    # A jailed run cannot see the template: a change to it meanwhile is the node's (a user
+    # editing it, a stale copy), not this candidate's; the run itself used the pinned harness.
+    in_template = [] if jailed else harness_changes(template_before, template)
     if in_template:
         found.append(f"the template {template} changed during the run ({_names(in_template)}); "
                      "later runs are laid out from the worker's pinned copy")
