@@ -113,20 +113,37 @@ def test_a_refusal_requeues_the_run_without_charging_a_lost_attempt():
     assert {r.worker_id for r in of(Run, out)} == {"good"}
 
 
+def hold_cpus(ray, cpus: int):
+    """An actor holding `cpus` of the cluster's CPUs, placed before this returns."""
+
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = ray.remote(num_cpus=cpus)(Holder).remote()
+    ray.get(holder.ready.remote(), timeout=120)
+    return holder
+
+
 def test_on_ray_a_worker_with_another_harness_leaves_and_the_run_finishes_elsewhere(
         tmp_path, ray_session):
     template = make_template(tmp_path, 0.05)
     config = make_config(template, budget={"max_experiments": 6}, workers={"count": 3})
     run_dir, store = open_run(tmp_path, config)
     first: list[str] = []
+    # Room for one worker only: the other two wait to be placed, as workers on nodes that
+    # join later would. (With room for all three, the root's children would start beside it
+    # and every worker would pin the harness before the change.)
+    holder = hold_cpus(ray_session, int(ray_session.cluster_resources()["CPU"]) - 1)
 
     def change_template(c) -> None:
-        # The root has pinned the harness on its worker; the others have not run yet and
-        # will read this other version, as a node with a stale copy of the template would.
+        # The root has pinned the harness on its worker; the others join now and read this
+        # other version, as workers on nodes with a stale copy of the template would.
         if c.id == "root" and not first:
             first.append(store.attempts("root")[-1].worker)
             prepare = template / "prepare.py"
             prepare.write_text(prepare.read_text() + "\n# another version\n")
+            ray_session.kill(holder)
 
     watcher = Watcher(change_template)
     executor = RayExecutor(3, cpus_per_worker=1, poll_s=0.3)
@@ -157,6 +174,7 @@ def test_on_ray_a_worker_with_another_harness_leaves_and_the_run_finishes_elsewh
         assert all(a.worker in {"w0", "w1", "w2"} for c in finished for a in store.attempts(c.id))
     finally:
         store.close()
+        ray_session.kill(holder)
     live = watcher.out.getvalue()
     assert sum(f"warning: worker {w} on node" in live for w in others) == 2, live
     text = status_text(run_dir)
@@ -184,10 +202,14 @@ def test_locally_a_template_changed_under_the_controller_stops_the_run(tmp_path)
         assert store.count(Status.CRASHED, Status.TIMED_OUT, Status.DONE) == 0
         assert [a.outcome for a in store.attempts("root")] == ["refused"]
         assert store.lost_count("root") == 0  # resume does not charge it either
+        # the root's refusal, and the other worker's if a child of the root had started there
+        refused = [line for line in store.get_meta("refused_workers").splitlines() if line]
+        assert 1 <= len(refused) <= 2 and all("differs from the controller's" in line
+                                               for line in refused), refused
     finally:
         store.close()
     assert "warning: stopped: worker local" in watcher.out.getvalue()
-    assert "refused workers (1):" in status_text(run_dir)
+    assert f"refused workers ({len(refused)}):" in status_text(run_dir)
 
 
 def _path_without_unshare(tmp_path: Path) -> str:
