@@ -176,12 +176,15 @@ class Clocked:
     """The recorder: process CPU time at every recorded result, so the steady state (first
     result to last) is told apart from start-up (resume reads the whole store once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profiler: Any = None) -> None:
         self.stamps: list[float] = []
+        self.profiler = profiler  # profiles the steady state only (from the first result)
 
     def on_candidate(self, c: Any) -> None: ...
     def on_result(self, c: Any, kept: bool) -> None:
         self.stamps.append(time.process_time())
+        if self.profiler is not None and len(self.stamps) == 1:
+            self.profiler.enable()
     def on_progress(self, snapshot: Any) -> None: ...
 
 
@@ -201,10 +204,6 @@ def measure(size: int, experiments: int, workers: int, islands: int,
             "test": {"final": False}})
         with engine["Store"].open(Path(tmp) / "store.sqlite") as store:
             fill(engine, store, size, base, islands)
-            recorder = Clocked()
-            controller = engine["Controller"](
-                config, store, make_executor(engine, workers), {"llm": make_llm(engine)},
-                recorder, work_root=Path(tmp) / "work", tick_s=3600)
             profiler = None
             if profile:  # cProfile sees one thread: run the shell's thread work inline
                 import cProfile
@@ -214,7 +213,10 @@ def measure(size: int, experiments: int, workers: int, islands: int,
 
                 asyncio.to_thread = inline  # type: ignore[assignment]
                 profiler = cProfile.Profile()
-                profiler.enable()
+            recorder = Clocked(profiler)
+            controller = engine["Controller"](
+                config, store, make_executor(engine, workers), {"llm": make_llm(engine)},
+                recorder, work_root=Path(tmp) / "work", tick_s=3600)
             cpu, wall = time.process_time(), time.perf_counter()
             reason = asyncio.run(controller.run())
             started = cpu

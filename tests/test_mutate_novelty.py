@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evolve.mutate.novelty import _norm, changed_lines
+from evolve.mutate.novelty import _norm, changed_lines, similar, similarity
 
 SEED = (Path(__file__).resolve().parent.parent / "train_template" / "train_cpu.py").read_text()
 LINES = SEED.splitlines()
@@ -36,3 +36,24 @@ def test_changed_lines_match_the_whole_file_diff(start: int, length: int, added:
 def test_an_unchanged_file_has_no_changed_lines() -> None:
     assert changed_lines({"train.py": SEED}, {"train.py": SEED}) == ""
     assert changed_lines({"train.py": SEED}, {"train.py": SEED + "\nX = 1"}) == "+X = 1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.text(alphabet="ab +-=x1", max_size=40), b=st.text(alphabet="ab +-=x1", max_size=40),
+       threshold=st.sampled_from([0.0, 0.5, 0.9, 0.95, 1.0]))
+def test_the_bounded_comparison_decides_as_the_full_ratio(a: str, b: str,
+                                                          threshold: float) -> None:
+    """`similar` skips difflib's full matching when a cheap bound already says no; its answer
+    must be the full ratio's, every time (also for b's characters reordered)."""
+    assert similar(a, b, threshold) == (similarity(a, b) >= threshold)
+    reordered = "".join(sorted(a))
+    assert similar(a, reordered, threshold) == (similarity(a, reordered) >= threshold)
+
+
+def test_near_edits_are_similar_and_far_ones_are_not() -> None:
+    edit = "-LR = 0.02\n+LR = 0.03"
+    assert similar(edit, "-LR = 0.02\n+LR = 0.035")
+    assert not similar(edit, "-DEPTH = 4\n+DEPTH = 6\n+WIDTH = 512")
+    assert not similar(edit, "")
+    shuffled = "".join(sorted(edit))  # the same characters, in another order
+    assert similarity(edit, shuffled) < 0.9 and not similar(edit, shuffled)

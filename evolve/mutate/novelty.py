@@ -71,14 +71,29 @@ def _norm(line: str) -> str:
     return " ".join(_COMMENT.sub("", line).split())
 
 
-def _words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
+@functools.lru_cache(maxsize=1 << 14)
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
 
 
 def similarity(a: str, b: str) -> float:
     if not a and not b:
         return 1.0
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def similar(a: str, b: str, threshold: float = DIFF_SIMILAR) -> bool:
+    """`similarity(a, b) >= threshold`, exactly, with difflib's cheap upper bounds first:
+    the lengths alone, then the characters in common (`quick_ratio`); the full matching runs
+    only for the edits that pass both. A parent with hundreds of children is compared with
+    every one of them, and most differ at once."""
+    if not a and not b:
+        return 1.0 >= threshold
+    total = len(a) + len(b)  # each bound is ratio()'s 2 * matches / total with more matches
+    if 2.0 * min(len(a), len(b)) / total < threshold:
+        return False
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
 
 
 def word_overlap(a: str, b: str) -> float:
@@ -89,12 +104,13 @@ def word_overlap(a: str, b: str) -> float:
 
 
 def repeats(changes: str, description: str, tried: Sequence[Tried]) -> Tried | None:
-    """The earlier edit this one nearly repeats, if any."""
+    """The earlier edit this one nearly repeats, if any (the cheap test first: both must
+    hold)."""
     for earlier in reversed(tried):
         if not earlier.changes:
             continue
-        if (similarity(changes, earlier.changes) >= DIFF_SIMILAR
-                and word_overlap(description, earlier.description) >= WORDS_SIMILAR):
+        if (word_overlap(description, earlier.description) >= WORDS_SIMILAR
+                and similar(changes, earlier.changes, DIFF_SIMILAR)):
             return earlier
     return None
 
