@@ -40,6 +40,28 @@ def test_a_child_is_parsed_where_it_changed_and_outlined_as_a_whole():
                          mutable_files=["train.py"]) is None
 
 
+def test_a_child_checked_again_is_not_parsed_again(monkeypatch):
+    """The mutator's syntax check, its vetting and the shell's pre-flight ask about the same
+    child: one parse of its change serves them all; a caller that asks for every node (no
+    parent) still gets every node."""
+    parent = "import math\n\nLR = 0.1\n\n" + TRAIN
+    child = parent.replace("LR = 0.1\n", "LR = 0.3\n")
+    parsed.parse(parent, "train.py")
+    calls = []
+    real = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert syntax_problems({"train.py": child}, {"train.py": parent}) == []
+    assert calls == ["\nLR = 0.3\n\n"]  # the change alone (with the blank lines around)
+    first = parsed.parse(child, "train.py", parent=parent)
+    assert run_preflight({"train.py": parent}, {"train.py": child},
+                         mutable_files=["train.py"]) is None
+    assert parsed.parse(child, "train.py", parent=parent) is first
+    assert calls == ["\nLR = 0.3\n\n"]
+    whole = parsed.parse(child, "train.py")
+    assert whole.full and None not in whole.nodes and len(calls) == 2
+    assert [ast.dump(n) for n in whole.nodes] == [ast.dump(n) for n in real(child).body]
+
+
 def test_a_change_that_breaks_the_syntax_reports_the_whole_files_line():
     parent = "X = 0\nLR = 0.1\n\n" + TRAIN + "\nY = 1\n"
     child = parent.replace("LR = 0.1\n", "LR = (0.1\n")
@@ -122,6 +144,7 @@ def test_parsing_the_change_agrees_with_parsing_everything(data):
     stop = data.draw(st.integers(start, min(len(lines), start + 6)))
     new = data.draw(st.lists(st.sampled_from(SNIPPETS + lines[start:stop + 3]), max_size=5))
     child = "\n".join(lines[:start] + new + lines[stop:])
+    parsed._parsed.clear()  # a parse kept from an earlier example would prove nothing
     try:
         whole = ast.parse(child)
     except (SyntaxError, ValueError) as error:

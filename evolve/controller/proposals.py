@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -46,9 +45,6 @@ class ProposalDone:
     rejection: str  # from the static pre-flight checks, "" if they passed
 
 
-_PARSE_LOCK = threading.Lock()  # see Proposals._static_checks
-
-
 class Proposals:
     """The mutation tasks in flight and the candidates their answers become."""
 
@@ -71,6 +67,9 @@ class Proposals:
         self._notebook_text = ""
         self._recent_text = ""
         self.novelty = NoveltyIndex(store.children_of)
+        # ticket -> (files, pre-flight's reason) of the last edit the mutator had vetted:
+        # the shell's own check of the same files has that answer already
+        self._vetted: dict[int, tuple[dict[str, str], str]] = {}
 
     def start(self, decision: Propose) -> None:
         """Ask the decision's mutator for a child of its parent, as a task of its own."""
@@ -152,12 +151,16 @@ class Proposals:
                 proposal = _error(mutator.name, f"{mutator.name} mutator timed out after {timeout:g} s "
                                                 "(mutation.proposal_timeout_s)")
             except asyncio.CancelledError:
+                self._vetted.pop(decision.ticket, None)
                 raise
             except Exception as exc:  # a broken mutator costs one proposal, never the run
                 proposal = _error(mutator.name, f"{mutator.name} mutator failed: "
                                                 f"{type(exc).__name__}: {exc}")
         rejection = ""
-        if not proposal.error:
+        vetted = self._vetted.pop(decision.ticket, None)
+        if not proposal.error and vetted is not None and vetted[0] == proposal.files:
+            rejection = vetted[1]  # the same files, already checked inside the conversation
+        elif not proposal.error:
             # Parsing and walking 25 KB of source takes tens of ms: off the event loop.
             try:
                 rejection = await asyncio.to_thread(self._static_checks, parent.files,
@@ -169,12 +172,10 @@ class Proposals:
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.guard.preflight.check_child` less the duplicate check (the store answers
-        that when the child is added): the first verdict's message, or "".
-        One thread at a time: CPython 3.11 before 3.11.8 corrupts `ast.parse` run in
-        concurrent threads ("AST constructor recursion depth mismatch")."""
-        with _PARSE_LOCK:
-            return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
-                               harness_modules=self._harness_modules).reason
+        that when the child is added): the first verdict's message, or "". Safe beside the
+        event loop's own checks: every parse takes `evolve.guard.parsed`'s lock."""
+        return check_child(parent_files, files, mutable_files=self.facts.mutable_files,
+                           harness_modules=self._harness_modules).reason
 
     def _notebook(self) -> str:
         """The lab notebook and the recent-results table, rebuilt at most every
@@ -191,8 +192,9 @@ class Proposals:
         """Pre-flight and the novelty filter, for the mutator to run inside its conversation:
         a refused edit goes back to the model with the reason, within its retries."""
         def vet(files: Mapping[str, str], description: str) -> str:
-            return (self._static_checks(parent.files, files)
-                    or check_not_duplicate(files, self.store.has_hash) or ""
+            static = self._static_checks(parent.files, files)
+            self._vetted[ticket] = (dict(files), static)
+            return (static or check_not_duplicate(files, self.store.has_hash) or ""
                     or self.novelty.check(parent, files, description, candidate_id(ticket)))
         return vet
 

@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 OUTLINES_KEPT = 512        # sources whose outline is kept (parents of the next children)
+PARSED_KEPT = 16           # children whose parse is kept (the mutator's check, then pre-flight)
 STATEMENTS_KEPT = 100_000  # statement verdicts kept by a StatementMemo
 
 Key = tuple[str, int, int | None]  # a statement's lines, first and last column: its exact source
@@ -47,9 +48,11 @@ class Parsed:
 
 
 _outlines: OrderedDict[str, Outline] = OrderedDict()
+_parsed: OrderedDict[str, Parsed] = OrderedDict()
 _lock = threading.Lock()
 # CPython 3.11 before 3.11.8 corrupts ast.parse run in concurrent threads ("AST constructor
-# recursion depth mismatch"); the mutator's check (event loop) and pre-flight (a thread) meet.
+# recursion depth mismatch"); the mutator's checks (event loop) and pre-flight (a thread)
+# meet. The one lock of the process: every parse of a candidate's source goes through here.
 _parsing = threading.Lock()
 
 
@@ -61,17 +64,24 @@ def ast_parse(source: str, filename: str = "<unknown>") -> ast.Module:
 
 def parse(source: str, filename: str = "<unknown>", parent: str | None = None) -> Parsed:
     """The source's statements; raises SyntaxError / ValueError exactly when `ast.parse` does.
-    With `parent` (a source that parsed), only the statements that differ are parsed."""
+    With `parent` (a source that parsed), only the statements that differ are parsed, and a
+    source parsed a moment ago is not parsed again (the mutator's syntax check, its vetting
+    and pre-flight all ask about the same child). Without `parent`, every node is parsed."""
+    with _lock:
+        kept = _parsed.get(source)
+        if kept is not None and (parent is not None or kept.full):
+            _parsed.move_to_end(source)
+            return kept
     base = _outline_of(parent, filename) if parent is not None else None
     if base is not None:
         found = _parse_changed(source, parent, base)  # type: ignore[arg-type]
         if found is not None:
-            _remember(source, found.outline)
+            _remember(source, found.outline, found)
             return found
     tree = ast_parse(source, filename)
-    outline = outline_of(tree, source)
-    _remember(source, outline)
-    return Parsed(outline, tuple(tree.body), full=True)
+    found = Parsed(outline_of(tree, source), tuple(tree.body), full=True)
+    _remember(source, found.outline, found)
+    return found
 
 
 def lines_of(source: str) -> list[str]:
@@ -118,12 +128,17 @@ def _outline_of(source: str, filename: str) -> Outline | None:
     return outline
 
 
-def _remember(source: str, outline: Outline) -> None:
+def _remember(source: str, outline: Outline, parsed: Parsed | None = None) -> None:
     with _lock:
         _outlines[source] = outline
         _outlines.move_to_end(source)
         while len(_outlines) > OUTLINES_KEPT:
             _outlines.popitem(last=False)
+        if parsed is not None:
+            _parsed[source] = parsed
+            _parsed.move_to_end(source)
+            while len(_parsed) > PARSED_KEPT:
+                _parsed.popitem(last=False)
 
 
 def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:

@@ -10,6 +10,8 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
+from evolve.guard.parsed import ast_parse
+
 LiteralValue = bool | int | float | str
 
 
@@ -35,7 +37,7 @@ def find_constants(source: str) -> dict[str, Constant]:
 
     Raises SyntaxError if the source does not parse.
     """
-    tree = ast.parse(source)
+    tree = ast_parse(source)
     lines = source.split("\n")
     found: dict[str, Constant] = {}
     for stmt in tree.body:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from evolve.guard.parsed import parse
+from evolve.guard.parsed import ast_parse, parse
 
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\b.*$", re.IGNORECASE)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -117,7 +117,7 @@ def _parse_fields(prose: str) -> tuple[str, str]:
 
 def _looks_like_full_file(source: str) -> bool:
     try:
-        tree = ast.parse(source)
+        tree = ast_parse(source)
     except (SyntaxError, ValueError):
         return False
     return any(isinstance(node, ast.FunctionDef) and node.name == "train" for node in tree.body)
