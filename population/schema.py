@@ -72,14 +72,18 @@ COLUMNS = (
 PLACEHOLDERS = ", ".join("?" * len(COLUMNS.split(",")))
 
 
-def candidate_from_row(row: Any) -> Candidate:
-    """A stored row (in COLUMNS order) back as a frozen Candidate."""
-    (cid, parent_id, island, generation, _hash, files, diff, description, rationale, mutator,
-     model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason, log_tail,
-     seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id) = tuple(row)
+FILES = 5  # where the sources (JSON) are in a row in COLUMNS order
+
+
+def candidate_from_row(row: Any, files: dict[str, str] | None = None) -> Candidate:
+    """A stored row (in COLUMNS order) back as a frozen Candidate; `files`: its sources,
+    already decoded (they never change once stored)."""
+    (cid, parent_id, island, generation, _hash, files_json, diff, description, rationale,
+     mutator, model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason,
+     log_tail, seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id) = tuple(row)
     return Candidate(
         id=cid, parent_id=parent_id, island=island, generation=generation,
-        files=json.loads(files), description=description, rationale=rationale, mutator=mutator,
+        files=json.loads(files_json) if files is None else files, description=description, rationale=rationale, mutator=mutator,
         model=model, raw_answer=raw_answer, applied_edit=applied_edit, diff=diff,
         usage=json.loads(usage), cost_usd=cost_usd, status=Status(status),
         metrics=json.loads(metrics), reason=reason, log_tail=log_tail, seed=seed,

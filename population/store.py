@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from population import extra_runs, migrations
 from population.candidate import Candidate, Status, split_marks
 from population.extra_runs import ExtraRun
 from population.outcomes import Outcome
-from population.schema import COLUMNS, PLACEHOLDERS, SCHEMA, candidate_from_row
+from population.schema import COLUMNS, FILES, PLACEHOLDERS, SCHEMA, candidate_from_row
 from population.wins import Win
 
 _RANK = {
@@ -42,6 +43,7 @@ FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
 WRITER_LOCK_WAIT_S = 5.0  # see _take_writer_lock
+FILES_KEPT = 512  # decoded sources kept per open store (survivors, parents, lineages)
 
 
 def is_copy(candidate: Candidate) -> bool:
@@ -102,6 +104,10 @@ class Store:
         self.readonly = readonly
         self._lock_fd = lock_fd
         self._columns = COLUMNS  # a reader of an older store derives the newer columns
+        # seq -> the candidate's files, decoded: a row's sources never change once stored,
+        # and the same survivors are read several times an experiment (25 KB of JSON each)
+        self._files: dict[int, dict[str, str]] = {}
+        self._files_lock = threading.Lock()
 
     # ---- opening and closing -------------------------------------------------------------
 
@@ -140,6 +146,7 @@ class Store:
             store._check_version(creating=True)
             with store._write():
                 extra_runs.create(conn)  # stores older than extra runs gain the table
+                migrations.add_indexes(conn)  # and older stores the indexes they lack
         except BaseException:
             store.close()
             raise
@@ -459,10 +466,11 @@ class Store:
 
     def get(self, candidate_id: str) -> Candidate:
         row = self._conn.execute(
-            f"SELECT {self._columns} FROM candidates WHERE id=?", (candidate_id,)).fetchone()
+            f"SELECT seq, {self._columns} FROM candidates WHERE id=?",
+            (candidate_id,)).fetchone()
         if row is None:
             raise KeyError(f"no candidate {candidate_id!r} in the store")
-        return candidate_from_row(row)
+        return self._candidate(row)
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -531,9 +539,11 @@ class Store:
 
     def recent_finished(self, limit: int) -> list[Candidate]:
         """The last `limit` experiments to finish (done, crashed, timed out, rejected; copies
-        left out), newest first: a bounded read for the prompt's table of recent results."""
+        left out), newest first: a bounded read for the prompt's table of recent results.
+        (`+status`: walk the finish-time index newest first and stop at the limit, never
+        the status index, which would read and sort every finished row.)"""
         seqs = [row[0] for row in self._conn.execute(
-            "SELECT seq FROM candidates WHERE status IN ('done', 'crashed', 'timed_out', "
+            "SELECT seq FROM candidates WHERE +status IN ('done', 'crashed', 'timed_out', "
             "'rejected') AND mutator != ? ORDER BY finished_at DESC, seq DESC LIMIT ?",
             (MIGRATION, limit))]
         return self._load(seqs)
@@ -633,8 +643,21 @@ class Store:
         rows = self._conn.execute(
             f"SELECT seq, {self._columns} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
             seqs).fetchall()
-        by_seq = {row[0]: candidate_from_row(row[1:]) for row in rows}
+        by_seq = {row[0]: self._candidate(row) for row in rows}
         return [by_seq[seq] for seq in seqs]
+
+    def _candidate(self, row: Any) -> Candidate:
+        """A (seq, COLUMNS...) row as a Candidate, its sources decoded once per FILES_KEPT."""
+        seq, fields = row[0], tuple(row)[1:]
+        with self._files_lock:
+            files = self._files.get(seq)
+        if files is None:
+            files = json.loads(fields[FILES])
+            with self._files_lock:
+                self._files[seq] = files
+                if len(self._files) > FILES_KEPT:  # the oldest entry goes
+                    self._files.pop(next(iter(self._files)), None)
+        return candidate_from_row(fields, files=dict(files))  # a copy: callers may edit it
 
 
 class _Transaction:

@@ -224,12 +224,13 @@ def test_per_experiment_queries_read_only_indexes(store: Store) -> None:
     store.count(Status.DONE)
     store.count()
     store.recent_failures(3)
+    store.recent_finished(48)
     store.finished_since_best(0)
     store.lost_count("c1")
     store.hashes()
     store._conn.set_trace_callback(None)
     selects = [sql for sql in traced if sql.startswith("SELECT") and "candidates" in sql]
-    assert len(selects) >= 11
+    assert len(selects) >= 12
     for sql in selects:
         sql = sql.replace("-Inf", "-1e999")  # the trace prints an unbound -inf this way
         plan = [row[-1] for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql)]
@@ -240,6 +241,22 @@ def test_per_experiment_queries_read_only_indexes(store: Store) -> None:
                 assert "PRIMARY KEY" in step, (sql, plan)
             else:
                 assert "COVERING INDEX" in step, (sql, plan)
+
+
+def test_sources_decoded_once_are_handed_out_as_copies(store: Store) -> None:
+    """A candidate's sources never change once stored, so the store decodes them once; what
+    it hands out is still each caller's own (editing one answer changes no other)."""
+    done(store, "root", 3.0, now=1.0)
+    first = store.get("root")
+    first.files["train.py"] = "edited by a caller\n"  # type: ignore[index]
+    again, best = store.get("root"), store.best()
+    assert again.files == {"train.py": "X = 'root'\n"} and best is not None
+    assert best.files == again.files and best.files is not again.files
+    for i in range(600):  # more than the store keeps: the oldest are read again, unchanged
+        store.add(make(f"c{i}", "root", source=f"Y = {i}\n"))
+    assert [c.files["train.py"] for c in store.children_of("root")][::199] == \
+        ["Y = 0\n", "Y = 199\n", "Y = 398\n", "Y = 597\n"]
+    assert store.get("root").files == {"train.py": "X = 'root'\n"}
 
 
 def test_refused_and_abandoned_attempts_are_history_but_not_lost(store: Store) -> None:

@@ -119,6 +119,34 @@ def test_a_writer_brings_a_version_1_store_up_to_date_keeping_every_row(tmp_path
     assert {"sandbox_problem", "test_bpb"} <= columns
 
 
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='candidates'")}
+
+
+def test_a_writer_gives_an_old_store_the_indexes_it_lacks_and_the_answers_stay(tmp_path):
+    """The recent-results index is not versioned: a reader of an old store answers from the
+    table, a writer's open adds the index, and the answers are the same either way."""
+    run_dir = old_run(tmp_path)
+    assert "candidates_recent" not in _indexes(run_dir.store_path)
+    with Store.open(run_dir.store_path, readonly=True) as reader:
+        before = [c.id for c in reader.recent_finished(10)]
+    assert before == ["c00001", "c00000", "root"]  # newest first
+    with Store.open(run_dir.store_path) as store:
+        assert [c.id for c in store.recent_finished(10)] == before
+        assert [c.id for c in store.recent_finished(2)] == before[:2]
+    assert "candidates_recent" in _indexes(run_dir.store_path)
+    with sqlite3.connect(run_dir.store_path) as conn:  # read newest first, stopped at the limit
+        plan = " ".join(row[-1] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM candidates WHERE +status IN ('done', 'crashed', "
+            "'timed_out', 'rejected') AND mutator != 'migration' "
+            "ORDER BY finished_at DESC, seq DESC LIMIT 48"))
+    assert "candidates_recent" in plan and "TEMP B-TREE" not in plan
+    with Store.open(run_dir.store_path) as store:  # and opening again changes nothing
+        assert [c.id for c in store.recent_finished(10)] == before
+
+
 def test_resuming_a_version_1_run_directory_continues_it(tmp_path):
     run_dir = old_run(tmp_path, max_experiments=5)  # the root counts: two more to run
     reason = Run.resume(run_dir.path).execute(executor=LocalExecutor(1), install_signals=False)
