@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import operator
 import os
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ FAILED = (Status.CRASHED, Status.TIMED_OUT, Status.REJECTED)
 RAN = (Status.DONE, Status.CRASHED, Status.TIMED_OUT)
 MIGRATION = "migration"
 WRITER_LOCK_WAIT_S = 5.0  # see _take_writer_lock
+_MUTATOR = operator.attrgetter("mutator")
 FILES_KEPT = 512  # decoded sources kept per open store (survivors, parents, lineages)
 
 
@@ -55,7 +57,8 @@ def edits_from_seed(chain: Sequence[Candidate]) -> int:
     """The generation every output shows: edits from the seed along `chain` (root first,
     ending at the candidate). A migration or island-seeding copy has its source's code, so
     it adds none; the store's `generation` field counts copies too and is not shown."""
-    return sum(1 for step in chain[1:] if not is_copy(step))
+    mutators = list(map(_MUTATOR, chain[1:]))  # C-speed: lineages run hundreds deep
+    return len(mutators) - mutators.count(MIGRATION)
 
 
 class StoreError(Exception):

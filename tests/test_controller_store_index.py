@@ -39,3 +39,38 @@ def test_memory_matches_the_store(tmp_path):
         a2 = store.get("a2")
         assert [c.id for c in memory.lineage(a2)] == [c.id for c in store.lineage("a2")]
         assert memory.lineage(a2)[1].val_bpb == 1.4
+
+
+def test_deep_lineages_from_kept_chains_match_the_store(tmp_path):
+    """Chains kept per final parent (and extended from the nearest one kept) give the store's
+    lineage for every candidate of a deep random tree, migration copies and children still
+    running included; the generation shown counts the same edits as a walk would."""
+    import random
+
+    from evolve.controller import store_index
+    from population.store import MIGRATION, edits_from_seed
+
+    rng = random.Random(4)
+    with Store.open(tmp_path / "s.sqlite") as store:
+        memory = StoreIndex(store)
+        ids = ["root"]
+        store.add(Candidate(id="root", parent_id=None, island=0, generation=0,
+                            files={"train.py": "X = 0\n"}, status=Status.DONE,
+                            metrics={"val_bpb": 2.0}))
+        for i in range(1, 400):
+            parent = ids[-1] if rng.random() < 0.8 else rng.choice(ids)
+            running = rng.random() < 0.1
+            store.add(Candidate(
+                id=f"c{i}", parent_id=parent, island=0, generation=0,
+                files={"train.py": f"X = {i}\n"}, mutator=MIGRATION if i % 7 == 0 else "llm",
+                status=Status.PROPOSED if running else Status.DONE,
+                metrics={} if running else {"val_bpb": 2.0 - i / 1000}))
+            ids.append(f"c{i}")
+        for cid in rng.sample(ids, 150) + ids[-20:]:
+            candidate = store.get(cid)
+            found = memory.lineage(candidate)
+            truth = store.lineage(cid)
+            assert [c.id for c in found] == [c.id for c in truth]
+            assert edits_from_seed(found) == sum(1 for c in truth[1:] if c.mutator != MIGRATION)
+        assert 0 < len(memory._chains) <= store_index.CHAINS_KEPT
+        assert all(c.status.is_final for chain in memory._chains.values() for c in chain)

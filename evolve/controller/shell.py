@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,16 @@ class RunRecorder(Protocol):
     def on_progress(self, snapshot: Progress) -> None: ...
 
 
+def _settle_heap() -> None:
+    """Collect the start-up's garbage now and move everything alive (the libraries, the
+    resumed state) out of the cyclic collector's way for the run: otherwise what resuming a
+    large store left behind is collected in the middle of the run, and every full
+    collection walks every object the imports made (~170,000, tens of ms each). Only the
+    cyclic collector is affected: reference counting frees as before; `run` unfreezes."""
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class _Running:
     candidate_id: str
@@ -206,11 +217,13 @@ class Controller:
             self._queue.put_nowait(ExtraRunsQueued(job_ids=tuple(early),
                                                    islands=self._islands_of(early),
                                                    now=self.clock()))
+        _settle_heap()
         try:
             await self.executor.start(self._queue.put_nowait)
             reason = await self._loop()
             stopped = True
         finally:
+            gc.unfreeze()
             for task in watchers + list(self.proposals.tasks):
                 task.cancel()
             for task in watchers + list(self.proposals.tasks):

@@ -6,12 +6,15 @@ are read from the store once, then kept up to date as candidates are added and f
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from evolve.mutate.notebook import tried_with_outcomes
 from population.candidate import Candidate
 from population.store import Store
 
 TRIED_LIMIT = 20  # children of a parent described to its next mutation
 ANCESTOR_CACHE = 4096  # final candidates kept in memory for lineages
+CHAINS_KEPT = 256  # whole lineages of final parents kept (tuples sharing the candidates)
 
 
 class StoreIndex:
@@ -20,6 +23,7 @@ class StoreIndex:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._ancestors: dict[str, Candidate] = {}
+        self._chains: OrderedDict[str, tuple[Candidate, ...]] = OrderedDict()
         self._children: dict[str, dict[str, Candidate]] = {}  # parent -> children, by id
 
     def note(self, c: Candidate) -> None:
@@ -37,22 +41,47 @@ class StoreIndex:
         return tried_lines(parent, children)
 
     def lineage(self, candidate: Candidate) -> list[Candidate]:
-        """Root .. candidate. Ancestors are final, so they are cached: a proposal costs no
-        store reads for a lineage hundreds of steps deep."""
-        chain = [candidate]
-        while chain[-1].parent_id is not None:
-            parent_id = chain[-1].parent_id
-            ancestor = self._ancestors.get(parent_id)
-            if ancestor is None:
-                ancestor = self.store.get(parent_id)
-                if ancestor.status.is_final:
-                    if len(self._ancestors) >= ANCESTOR_CACHE:
-                        self._ancestors.clear()
-                    self._ancestors[parent_id] = ancestor
-            chain.append(ancestor)
-            if len(chain) > 100_000:
-                raise RuntimeError(f"the lineage of {candidate.id} loops")
-        return chain[::-1]
+        """Root .. candidate. Ancestors are final, so they are cached, and so is each final
+        parent's whole chain: a proposal walks no lineage hundreds of steps deep, it copies
+        its parent's chain (or extends the nearest chain kept by the steps not seen yet)."""
+        if candidate.parent_id is None:
+            return [candidate]
+        return [*self._chain(candidate.parent_id), candidate]
+
+    def _chain(self, candidate_id: str) -> tuple[Candidate, ...]:
+        """Root .. the final candidate `candidate_id`, kept for the CHAINS_KEPT latest."""
+        found = self._chains.get(candidate_id)
+        if found is not None:
+            self._chains.move_to_end(candidate_id)
+            return found
+        walked: list[Candidate] = []
+        base: tuple[Candidate, ...] = ()
+        step_id: str | None = candidate_id
+        while step_id is not None:
+            if step_id in self._chains:
+                base = self._chains[step_id]
+                break
+            ancestor = self._ancestor(step_id)
+            walked.append(ancestor)
+            step_id = ancestor.parent_id
+            if len(walked) > 100_000:
+                raise RuntimeError(f"the lineage of {candidate_id} loops")
+        chain = base + tuple(reversed(walked))
+        if all(step.status.is_final for step in walked):  # what is still running may change
+            self._chains[candidate_id] = chain
+            if len(self._chains) > CHAINS_KEPT:
+                self._chains.popitem(last=False)
+        return chain
+
+    def _ancestor(self, candidate_id: str) -> Candidate:
+        ancestor = self._ancestors.get(candidate_id)
+        if ancestor is None:
+            ancestor = self.store.get(candidate_id)
+            if ancestor.status.is_final:
+                if len(self._ancestors) >= ANCESTOR_CACHE:
+                    self._ancestors.clear()
+                self._ancestors[candidate_id] = ancestor
+        return ancestor
 
 
 def tried_lines(parent: Candidate, children: list[Candidate]) -> list[str]:
