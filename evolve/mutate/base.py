@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -103,14 +104,7 @@ def unified_diff(old_files: Mapping[str, str], new_files: Mapping[str, str]) -> 
             header.append("deleted file mode 100644\n")
         from_name = f"a/{name}" if old is not None else "/dev/null"
         to_name = f"b/{name}" if new is not None else "/dev/null"
-        lines = list(
-            difflib.unified_diff(
-                _lines(old or ""),
-                _lines(new or ""),
-                fromfile=from_name,
-                tofile=to_name,
-            )
-        )
+        lines = _file_diff(old or "", new or "", from_name, to_name)
         if not lines:  # e.g. an empty file added or removed: git shows the header alone
             chunks.extend(header)
             continue
@@ -118,6 +112,103 @@ def unified_diff(old_files: Mapping[str, str], new_files: Mapping[str, str]) -> 
         for line in lines:
             chunks.append(line if line.endswith("\n") else line + "\n" + _NO_NEWLINE)
     return "".join(chunks)
+
+
+_CONTEXT = 3  # difflib.unified_diff's lines of context
+
+
+def _file_diff(old: str, new: str, from_name: str, to_name: str) -> list[str]:
+    """difflib.unified_diff's lines for one file, with difflib's matching run on the lines
+    that differ only: a child shares all but a few of its 900 lines with its parent, and
+    difflib's cost grows with what it is given. Same output: the shared head and tail are
+    the blocks difflib's matching starts from, and within the middle it matches as it would
+    in the whole file (the lines it ignores as too common are counted over the whole file)."""
+    a, b = _lines(old), _lines(new)
+    head, tail = _shared_ends(old, new) if old.endswith("\n") and new.endswith("\n") \
+        else (0, 0)
+    matcher = difflib.SequenceMatcher(None, a[head:len(a) - tail], b[head:len(b) - tail],
+                                      autojunk=False)
+    if len(b) >= 200:  # difflib's autojunk, decided on the whole of b
+        enough = len(b) // 100 + 1
+        for line, count in collections.Counter(b).items():
+            if count > enough:
+                matcher.b2j.pop(line, None)
+    blocks = [(0, 0, head)] + [(i + head, j + head, k) for i, j, k in
+                               matcher.get_matching_blocks()[:-1]]
+    blocks += [(len(a) - tail, len(b) - tail, tail)]
+    whole = difflib.SequenceMatcher(None, (), ())  # the whole file's matching, known already
+    whole.a, whole.b = a, b
+    whole.matching_blocks = _merged(blocks) + [(len(a), len(b), 0)]
+    return list(_unified(whole, a, b, from_name, to_name))
+
+
+def _shared_ends(old: str, new: str) -> tuple[int, int]:
+    """How many lines the two texts (each ending in a newline) share at the start, then at
+    the end of what is left: what comparing their lists of lines would find, at C speed."""
+    prefix = _common_prefix(old, new)
+    head = old.count("\n", 0, prefix)
+    start = old.rfind("\n", 0, prefix) + 1  # where the first differing line starts
+    rest_old, rest_new = old[start:], new[start:]
+    suffix = _common_prefix(rest_old[::-1], rest_new[::-1])
+    tail = rest_old.count("\n", len(rest_old) - suffix)
+    at_old, at_new = len(rest_old) - suffix, len(rest_new) - suffix
+    if tail and not ((at_old == 0 or rest_old[at_old - 1] == "\n")
+                     and (at_new == 0 or rest_new[at_new - 1] == "\n")):
+        tail -= 1  # the shared end begins inside a line: that line differs
+    return head, tail
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix, by bisection (C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a.startswith(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _merged(blocks: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Adjacent blocks as one, empty ones dropped (as difflib leaves its matching blocks)."""
+    out: list[tuple[int, int, int]] = []
+    for i, j, k in blocks:
+        if not k:
+            continue
+        if out and out[-1][0] + out[-1][2] == i and out[-1][1] + out[-1][2] == j:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + k)
+        else:
+            out.append((i, j, k))
+    return out
+
+
+def _unified(matcher: difflib.SequenceMatcher, a: list[str], b: list[str], from_name: str,
+             to_name: str) -> Iterator[str]:
+    """The lines of `difflib.unified_diff(a, b, from_name, to_name)` for this matching."""
+    for number, group in enumerate(matcher.get_grouped_opcodes(_CONTEXT)):
+        if number == 0:
+            yield f"--- {from_name}\n"
+            yield f"+++ {to_name}\n"
+        first, last = group[0], group[-1]
+        yield f"@@ -{_span(first[1], last[2])} +{_span(first[3], last[4])} @@\n"
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                yield from (" " + line for line in a[i1:i2])
+                continue
+            if tag in ("replace", "delete"):
+                yield from ("-" + line for line in a[i1:i2])
+            if tag in ("replace", "insert"):
+                yield from ("+" + line for line in b[j1:j2])
+
+
+def _span(start: int, stop: int) -> str:
+    """A hunk's range as unified diffs write it (1-based; an empty range names the line
+    before it)."""
+    length = stop - start
+    if length == 1:
+        return f"{start + 1}"
+    return f"{start if not length else start + 1},{length}"
 
 
 def _lines(text: str) -> list[str]:
