@@ -124,7 +124,7 @@ def _file_diff(old: str, new: str, from_name: str, to_name: str) -> list[str]:
     the blocks difflib's matching starts from, and within the middle it matches as it would
     in the whole file (the lines it ignores as too common are counted over the whole file)."""
     a, b = _lines(old), _lines(new)
-    head, tail = _shared_ends(old, new) if old.endswith("\n") and new.endswith("\n") \
+    head, tail = shared_ends(old, new) if old.endswith("\n") and new.endswith("\n") \
         else (0, 0)
     matcher = difflib.SequenceMatcher(None, a[head:len(a) - tail], b[head:len(b) - tail],
                                       autojunk=False)
@@ -142,7 +142,7 @@ def _file_diff(old: str, new: str, from_name: str, to_name: str) -> list[str]:
     return list(_unified(whole, a, b, from_name, to_name))
 
 
-def _shared_ends(old: str, new: str) -> tuple[int, int]:
+def shared_ends(old: str, new: str) -> tuple[int, int]:
     """How many lines the two texts (each ending in a newline) share at the start, then at
     the end of what is left: what comparing their lists of lines would find, at C speed."""
     prefix = _common_prefix(old, new)

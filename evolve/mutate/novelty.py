@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from evolve.mutate.base import INFRASTRUCTURE
+from evolve.mutate.base import INFRASTRUCTURE, shared_ends
 from population.candidate import Candidate
 
 DIFF_SIMILAR = 0.9  # share of matching characters between two edits' changed lines
@@ -27,6 +27,7 @@ PER_PARENT = 200  # edits remembered per parent (the newest)
 PARENTS = 512  # parents remembered (least recently used dropped)
 _COMMENT = re.compile(r"\s+#.*$|^#.*$")
 _WORD = re.compile(r"[a-z0-9_.]+")
+_OTHER_BREAKS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     """The lines an edit removes and adds, normalised (comments and spacing dropped)."""
     out = []
     for name in sorted(set(old) | set(new)):
-        a, b = _differing(old.get(name, "").splitlines(), new.get(name, "").splitlines())
+        a, b = _differing(old.get(name, ""), new.get(name, ""))
         a, b = [_norm(line) for line in a], [_norm(line) for line in b]
         for line in difflib.unified_diff(a, b, lineterm="", n=0):
             if line.startswith(("---", "+++", "@@")):
@@ -52,9 +53,15 @@ def changed_lines(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     return "\n".join(out)
 
 
-def _differing(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+def _differing(old: str, new: str) -> tuple[list[str], list[str]]:
     """The two files' lines less their common head and tail: a child shares almost every line
-    with its parent, and difflib's cost grows with what it is given, not with what changed."""
+    with its parent, and difflib's cost grows with what it is given, not with what changed.
+    The shared ends are found by comparing text where lines are plain '\n'-ended ones."""
+    if _plain_lines(old) and _plain_lines(new):
+        head, tail = shared_ends(old, new)
+        a, b = old.splitlines(), new.splitlines()
+        return a[head:len(a) - tail], b[head:len(b) - tail]
+    a, b = old.splitlines(), new.splitlines()
     limit = min(len(a), len(b))
     head = 0
     while head < limit and a[head] == b[head]:
@@ -63,6 +70,11 @@ def _differing(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
     while tail < limit - head and a[len(a) - 1 - tail] == b[len(b) - 1 - tail]:
         tail += 1
     return a[head:len(a) - tail], b[head:len(b) - tail]
+
+
+def _plain_lines(text: str) -> bool:
+    """Ends in '\n' and has no other line break str.splitlines knows (each test a C scan)."""
+    return text.endswith("\n") and not any(mark in text for mark in _OTHER_BREAKS)
 
 
 @functools.lru_cache(maxsize=1 << 16)
