@@ -27,10 +27,11 @@ def whole_file_diff(old: str, new: str) -> str:
        added=st.lists(st.sampled_from(["X = 1", "LR = 0.02", "", "# note", "DEPTH = 4"]),
                       max_size=5))
 def test_changed_lines_match_the_whole_file_diff(start: int, length: int, added: list[str]) -> None:
-    child = "\n".join(LINES[:start] + added + LINES[start + length:])
-    # the same lines removed and added (difflib may order a hunk's lines differently)
-    trimmed = changed_lines({"train.py": SEED}, {"train.py": child}).splitlines()
-    assert sorted(trimmed) == sorted(whole_file_diff(SEED, child).splitlines())
+    joined = "\n".join(LINES[:start] + added + LINES[start + length:])
+    for child in (joined, joined + "\n"):  # the line-by-line walk, and the text comparison
+        # the same lines removed and added (difflib may order a hunk's lines differently)
+        trimmed = changed_lines({"train.py": SEED}, {"train.py": child}).splitlines()
+        assert sorted(trimmed) == sorted(whole_file_diff(SEED, child).splitlines())
 
 
 def test_an_unchanged_file_has_no_changed_lines() -> None:
