@@ -233,8 +233,19 @@ def resolve_file(name: str | None, mutable_files: Sequence[str], block: int | No
 
 # ---------------------------------------------------------------- applying
 
+_OTHER_BREAKS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
 def _split_lines(text: str) -> tuple[list[str], list[str]]:
     """Lines without their endings, and each line's ending ('' for a last line without one)."""
+    if not any(mark in text for mark in _OTHER_BREAKS):  # '\n' only: at C speed
+        bodies = text.split("\n")
+        if text.endswith("\n") or not text:
+            bodies.pop()
+        ends = ["\n"] * len(bodies)
+        if bodies and not text.endswith("\n"):
+            ends[-1] = ""
+        return bodies, ends
     parts = text.splitlines(keepends=True)
     bodies = [p.rstrip("\r\n") for p in parts]
     ends = [p[len(b):] for p, b in zip(parts, bodies, strict=True)]
@@ -246,8 +257,14 @@ def _leading(line: str) -> str:
 
 
 _Normaliser = Callable[[str], str]
+
+
+def _EXACT(s: str) -> str:  # noqa: N802 - a normaliser, named for its level
+    return s
+
+
 _LEVELS: tuple[tuple[str, _Normaliser, bool], ...] = (
-    ("exact", lambda s: s, False),
+    ("exact", _EXACT, False),
     ("trailing whitespace", str.rstrip, False),
     ("indentation", str.strip, False),
     ("blank lines", lambda s: " ".join(s.split()), True),
@@ -257,6 +274,8 @@ _LEVELS: tuple[tuple[str, _Normaliser, bool], ...] = (
 def _find(file_lines: list[str], search_lines: list[str], norm: _Normaliser,
           skip_blank: bool) -> list[tuple[int, int]]:
     """Spans [start, end) of file lines matching the search lines under a normaliser."""
+    if norm is _EXACT:  # the first level: only where the first line is, at C speed
+        return _find_exact(file_lines, search_lines)
     if skip_blank:
         index = [k for k, line in enumerate(file_lines) if line.strip()]
         needle = [norm(s) for s in search_lines if s.strip()]
@@ -272,6 +291,21 @@ def _find(file_lines: list[str], search_lines: list[str], norm: _Normaliser,
         if hay[start:start + n] == needle:
             spans.append((index[start], index[start + n - 1] + 1))
     return spans
+
+
+def _find_exact(file_lines: list[str], search_lines: list[str]) -> list[tuple[int, int]]:
+    """`_find` with no normalising: the spans where the search lines are, word for word."""
+    n = len(search_lines)
+    if n == 0:
+        return []
+    spans, start, last = [], -1, len(file_lines) - n
+    while True:
+        try:
+            start = file_lines.index(search_lines[0], start + 1, last + 1)
+        except ValueError:
+            return spans
+        if file_lines[start:start + n] == search_lines:
+            spans.append((start, start + n))
 
 
 def _reindent(replace_lines: list[str], search_lines: list[str], matched: list[str]) -> list[str]:
