@@ -7,6 +7,7 @@ write in progress. Ranking queries read light indexed columns and load full cand
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -110,6 +111,8 @@ class Store:
         # seq -> the candidate's files, decoded: a row's sources never change once stored,
         # and the same survivors are read several times an experiment (25 KB of JSON each)
         self._files: dict[int, dict[str, str]] = {}
+        self._final: dict[int, Candidate] = {}  # seq -> a candidate whose row is final
+        self._final_ids: dict[str, int] = {}
         self._files_lock = threading.Lock()
 
     # ---- opening and closing -------------------------------------------------------------
@@ -468,6 +471,11 @@ class Store:
     # ---- reads ---------------------------------------------------------------------------
 
     def get(self, candidate_id: str) -> Candidate:
+        with self._files_lock:
+            seq = self._final_ids.get(candidate_id)
+            kept = self._final.get(seq) if seq is not None else None
+        if kept is not None:
+            return _fresh(kept)
         row = self._conn.execute(
             f"SELECT seq, {self._columns} FROM candidates WHERE id=?",
             (candidate_id,)).fetchone()
@@ -643,14 +651,21 @@ class Store:
         seqs = list(seqs)
         if not seqs:
             return []
-        rows = self._conn.execute(
-            f"SELECT seq, {self._columns} FROM candidates WHERE seq IN ({', '.join('?' * len(seqs))})",
-            seqs).fetchall()
-        by_seq = {row[0]: self._candidate(row) for row in rows}
-        return [by_seq[seq] for seq in seqs]
+        with self._files_lock:
+            by_seq = {seq: self._final[seq] for seq in seqs if seq in self._final}
+        missing = [seq for seq in seqs if seq not in by_seq]
+        if missing:
+            rows = self._conn.execute(
+                f"SELECT seq, {self._columns} FROM candidates "
+                f"WHERE seq IN ({', '.join('?' * len(missing))})", missing).fetchall()
+            by_seq.update((row[0], self._candidate(row, copy=False)) for row in rows)
+        return [_fresh(by_seq[seq]) for seq in seqs]
 
-    def _candidate(self, row: Any) -> Candidate:
-        """A (seq, COLUMNS...) row as a Candidate, its sources decoded once per FILES_KEPT."""
+    def _candidate(self, row: Any, *, copy: bool = True) -> Candidate:
+        """A (seq, COLUMNS...) row as a Candidate. Its sources are decoded once per
+        FILES_KEPT (they never change once stored), and a final candidate is kept whole:
+        its row never changes again (status only moves forward, and a final status is the
+        last word), so the survivors read several times an experiment are read once."""
         seq, fields = row[0], tuple(row)[1:]
         with self._files_lock:
             files = self._files.get(seq)
@@ -660,7 +675,21 @@ class Store:
                 self._files[seq] = files
                 if len(self._files) > FILES_KEPT:  # the oldest entry goes
                     self._files.pop(next(iter(self._files)), None)
-        return candidate_from_row(fields, files=dict(files))  # a copy: callers may edit it
+        candidate = candidate_from_row(fields, files=files)
+        if candidate.status.is_final:
+            with self._files_lock:
+                self._final[seq] = candidate
+                self._final_ids[candidate.id] = seq
+                if len(self._final) > FILES_KEPT:
+                    gone = self._final.pop(next(iter(self._final)))
+                    self._final_ids.pop(gone.id, None)
+        return _fresh(candidate) if copy else candidate
+
+
+def _fresh(candidate: Candidate) -> Candidate:
+    """A copy whose dicts are the caller's own (the store keeps the original)."""
+    return dataclasses.replace(candidate, files=dict(candidate.files),
+                               metrics=dict(candidate.metrics), usage=dict(candidate.usage))
 
 
 class _Transaction:

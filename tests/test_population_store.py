@@ -259,6 +259,32 @@ def test_sources_decoded_once_are_handed_out_as_copies(store: Store) -> None:
     assert store.get("root").files == {"train.py": "X = 'root'\n"}
 
 
+def test_final_candidates_are_read_once_and_the_rest_every_time(store: Store) -> None:
+    """A final row never changes, so the store keeps final candidates and reads only the
+    others again; what it hands out stays each caller's own."""
+    for i in range(5):
+        done(store, f"d{i}", 2.0 - i / 10, now=float(i + 1))
+    store.add(make("p", "d0"))
+    with Store.open(store.path, readonly=True) as reader:  # a live run's reader, fresh
+        traced: list[str] = []
+        reader._conn.set_trace_callback(traced.append)
+        first = reader.survivors(0, 3)
+        assert [c.id for c in first] == ["d4", "d3", "d2"]
+        assert len([sql for sql in traced if sql.startswith("SELECT seq, id, parent_id")]) == 1
+        traced.clear()
+        again = reader.survivors(0, 3)
+        assert again == first and not [sql for sql in traced if sql.startswith("SELECT seq, id")]
+        again[0].metrics["val_bpb"] = 9.0  # type: ignore[index]
+        assert reader.get("d4").val_bpb == 1.6 and reader.best().id == "d4"
+        assert reader.get("p").status is Status.PROPOSED
+        store.set_status("p", Status.RUNNING)  # the writer moves it on
+        assert reader.get("p").status is Status.RUNNING  # not final: read again
+        store.record_result("p", status=Status.DONE, metrics={"val_bpb": 1.0}, now=9.0)
+        assert reader.get("p").val_bpb == 1.0 and reader.best().id == "p"
+        reader._conn.set_trace_callback(None)
+    assert store.get("p").val_bpb == 1.0 and store.best().id == "p"
+
+
 def test_refused_and_abandoned_attempts_are_history_but_not_lost(store: Store) -> None:
     store.add(make("a"))
     store.set_status("a", Status.RUNNING)
