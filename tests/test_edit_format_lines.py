@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evolve.mutate.edit_format import _EXACT, _find, _split_lines
+from evolve.mutate.edit_format import _EXACT, _find, _splice, _split_lines
 
 SEED = (Path(__file__).resolve().parent.parent / "train_template" / "train_cpu.py").read_text()
 LINES = SEED.split("\n")
@@ -39,3 +39,25 @@ def test_exact_matches_are_the_ones_the_general_search_finds(start: int, length:
     assert fast == slow
     if search and not extra:  # the file's own lines: found where they were taken from
         assert (start, start + len(search)) in fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "", "  b", "c\r", "d\x0c"]), max_size=8), st.booleans(),
+       st.data())
+def test_a_spliced_file_keeps_every_line_ending(parts: list[str], end: bool,
+                                                data: st.DataObject) -> None:
+    text = "\n".join(parts) + ("\n" if end else "")
+    lines, ends = _split_lines(text)
+    start = data.draw(st.integers(0, len(lines)))
+    stop = data.draw(st.integers(start, len(lines)))
+    new = data.draw(st.lists(st.sampled_from(["x = 1", ""]), max_size=3))
+    spliced = _splice(lines, ends, start, stop, new)
+    newline = next((e for e in ends if e), "\n")  # the reference: every line and its ending
+    new_ends = [newline] * len(new)
+    if new and stop == len(lines) and ends and ends[-1] == "":
+        new_ends[-1] = ""
+    if not new and start > 0 and stop == len(lines) and ends[-1] == "":
+        ends = ends[:start - 1] + [""] + ends[start:]
+    expected = "".join(b + e for b, e in zip(lines[:start] + new + lines[stop:],
+                                             ends[:start] + new_ends + ends[stop:], strict=True))
+    assert spliced == expected

@@ -404,6 +404,9 @@ def _splice(lines: list[str], ends: list[str], start: int, end: int, new: list[s
         ends = ends[:start - 1] + [""] + ends[start:]  # deleted the last line: drop its separator
     bodies = lines[:start] + new + lines[end:]
     all_ends = ends[:start] + new_ends + ends[end:]
+    newlines = all_ends.count("\n")
+    if newlines == len(all_ends) or (newlines == len(all_ends) - 1 and all_ends[-1] == ""):
+        return "\n".join(bodies) + ("\n" if all_ends and all_ends[-1] else "")  # C speed
     return "".join(b + e for b, e in zip(bodies, all_ends, strict=True))
 
 
