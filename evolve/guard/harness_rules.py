@@ -79,8 +79,9 @@ def check_file(name: str, source: str, parsed: Parsed, harness: frozenset[str]) 
     ctx_names = {"ctx"} | next(({t[3]} if t[3] else set() for _, t in trains if t[0] == "def"),
                                set())
     context = (frozenset(aliases.items()), frozenset(ctx_names), harness)
+    clean = _CLEAN.get_many(context, parsed.outline.keys)
     for i, key in enumerate(parsed.outline.keys):
-        if _CLEAN.get(context, key):
+        if clean[i]:
             continue
         node = parsed.nodes[i]
         if node is None:  # a parent's statement, not yet seen under this context
@@ -94,8 +95,8 @@ def check_file(name: str, source: str, parsed: Parsed, harness: frozenset[str]) 
 
 def _facts(parsed: Parsed) -> list[tuple[tuple[tuple[str, str], ...], TrainFact]] | None:
     found = []
-    for key, node in zip(parsed.outline.keys, parsed.nodes, strict=True):
-        fact = _FACTS.get(None, key)
+    known = _FACTS.get_many(None, parsed.outline.keys)
+    for key, node, fact in zip(parsed.outline.keys, parsed.nodes, known, strict=True):
         if fact is None:
             if node is None:
                 return None

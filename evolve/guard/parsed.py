@@ -236,6 +236,12 @@ class StatementMemo:
         with self._lock:
             return self._found.get((context, key))
 
+    def get_many(self, context: Hashable, keys: tuple[Key, ...]) -> list[object | None]:
+        """`get` for each key, under one lock (a file has hundreds of statements)."""
+        with self._lock:
+            found = self._found
+            return [found.get((context, key)) for key in keys]
+
     def put(self, context: Hashable, key: Key, value: object) -> None:
         with self._lock:
             if len(self._found) >= self.limit:
