@@ -7,6 +7,8 @@ import functools
 import hashlib
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -85,16 +87,83 @@ def normalise_source(source: str) -> str:
     """Source with comments, trailing blanks and blank lines removed: edits that only touch
     those do not make a new experiment (naive about '#' inside strings, which errs towards
     calling two sources different)."""
-    lines = []
-    for line in source.splitlines():
-        stripped = _COMMENT.sub("", line).rstrip() if "#" in line else line.rstrip()
-        if stripped.strip():
-            lines.append(stripped)
-    return "\n".join(lines)
+    return "\n".join(filter(None, _line_forms(source)))
 
 
-def source_hash(files: Mapping[str, str]) -> str:
-    """Hash of the normalised mutable files: equal hashes are the same experiment."""
+def _line_form(line: str) -> str:
+    """One line as `normalise_source` keeps it ("" when it keeps nothing)."""
+    stripped = _COMMENT.sub("", line).rstrip() if "#" in line else line.rstrip()
+    return stripped if stripped.strip() else ""
+
+
+_FORMS_KEPT = 64  # sources whose per-line forms are kept (parents of the next children)
+_forms: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+_forms_lock = threading.Lock()
+_OTHER_BREAKS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def _line_forms(source: str, like: str | None = None) -> tuple[str, ...]:
+    """Each line's form (see `normalise_source`). With `like` (the source it was edited
+    from), only the lines between the two sources' shared head and tail are formed again:
+    a child shares all but a few of its 900 lines with its parent."""
+    with _forms_lock:
+        kept = _forms.get(source)
+    if kept is not None:
+        return kept
+    if like is not None and _plain(source) and _plain(like):
+        base = _line_forms(like)
+        head, tail = shared_line_ends(like, source)
+        lines = source.split("\n")[:-1]  # ends in "\n": the same lines as splitlines()
+        forms = base[:head] + tuple(map(_line_form, lines[head:len(lines) - tail])) \
+            + base[len(base) - tail:]
+    else:
+        forms = tuple(map(_line_form, source.splitlines()))
+    with _forms_lock:
+        _forms[source] = forms
+        while len(_forms) > _FORMS_KEPT:
+            _forms.popitem(last=False)
+    return forms
+
+
+def _plain(text: str) -> bool:
+    """Ends in a newline and has no other line break str.splitlines knows."""
+    return text.endswith("\n") and not any(mark in text for mark in _OTHER_BREAKS)
+
+
+def shared_line_ends(old: str, new: str) -> tuple[int, int]:
+    """How many lines two newline-ended texts share at the start, then at the end of what is
+    left: what comparing their lists of lines would find, at C speed."""
+    prefix = _common_prefix(old, new)
+    head = old.count("\n", 0, prefix)
+    start = old.rfind("\n", 0, prefix) + 1  # where the first differing line starts
+    rest_old, rest_new = old[start:], new[start:]
+    suffix = _common_prefix(rest_old[::-1], rest_new[::-1])
+    tail = rest_old.count("\n", len(rest_old) - suffix)
+    at_old, at_new = len(rest_old) - suffix, len(rest_new) - suffix
+    if tail and not ((at_old == 0 or rest_old[at_old - 1] == "\n")
+                     and (at_new == 0 or rest_new[at_new - 1] == "\n")):
+        tail -= 1  # the shared end begins inside a line: that line differs
+    return head, tail
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix, by bisection (C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a.startswith(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def source_hash(files: Mapping[str, str], like: Mapping[str, str] | None = None) -> str:
+    """Hash of the normalised mutable files: equal hashes are the same experiment. `like`:
+    the files these were edited from (only what changed is normalised again)."""
+    if like is not None:
+        for name, source in files.items():
+            _line_forms(source, like.get(name))
     return _hash_of(tuple(sorted(files.items())))
 
 

@@ -165,7 +165,7 @@ def check_parses(files: Mapping[str, str], *,
 
 def check_differs(parent_files: Mapping[str, str], child_files: Mapping[str, str]) -> str | None:
     """Comment- and blank-only edits are not a new experiment."""
-    if source_hash(parent_files) == source_hash(child_files):
+    if source_hash(parent_files) == source_hash(child_files, like=parent_files):
         changed = (
             "is identical to the parent"
             if dict(parent_files) == dict(child_files)

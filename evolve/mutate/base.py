@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from population.candidate import Candidate
+from population.candidate import shared_line_ends as shared_ends
 from population.wins import Win
 
 # A rejected candidate whose reason starts with this was never an experiment: the LLM could
@@ -141,34 +142,6 @@ def _file_diff(old: str, new: str, from_name: str, to_name: str) -> list[str]:
     whole.a, whole.b = a, b
     whole.matching_blocks = _merged(blocks) + [(len(a), len(b), 0)]
     return list(_unified(whole, a, b, from_name, to_name))
-
-
-def shared_ends(old: str, new: str) -> tuple[int, int]:
-    """How many lines the two texts (each ending in a newline) share at the start, then at
-    the end of what is left: what comparing their lists of lines would find, at C speed."""
-    prefix = _common_prefix(old, new)
-    head = old.count("\n", 0, prefix)
-    start = old.rfind("\n", 0, prefix) + 1  # where the first differing line starts
-    rest_old, rest_new = old[start:], new[start:]
-    suffix = _common_prefix(rest_old[::-1], rest_new[::-1])
-    tail = rest_old.count("\n", len(rest_old) - suffix)
-    at_old, at_new = len(rest_old) - suffix, len(rest_new) - suffix
-    if tail and not ((at_old == 0 or rest_old[at_old - 1] == "\n")
-                     and (at_new == 0 or rest_new[at_new - 1] == "\n")):
-        tail -= 1  # the shared end begins inside a line: that line differs
-    return head, tail
-
-
-def _common_prefix(a: str, b: str) -> int:
-    """The length of the longest common prefix, by bisection (C-speed comparisons)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a.startswith(b[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _merged(blocks: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
