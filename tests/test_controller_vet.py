@@ -4,6 +4,7 @@ on the files the mutator vetted is reused, and only on exactly those files."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def run_with(tmp_path: Path, mutator: Vetting) -> tuple[str, list]:
         controller = Controller(config, store, LocalExecutor(1), {"command": mutator},
                                 Recorder(), work_root=tmp_path / "work", tick_s=0.2)
         reason = asyncio.run(controller.run())
+        assert gc.get_freeze_count() == 0  # the run froze its start-up heap, and let it go
         return reason, [c for c in store.finished_in_order(include_rejected=True)
                         if c.id != "root"]
 
