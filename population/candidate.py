@@ -54,6 +54,9 @@ class Candidate:
     created_at: float = 0.0
     finished_at: float | None = None
     donor_id: str | None = None  # a merge: the candidate whose winning edit was carried here
+    # Why a triggered proposal made it ("carry", "repair"...; None: drawn by weight). Its result
+    # stays out of the operator statistics, after a resume too.
+    triggered_by: str | None = None
     # Why its score was not sandboxed ("" = it was; None = never scored, or not known).
     sandbox_problem: str | None = None
     # The held-out test score of the run that scored it: never in `metrics`, so nothing that

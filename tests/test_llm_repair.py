@@ -14,6 +14,7 @@ from test_llm_mutator import FakeAPI
 
 from evolve.config import load_config
 from evolve.controller.executor import LocalExecutor
+from evolve.controller.recovery import recover
 from evolve.inspect.status import operator_table
 from evolve.mutate.base import MutationContext
 from evolve.mutate.llm import LLMMutator
@@ -136,6 +137,11 @@ def test_a_run_repairs_a_crashed_child_and_status_counts_the_repair(tmp_path, mo
         assert fixed.parent_id == crashed.id and fixed.status is Status.DONE
         assert "steps += 1" in fixed.files["train.py"] and "SLEEP_S = 0.4" in fixed.files["train.py"]
         assert fixed.description.startswith("fix:")
+        assert fixed.triggered_by == "repair"  # stored: a resume keeps it out of the weights
+        assert all(c.triggered_by is None for c in finished if c is not fixed)
+    with Store.open(run.run_dir.store_path) as store:  # what `evolve resume` rebuilds
+        history = recover(store, "root", max_lost_attempts=3)
+    assert "repair" not in history.operator_stats and history.operator_stats["llm"].trials == 2
     repair_prompts = [r for r in api.requests if "# This child crashed" in json.dumps(r)]
     assert len(repair_prompts) == 1 and "NameError" in json.dumps(repair_prompts[0])
     table = operator_table(load_config(run.run_dir.config_path), finished)
