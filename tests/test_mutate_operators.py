@@ -144,7 +144,7 @@ def test_build_mutators_from_the_config(monkeypatch):
     from evolve.config import config_from_dict
     from evolve.controller.wiring import operator_names
     from evolve.mutate.crossover import CrossoverMutator
-    from evolve.mutate.registry import build_mutators
+    from evolve.mutate.registry import OperatorFacts, build_mutators
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key-for-build")
     template = Path(__file__).resolve().parent.parent / "train_template"
@@ -159,7 +159,7 @@ def test_build_mutators_from_the_config(monkeypatch):
         {"kind": "command", "argv": ["my-agent", "{prompt_file}"], "weight": 0.2}]}})
     ledger = SpendLedger(3.0)
     built = build_mutators(config.mutation.operators, operator_names(config),
-                           template_dir=config.template_dir, ledger=ledger)
+                           facts=OperatorFacts(template_dir=config.template_dir), ledger=ledger)
     assert list(built) == ["heuristic", "llm0", "llm1", "crossover", "command"]
     opus, local = built["llm0"], built["llm1"]
     assert isinstance(opus, LLMMutator) and opus.model == "claude-opus-5"

@@ -90,14 +90,15 @@ def build_mutators(config: Config, store: Store) -> dict[str, Mutator]:
     spend ledger, resumed from what the store has already recorded."""
     from evolve.mutate.cost import SpendLedger
     from evolve.mutate.limits import mutator_deadline
+    from evolve.mutate.registry import OperatorFacts
     from evolve.mutate.registry import build_mutators as build
 
     ledger = SpendLedger.resume(_recorded_costs(store), config.budget.max_llm_usd)
-    return build(config.mutation.operators, operator_names(config),
-                 template_dir=config.template_dir, ledger=ledger,
-                 max_in_flight=config.mutation.max_concurrent_proposals,
-                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s),
-                 down_after_s=config.mutation.llm_down_after_s, seed=config.seed)
+    facts = OperatorFacts(template_dir=config.template_dir,
+                          max_in_flight=config.mutation.max_concurrent_proposals,
+                          proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s),
+                          down_after_s=config.mutation.llm_down_after_s, seed=config.seed)
+    return build(config.mutation.operators, operator_names(config), facts=facts, ledger=ledger)
 
 
 def has_offline_operator(config: Config) -> bool:
