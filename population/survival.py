@@ -51,11 +51,16 @@ def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) 
     strictly. With size 1 that is: strictly better than the current champion."""
     if not is_ranked(child):
         return "crash"
-    ranked = [s for s in survivors_before if is_ranked(s) and s.id != child.id]
-    if len(ranked) < size:
+    # one pass (every result is judged): the worst survivor by rank_key has the highest val_bpb
+    ranked, worst = 0, -math.inf
+    for s in survivors_before:
+        if s.status is Status.DONE and s.id != child.id \
+                and is_score(score := s.metrics.get("val_bpb")):  # is_ranked, inlined
+            ranked += 1
+            worst = max(worst, score)
+    if ranked < size:
         return "keep"
-    worst = max(ranked, key=rank_key)
-    return "keep" if child.val_bpb < worst.val_bpb else "discard"  # type: ignore[operator]
+    return "keep" if child.val_bpb < worst else "discard"  # type: ignore[operator]
 
 
 def lost_too_often(lost_count: int, max_lost: int) -> bool:
