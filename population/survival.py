@@ -51,13 +51,19 @@ def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) 
     strictly. With size 1 that is: strictly better than the current champion."""
     if not is_ranked(child):
         return "crash"
-    # one pass (every result is judged): the worst survivor by rank_key has the highest val_bpb
+    # One pass, no list (every result is judged: the simulator's hot path): the worst
+    # survivor by rank_key is the one with the highest val_bpb. is_ranked, inlined.
+    child_id, done, finite = child.id, Status.DONE, math.isfinite
     ranked, worst = 0, -math.inf
     for s in survivors_before:
-        if s.status is Status.DONE and s.id != child.id \
-                and is_score(score := s.metrics.get("val_bpb")):  # is_ranked, inlined
-            ranked += 1
-            worst = max(worst, score)
+        if s.status is not done or s.id == child_id:
+            continue
+        score = s.metrics.get("val_bpb")
+        if not (finite(score) if type(score) is float else is_score(score)):
+            continue
+        ranked += 1
+        if score > worst:
+            worst = score
     if ranked < size:
         return "keep"
     return "keep" if child.val_bpb < worst else "discard"  # type: ignore[operator]
