@@ -13,7 +13,7 @@ from typing import Any
 
 from evolve.config import Config, load_config
 from evolve.controller.shell import Controller, Progress
-from evolve.controller.wiring import operator_names
+from evolve.controller.wiring import operator_names, plan_run
 from evolve.mutate.base import Mutator
 from evolve.run.live import LiveDisplay
 from evolve.run.outage import OFFLINE_KINDS, refusal, watch_llm, with_offline
@@ -216,7 +216,7 @@ class Run:
                 when_down=self.config.mutation.on_llm_down == "fallback",
                 when_spent=has_offline_operator(self.config))
             recorder = RunRecorder(self.run_dir, display)
-            controller = Controller(self.config, store, executor, mutators, recorder,
+            controller = Controller(plan_run(self.config), store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
             from evolve.guard.datahash import reference_hashes
 
