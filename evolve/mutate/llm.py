@@ -300,8 +300,6 @@ class LLMMutator:
                                        self.max_tokens)
         await self._reserve(worst)
         try:
-            if self.limiter is None:
-                return await self._stream(params, conversation, None)
             estimate = int(chars / 4 + self._output_estimate)
             async with self.limiter.slot(estimate) as slot:
                 message = await self._stream(params, conversation, slot)
@@ -327,8 +325,7 @@ class LLMMutator:
         usage: dict[str, int] = {}
         try:
             message, usage, headers = await stream_message(self.client, params)
-            if self.limiter is not None:
-                self.limiter.observe(headers, self._output_estimate + self._prompt_tokens / 4)
+            self.limiter.observe(headers, self._output_estimate + self._prompt_tokens / 4)
             self._prompt_tokens = (usage["input_tokens"] + usage["cache_read_input_tokens"]
                                    + usage["cache_creation_input_tokens"])
             self._output_estimate = 0.8 * self._output_estimate + 0.2 * usage["output_tokens"]
@@ -339,9 +336,8 @@ class LLMMutator:
         finally:
             if usage:
                 self._charge(usage, conversation)
-                if slot is not None:
-                    slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                                   + usage["output_tokens"])
+                slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                               + usage["output_tokens"])
 
     def _charge(self, usage: Mapping[str, int], conversation: _Conversation) -> None:
         cost = self.prices.cost(self.model, usage)
@@ -352,7 +348,7 @@ class LLMMutator:
 
     def _observe_error(self, error: BaseException) -> None:
         response = getattr(error, "response", None)
-        if self.limiter is not None and response is not None and response.status_code >= 400:
+        if response is not None and response.status_code >= 400:
             self.limiter.observe(response.headers, self._prompt_tokens)
 
     def _redact(self, text: str) -> str:
