@@ -59,7 +59,11 @@ def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) 
         if s.status is not done or s.id == child_id:
             continue
         score = s.metrics.get("val_bpb")
-        if not (finite(score) if type(score) is float else is_score(score)):
+        if type(score) is not float:  # as Candidate.val_bpb reads it
+            if score is None:
+                continue
+            score = float(score)
+        if not finite(score):
             continue
         ranked += 1
         if score > worst:
