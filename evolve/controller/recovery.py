@@ -60,7 +60,7 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         best_val_bpb=best.val_bpb if best is not None else None,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
-        operator_stats=tally(c for c in ran if c.triggered_by is None),
+        operator_stats=tally(ran, drawn_only=True),
         island_devices=island_devices(store, [*ran, *unfinished]),
         triggered_children=frozenset(c.id for c in unfinished if c.triggered_by),
     )
