@@ -17,6 +17,7 @@ from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
 from evolve.controller.triggers import Trigger, TriggeredProposal
 from evolve.controller.wiring import plan_run
+from evolve.inspect.status import operator_table
 from evolve.mutate.operators import tally
 from population.candidate import Status
 from population.store import Store
@@ -72,5 +73,13 @@ def test_a_resumed_run_does_not_learn_from_a_triggered_child(tmp_path):
         assert tally(finished) != drawn  # counting the triggered child would show
         assert resumed._core.operator_stats() == {"heuristic": drawn["heuristic"],
                                                   "command": drawn["command"]}
+        # `evolve status` shows the weights the core has: learned from drawn children only
+        table = operator_table(config(template, 9), finished)
+        rows = {cells[0]: cells for cells in zip(*(col._cells for col in table.columns),
+                                                  strict=True)}
+        weights = resumed._core.operator_weights()
+        assert {name: rows[name][5] for name in weights} == {
+            name: f"{w:.4g}" for name, w in weights.items()}
+        assert rows["command"][2] == str(drawn["command"].trials + 1)  # its trials: all shown
         before = tally(finished[:6], drawn_only=True)  # what the first run had finished
         assert first._core.operator_stats() == {name: before[name] for name in before}
