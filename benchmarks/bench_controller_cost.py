@@ -62,6 +62,12 @@ def _engine() -> dict[str, Any]:
                 continue
         raise ImportError(f"none of {paths}")
 
+    def optional(path: str) -> Any:
+        try:
+            return first(path)
+        except ImportError:
+            return None
+
     return {
         "config_from_dict": first("evolve.config.config_from_dict"),
         "Controller": first("evolve.controller.shell.Controller", "evolve.run.shell.Controller"),
@@ -72,6 +78,7 @@ def _engine() -> dict[str, Any]:
         "Candidate": first("population.candidate.Candidate"),
         "Status": first("population.candidate.Status"),
         "Store": first("population.store.Store"),
+        "plan_run": optional("evolve.controller.wiring.plan_run"),  # Controller(plan) if any
     }
 
 
@@ -136,7 +143,7 @@ def make_executor(engine: dict[str, Any], count: int) -> Any:
     return InstantExecutor()
 
 
-def make_llm(engine: dict[str, Any]) -> Any:
+def make_llm(engine: dict[str, Any], operator: Any) -> Any:
     """The real LLMMutator; its HTTP client answers in-process with the stand-in's edit (as a
     JSON message, or as the event stream when the mutator streams)."""
     import inspect
@@ -165,10 +172,13 @@ def make_llm(engine: dict[str, Any]) -> Any:
     client = anthropic.AsyncAnthropic(
         api_key="bench", base_url="http://standin.invalid", max_retries=0,
         http_client=anthropic.DefaultAsyncHttpxClient(transport=httpx2.MockTransport(answer)))
+    known = inspect.signature(engine["LLMMutator"]).parameters
+    if "op" in known:  # the operator takes its config section (and the run's facts)
+        return engine["LLMMutator"](operator.model_copy(update={"max_tokens": 2000}),
+                                    client=client)
     options: dict[str, Any] = {"model": "stand-in", "client": client, "max_tokens": 2000}
     if hasattr(PriceTable, "from_config"):  # a free local model has a price of 0
         options["prices"] = PriceTable.from_config({"stand-in": {"input": 0.0, "output": 0.0}})
-    known = inspect.signature(engine["LLMMutator"]).parameters
     return engine["LLMMutator"](**{k: v for k, v in options.items() if k in known})
 
 
@@ -214,8 +224,10 @@ def measure(size: int, experiments: int, workers: int, islands: int,
                 asyncio.to_thread = inline  # type: ignore[assignment]
                 profiler = cProfile.Profile()
             recorder = Clocked(profiler)
+            plan = engine["plan_run"](config) if engine["plan_run"] else config
+            llm = make_llm(engine, config.mutation.operators[0])
             controller = engine["Controller"](
-                config, store, make_executor(engine, workers), {"llm": make_llm(engine)},
+                plan, store, make_executor(engine, workers), {"llm": llm},
                 recorder, work_root=Path(tmp) / "work", tick_s=3600)
             cpu, wall = time.process_time(), time.perf_counter()
             reason = asyncio.run(controller.run())
