@@ -14,6 +14,7 @@ from test_controller_shell import Recorder, make_config, make_template  # noqa: 
 
 from evolve.controller.executor import LocalExecutor  # noqa: E402
 from evolve.controller.shell import Controller  # noqa: E402
+from evolve.controller.wiring import plan_run  # noqa: E402
 from evolve.mutate.base import MutationContext, Proposal  # noqa: E402
 from population.candidate import Status  # noqa: E402
 from population.store import Store  # noqa: E402
@@ -52,7 +53,7 @@ def run_with(tmp_path: Path, mutator: Vetting) -> tuple[str, list]:
                          mutation={"operators": [{"kind": "command", "argv": ["x"]}]},
                          workers={"count": 1})
     with Store.open(tmp_path / "store.sqlite") as store:
-        controller = Controller(config, store, LocalExecutor(1), {"command": mutator},
+        controller = Controller(plan_run(config), store, LocalExecutor(1), {"command": mutator},
                                 Recorder(), work_root=tmp_path / "work", tick_s=0.2)
         reason = asyncio.run(controller.run())
         assert gc.get_freeze_count() == 0  # the run froze its start-up heap, and let it go
