@@ -155,11 +155,13 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
     roles.end(cast_.trainer)
     roles.sweep(keep=[cast_.scorer, cast_.prober])  # what the trainer left running dies here
     artefact = handed_back_model(cast_)
-    scorer = Evaluator(cast_.scorer, corpus.vocab_size, device)
+    allowance = allowance_after_handback(profile, server, handback, artefact)
+    scorer = Evaluator(cast_.scorer, corpus.vocab_size, device, allowance)
     ipc = device.type == "cuda"
     info = scorer.load(str(artefact), str(cast_.train_dir / args.train.name), ipc)
     result: dict = {"status": "ok", "sandboxed": cast_.sandboxed}
     result.update(_score(args, profile, corpus, scorer, cast_, device, artefact, server.tokens))
+    result.update(eval_seconds=scorer.busy_s, eval_allowance_used=scorer.most_used)
     seconds = server.training_seconds()
     tokens = server.tokens_served
     result.update({
@@ -176,6 +178,20 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
         "logits_via": "cuda_ipc" if scorer.ipc else "host",
     })
     return result
+
+
+def allowance_after_handback(profile: Profile, server: BatchServer, handback, artefact: Path):
+    """The hand-back judged against what saving the model needs (time budgets), and the
+    evaluators' allowance from the trainer's measured seconds per token (allowance.py)."""
+    from allowance import EvalAllowance, handback_problem, written_bytes
+
+    if profile.budget_kind == "time":
+        problem = handback_problem(handback.waited_s, written_bytes(artefact),
+                                   profile.handback_base_s)
+        if problem:
+            raise JudgedFailure("invalid", problem)
+    return EvalAllowance.measured(profile.eval_floor_s, handback.trainer_seconds,
+                                  server.tokens_served, enforced=profile.budget_kind == "time")
 
 
 def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, artefact: Path,
@@ -198,13 +214,14 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
         roles.end(cast_.scorer)
         roles.sweep(keep=[cast_.prober])
         t0 = time.monotonic()
-        prober = Evaluator(cast_.prober, corpus.vocab_size, device)
+        prober = Evaluator(cast_.prober, corpus.vocab_size, device, scorer.allowance)
         prober.load(str(artefact), str(cast_.train_dir / args.train.name), device.type == "cuda")
         rows, first, val = scored["val"]
         problem, stats = check(prober.logits, val, rows, train_tokens,
                                profile.eval_batch_rows, profile.probe_rows, args.seed, device)
         prober.bye()
-        out.update(stats, causality_seconds=time.monotonic() - t0)
+        out.update(stats, causality_seconds=time.monotonic() - t0,
+                   probe_eval_seconds=prober.busy_s, probe_allowance_used=prober.most_used)
         _note(f"causality checked ({stats['causality_cuts']} cuts)")
         if problem:
             raise JudgedFailure("invalid", problem)

@@ -43,6 +43,7 @@ HERE_DIR = os.path.dirname(os.path.realpath(__file__))
 # of theirs must never load here. So the folder leaves sys.path, and a finder serves only
 # these names from it.
 HARNESS_MODULES = frozenset({
+    "allowance",
     "candidate", "causality", "channel", "climbmix", "context", "corpus", "harness", "jail",
     "jail_cgroup", "jail_limits",
     "mfu", "profiles", "referee", "roles", "scoring", "sources", "synthlang"})
