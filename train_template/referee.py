@@ -133,22 +133,28 @@ class Evaluator:
         """The answer to the request just sent, on the allowance's clock for `tokens` more."""
         started = time.monotonic()
         self.tokens += tokens
-        limit = None if self.allowance is None else self.allowance.seconds(self.tokens)
-        enforced = limit is not None and self.allowance.enforced
-        until = started + max(0.0, limit - self.busy_s) if enforced else None
+        until = None
+        if self.allowance is not None and self.allowance.enforced:
+            until = started + max(0.0, self.allowance.seconds(self.tokens) - self.busy_s)
         try:
             answer = self._receive(max_payload, until)
         except _OverAllowance:
             answer = None
         finally:
             self.busy_s += time.monotonic() - started
-            if limit:
-                self.most_used = max(self.most_used, self.busy_s / limit)
-        if answer is None or (enforced and self.busy_s > limit):
-            raise JudgedFailure("invalid", self.allowance.problem(self.role.name, self.busy_s,
-                                                                  self.tokens))
+        self._check(over=answer is None)
         return answer
 
+    def _check(self, over: bool = False) -> None:
+        """Note the share of the allowance used; invalid once over it (where enforced)."""
+        if self.allowance is None:
+            return
+        limit = self.allowance.seconds(self.tokens)
+        if limit > 0:
+            self.most_used = max(self.most_used, self.busy_s / limit)
+        if self.allowance.enforced and (over or self.busy_s > limit):
+            raise JudgedFailure("invalid", self.allowance.problem(self.role.name, self.busy_s,
+                                                                  self.tokens))
 
     def _receive(self, max_payload: int = 0,
                  until: float | None = None) -> tuple[dict, bytearray | None]:
@@ -219,7 +225,11 @@ class Evaluator:
             if header["type"] != "logits_ipc":
                 break
             try:
-                return self._from_ipc(header, want)
+                started = time.monotonic()  # opening waits for its GPU work: the evaluator's time
+                logits = self._from_ipc(header, want)
+                self.busy_s += time.monotonic() - started
+                self._check()
+                return logits
             except OSError as exc:
                 self.ipc = False
                 self.ipc_note = f"CUDA IPC unavailable ({exc}); logits travel through host memory"
