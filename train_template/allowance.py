@@ -16,8 +16,10 @@ measured on its own clock, and a role that needs more is judged invalid:
   for every token it is asked to score, the seconds per token the trainer itself took
   (referee clock, served tokens). A forward pass costs about a third of a training step per
   token (no backward, no optimizer), so an honest evaluator uses a fraction of this; one that
-  trains uses more. Checked after every batch and enforced as a deadline, so the allowance
-  cannot be spent up front on the first batch. Time budgets only: under a token budget any
+  trains uses more. Counted in wall seconds from the load request, the referee's arithmetic
+  between requests included (so computing in the background between requests buys nothing);
+  checked after every batch and enforced as a deadline, so the allowance cannot be spent up
+  front on the first batch. Time budgets only: under a token budget any
   compute on served tokens is allowed, so an evaluator's is no gain, and a bound in wall
   seconds would only risk honest runs where the machine's load swings between training and
   scoring (measured on a shared 2-core box: honest cpu-tiny scoring used 46% of it). There the

@@ -112,10 +112,10 @@ class _OverAllowance(Exception):
 class Evaluator:
     """An evaluator role seen from the referee: load the artefact, then rows in, logits out.
 
-    With an `allowance`, the seconds it spends on the referee's requests (loading, then each
-    batch; the referee's own loss arithmetic in between is not its time) are measured, and
-    where it is enforced, bounded at every step: a deadline while it works, and invalid once
-    it is over (allowance.py says why).
+    With an `allowance`, its seconds from the load request to each answer are measured, the
+    referee's own loss arithmetic between requests included (small, and a model could compute
+    in the background meanwhile), and where it is enforced, bounded at every step: a deadline
+    while it works, and invalid once it is over (allowance.py says why).
     """
 
     def __init__(self, role: Role, vocab_size: int, device,
@@ -125,23 +125,25 @@ class Evaluator:
         self.ipc = False
         self.ipc_note = ""
         self.allowance = allowance
-        self.busy_s = 0.0     # seconds it worked on our requests
+        self.busy_s = 0.0     # seconds from the load request to its last answer
+        self._since: float | None = None  # time.monotonic() of the load request
         self.tokens = 0       # tokens it was asked to score
         self.most_used = 0.0  # the largest share of its allowance it had used after a request
 
     def _timed(self, tokens: int, max_payload: int = 0) -> tuple[dict, bytearray | None]:
         """The answer to the request just sent, on the allowance's clock for `tokens` more."""
-        started = time.monotonic()
+        if self._since is None:
+            self._since = time.monotonic()
         self.tokens += tokens
         until = None
         if self.allowance is not None and self.allowance.enforced:
-            until = started + max(0.0, self.allowance.seconds(self.tokens) - self.busy_s)
+            until = self._since + self.allowance.seconds(self.tokens)
         try:
             answer = self._receive(max_payload, until)
         except _OverAllowance:
             answer = None
         finally:
-            self.busy_s += time.monotonic() - started
+            self.busy_s = time.monotonic() - self._since
         self._check(over=answer is None)
         return answer
 
@@ -185,6 +187,7 @@ class Evaluator:
         self._fail(header)
         if header["type"] != "hello":
             raise JudgedFailure("invalid", f"the evaluator began with {header['type']!r}")
+        self._since = time.monotonic()
         self.role.channel.send({"type": "load", "artefact": artefact, "train": train, "ipc": ipc})
         header, _ = self._timed(0)
         self._fail(header)
@@ -225,9 +228,8 @@ class Evaluator:
             if header["type"] != "logits_ipc":
                 break
             try:
-                started = time.monotonic()  # opening waits for its GPU work: the evaluator's time
-                logits = self._from_ipc(header, want)
-                self.busy_s += time.monotonic() - started
+                logits = self._from_ipc(header, want)  # waits for its GPU work: its time too
+                self.busy_s = time.monotonic() - self._since
                 self._check()
                 return logits
             except OSError as exc:
