@@ -12,9 +12,10 @@ measured on its own clock, and a role that needs more is judged invalid:
   draining the device, the interpreter's own overhead) plus the artefact's bytes at a
   conservative write rate. The profile's `handback_s` stays the hard deadline (the trainer is
   killed there) and caps what a padded artefact could buy.
-- an evaluator: `eval_floor_s` (loading the artefact, the first forward's one-time set-up) plus,
-  for every token it is asked to score, the seconds per token the trainer itself took
-  (referee clock, served tokens). A forward pass costs about a third of a training step per
+- an evaluator: `eval_floor_s` plus three eval batches' worth of tokens (loading the artefact,
+  the first forward's one-time set-up: the tokens' part grows with the machine's load as the
+  trainer saw it, the seconds' part covers what does not) plus, for every token it is asked to
+  score, the seconds per token the trainer itself took (referee clock, served tokens). A forward pass costs about a third of a training step per
   token (no backward, no optimizer), so an honest evaluator uses a fraction of this; one that
   trains uses more. Counted in wall seconds from the load request, the referee's arithmetic
   between requests included (so computing in the background between requests buys nothing);
@@ -65,22 +66,25 @@ class EvalAllowance:
     floor_s: float
     seconds_per_token: float  # the trainer's, on the referee's clock
     enforced: bool = True     # False: measured and reported only (token budgets)
+    floor_tokens: int = 0     # more of the floor, in tokens at seconds_per_token
 
     @classmethod
-    def measured(cls, floor_s: float, trainer_seconds: float, tokens_served: int,
-                 enforced: bool) -> EvalAllowance:
+    def measured(cls, floor_s: float, floor_tokens: int, trainer_seconds: float,
+                 tokens_served: int, enforced: bool) -> EvalAllowance:
         """From the trainer's seconds (first batch to hand-back) and the tokens it was served.
         No tokens served: nothing was trained to train on again, so the floor alone."""
         rate = trainer_seconds / tokens_served if tokens_served > 0 else 0.0
-        return cls(floor_s, max(0.0, rate) * EVAL_SECONDS_PER_TRAIN_SECOND, enforced)
+        return cls(floor_s, max(0.0, rate) * EVAL_SECONDS_PER_TRAIN_SECOND, enforced,
+                   floor_tokens)
 
     def seconds(self, tokens: int) -> float:
-        return self.floor_s + tokens * self.seconds_per_token
+        return self.floor_s + (self.floor_tokens + tokens) * self.seconds_per_token
 
     def problem(self, role: str, busy_s: float, tokens: int) -> str:
         """The reason given when `role` had worked `busy_s` seconds, past its allowance."""
         return (f"the {role} needed more than its {self.seconds(tokens):.1f} s to load the model "
                 f"and score {tokens:,} tokens (stopped after {busy_s:.1f} s; allowed: "
-                f"{self.floor_s:g} s + {self.seconds_per_token * 1e6:.2f} us per token, what the "
+                f"{self.floor_s:g} s + {self.seconds_per_token * 1e6:.2f} us per token for "
+                f"{self.floor_tokens:,} + {tokens:,} tokens, what the "
                 "trainer took per token on the referee's clock): an evaluator that computes far "
                 "longer than a forward pass is training past the budget")

@@ -190,7 +190,8 @@ def allowance_after_handback(profile: Profile, server: BatchServer, handback, ar
                                    profile.handback_base_s)
         if problem:
             raise JudgedFailure("invalid", problem)
-    return EvalAllowance.measured(profile.eval_floor_s, handback.trainer_seconds,
+    first = 3 * profile.eval_batch_rows * profile.seq_len  # the first forward's set-up
+    return EvalAllowance.measured(profile.eval_floor_s, first, handback.trainer_seconds,
                                   server.tokens_served, enforced=profile.budget_kind == "time")
 
 

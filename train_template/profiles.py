@@ -40,7 +40,7 @@ PROFILES: dict[str, Profile] = {
             budget=8_192, seq_len=64, val_tokens=8_192, default_data="synthetic",
             synthetic_train_tokens=200_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=256,
-            handback_s=15.0, handback_base_s=1.5, eval_floor_s=5.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="a few seconds on one core; for tests",
         ),
         Profile(
@@ -48,7 +48,7 @@ PROFILES: dict[str, Profile] = {
             budget=24_576, seq_len=64, val_tokens=8_192, default_data="synthetic",
             synthetic_train_tokens=400_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=256,
-            handback_s=15.0, handback_base_s=1.5, eval_floor_s=5.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="strategy benchmarks: ~8 s on one core, room for hundreds of runs",
         ),
         Profile(
@@ -56,7 +56,7 @@ PROFILES: dict[str, Profile] = {
             budget=262_144, seq_len=128, val_tokens=65_536, default_data="synthetic",
             synthetic_train_tokens=4_000_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=512,
-            handback_s=15.0, handback_base_s=1.5, eval_floor_s=5.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="the embedded demo: a real result in ~20-30 s on one core",
         ),
         Profile(
