@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_judge.py [--baseline c6dd3d2] [--runs 5]
         [--profiles cpu-micro,cpu-bench] [--budget-fraction 1.0] [--data synthetic]
+        [--new-dir DIR]
 
 The baseline harness is `git archive <ref> train_template` (the in-process harness); the new
 one is this working tree's. Runs alternate old/new so load on the machine hits both alike.
@@ -132,14 +133,14 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r.get(key, float("nan")) for r in rows)
 
 
-def bench(profile: str, old: Path, args: argparse.Namespace, cache_dir: Path) -> None:
+def bench(profile: str, old: Path, new: Path, args: argparse.Namespace, cache_dir: Path) -> None:
     subprocess.run([sys.executable, str(TEMPLATE / "prepare.py"), "prepare", "--profile", profile,
                     "--data", args.data, "--cache-dir", str(cache_dir)], check=True,
                    capture_output=True)
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     load_before = os.getloadavg()[0]
     for _ in range(args.runs):
-        for name, template in (("old", old), ("new", TEMPLATE)):
+        for name, template in (("old", old), ("new", new)):
             runs[name].append(run_once(template, profile, args, cache_dir))
     o, n = runs["old"], runs["new"]
     same = {r["val_bpb"] for r in o} | {r["val_bpb"] for r in n}
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--baseline", default="c6dd3d2", help="git ref of the old harness")
     parser.add_argument("--baseline-dir", type=Path, default=None,
                         help="the old train_template folder itself (where there is no git)")
+    parser.add_argument("--new-dir", type=Path, default=TEMPLATE,
+                        help="the new harness's train_template folder (default: this tree's)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profiles", default="cpu-micro,cpu-bench")
     parser.add_argument("--data", default="synthetic")
@@ -180,7 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = args.baseline_dir or baseline_template(args.baseline, Path(tmp))
         for profile in args.profiles.split(","):
-            bench(profile, old, args, args.cache_dir)
+            bench(profile, old, args.new_dir.resolve(), args, args.cache_dir)
 
 
 if __name__ == "__main__":
