@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_judge.py [--baseline c6dd3d2] [--runs 5]
         [--profiles cpu-micro,cpu-bench] [--budget-fraction 1.0] [--data synthetic]
-        [--new-dir DIR]
+        [--new-dir DIR] [--before-dir DIR]
 
 The baseline harness is `git archive <ref> train_template` (the in-process harness); the new
 one is this working tree's. Runs alternate old/new so load on the machine hits both alike.
@@ -133,19 +133,22 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r.get(key, float("nan")) for r in rows)
 
 
-def bench(profile: str, old: Path, new: Path, args: argparse.Namespace, cache_dir: Path) -> None:
+def bench(profile: str, harnesses: dict[str, Path], args: argparse.Namespace,
+          cache_dir: Path) -> None:
+    """Alternate the harnesses run by run; print each one's medians and its gaps to "old"."""
     subprocess.run([sys.executable, str(TEMPLATE / "prepare.py"), "prepare", "--profile", profile,
                     "--data", args.data, "--cache-dir", str(cache_dir)], check=True,
                    capture_output=True)
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    runs: dict[str, list[dict]] = {name: [] for name in harnesses}
     load_before = os.getloadavg()[0]
     for _ in range(args.runs):
-        for name, template in (("old", old), ("new", new)):
+        for name, template in harnesses.items():
             runs[name].append(run_once(template, profile, args, cache_dir))
     o, n = runs["old"], runs["new"]
-    same = {r["val_bpb"] for r in o} | {r["val_bpb"] for r in n}
+    same = {r["val_bpb"] for rows in runs.values() for r in rows}
+    spread = max(same) - min(same)
     print(f"\n{profile}: {args.runs} runs each, alternating; val_bpb "
-          f"{'identical' if len(same) == 1 else 'DIFFERS: ' + str(sorted(same))} "
+          f"{'identical' if spread == 0 else f'within {spread:.1e}: ' + str(sorted(same))} "
           f"({n[0]['val_bpb']:.6f}); device {n[0]['device']}; sandboxed {n[0].get('sandboxed')}; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
           f"{os.cpu_count()} CPUs")
@@ -155,15 +158,19 @@ def bench(profile: str, old: Path, new: Path, args: argparse.Namespace, cache_di
         print(f"| {name} | {median(rows, 'tokens_per_s'):,.0f} | {median(rows, 'training_seconds'):.2f} "
               f"| {median(rows, 'wall_seconds'):.2f} | {median(rows, 'outside_seconds'):.2f} "
               f"| {median(rows, 'cpu_seconds'):.2f} |")
-    paired = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(o, n, strict=True)]
-    print(f"ratio new/old tokens/s: {median(n, 'tokens_per_s') / median(o, 'tokens_per_s'):.3f}; "
-          f"process wall new - old: {statistics.median(paired):+.2f} s (median of the "
-          f"{len(paired)} adjacent pairs), CPU new - old: "
-          f"{median(n, 'cpu_seconds') - median(o, 'cpu_seconds'):+.2f} s; outside budget new - old: "
-          f"{median(n, 'outside_seconds') - median(o, 'outside_seconds'):+.2f} s; new's causality "
-          f"pass {median(n, 'causality_seconds'):.2f} s ({n[0]['causality_cuts']} cuts + "
-          f"{n[0]['causality_replayed']} replayed positions), hand-back wait "
-          f"{median(n, 'handback_seconds'):.2f} s; logits via {n[0].get('logits_via')}", flush=True)
+    for name, rows in runs.items():
+        if name == "old":
+            continue
+        paired = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(o, rows, strict=True)]
+        print(f"{name} vs old: tokens/s ratio "
+              f"{median(rows, 'tokens_per_s') / median(o, 'tokens_per_s'):.3f}; process wall "
+              f"{statistics.median(paired):+.2f} s (median of the {len(paired)} adjacent pairs); "
+              f"CPU {median(rows, 'cpu_seconds') - median(o, 'cpu_seconds'):+.2f} s; outside "
+              f"budget {median(rows, 'outside_seconds') - median(o, 'outside_seconds'):+.2f} s; "
+              f"causality pass {median(rows, 'causality_seconds'):.2f} s "
+              f"({rows[0]['causality_cuts']} cuts + {rows[0]['causality_replayed']} replayed "
+              f"positions), hand-back wait {median(rows, 'handback_seconds'):.2f} s; logits via "
+              f"{rows[0].get('logits_via')}", flush=True)
 
 
 def main() -> None:
@@ -173,6 +180,9 @@ def main() -> None:
                         help="the old train_template folder itself (where there is no git)")
     parser.add_argument("--new-dir", type=Path, default=TEMPLATE,
                         help="the new harness's train_template folder (default: this tree's)")
+    parser.add_argument("--before-dir", type=Path, default=None,
+                        help="a third harness folder run alongside (e.g. the new harness before a "
+                             "change), labelled 'before'")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profiles", default="cpu-micro,cpu-bench")
     parser.add_argument("--data", default="synthetic")
@@ -183,7 +193,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = args.baseline_dir or baseline_template(args.baseline, Path(tmp))
         for profile in args.profiles.split(","):
-            bench(profile, old, args.new_dir.resolve(), args, args.cache_dir)
+            harnesses = {"old": old}
+            if args.before_dir is not None:
+                harnesses["before"] = args.before_dir.resolve()
+            harnesses["new"] = args.new_dir.resolve()
+            bench(profile, harnesses, args, args.cache_dir)
 
 
 if __name__ == "__main__":
