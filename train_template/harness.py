@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROLES_DIR = "roles"
 ARTEFACT = "model.pt"
 _SKIP = {ROLES_DIR, "__pycache__", ".git", "result.json", "run.log"}
+_started = [time.time()]  # time.time() at the harness's start (run() sets it)
 
 
 @dataclass
@@ -115,8 +116,8 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int,
 
 def referee_device(profile: Profile):
     """Where the referee's maths runs: the GPU's torch device, or None for a CPU profile
-    (numpy on the host: the referee then never imports torch, a CPU-second and a half that
-    the trainer and the evaluators need more)."""
+    (numpy on the host: the referee then never imports torch, which would cost every run a
+    CPU-second and a half beside the three imports its roles need)."""
     if profile.device != "cuda":
         return None
     import torch
@@ -136,6 +137,7 @@ def handed_back_model(cast_: Cast) -> Path:
 
 def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: float) -> dict:
     """Referee one experiment; the result dict. Raises UsageError/DataError/JudgedFailure."""
+    _started[0] = start
     profile = get_profile(args.profile)
     with ThreadPoolExecutor(1) as pool:  # the jail's probe (a subprocess) while the data loads
         probing = pool.submit(jail.sandbox_problem)
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: floa
                              clock=time.monotonic)
         problem = probing.result()
     cast_ = cast(args, profile, corpus.vocab_size, problem)
+    _note("roles started")
     try:
         result = _referee(args, profile, corpus, server, cast_)
     finally:
@@ -230,7 +233,9 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
 
 
 def _note(message: str) -> None:
-    print(f"referee: {message}", flush=True)
+    """A line of the run's log, with the seconds since the harness started: where a run's
+    time outside its budget goes (start-up, hand-back, each split, the causality pass)."""
+    print(f"referee: {message} (at {time.time() - _started[0]:.2f} s)", flush=True)
 
 
 def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
