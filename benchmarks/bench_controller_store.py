@@ -20,6 +20,7 @@ from pathlib import Path
 from evolve.config import config_from_dict
 from evolve.controller.executor import Emit, Finished, Joined
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.notebook import build_notebook
 from evolve.workers.runner import RunRequest, RunResult
@@ -116,7 +117,7 @@ def measure(size: int, experiments: int, workers: int,
             "workers": {"count": workers}, "budget": {"max_experiments": size + experiments}})
         with Store.open(Path(tmp) / "store.sqlite") as store:
             fill(store, size, base, islands)
-            controller = Controller(config, store, InstantExecutor(workers),
+            controller = Controller(plan_run(config), store, InstantExecutor(workers),
                                     {"heuristic": InstantMutator()}, Quiet(),
                                     work_root=Path(tmp) / "work", tick_s=3600)
             cpu, wall = time.process_time(), time.perf_counter()

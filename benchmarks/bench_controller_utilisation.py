@@ -19,6 +19,7 @@ from pathlib import Path
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.heuristic import HeuristicMutator
 from population.store import Store
@@ -75,7 +76,7 @@ def main() -> None:
             "mutation": {"lookahead": args.lookahead},
             "workers": {"count": args.workers}, "budget": {"max_experiments": args.experiments}})
         with Store.open(Path(tmp) / "store.sqlite") as store:
-            controller = Controller(config, store, LocalExecutor(args.workers),
+            controller = Controller(plan_run(config), store, LocalExecutor(args.workers),
                                     {"heuristic": SlowMutator(args.llm_s)}, Quiet(),
                                     work_root=Path(tmp) / "work")
             reason = asyncio.run(controller.run())

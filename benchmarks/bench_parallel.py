@@ -73,6 +73,7 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
     """Drive the real controller over P virtual workers; returns the run directory.
     `template`: another template than the shipped one (the smoke test's stand-in)."""
     from evolve.controller.shell import Controller
+    from evolve.controller.wiring import plan_run
     from evolve.guard.datahash import reference_hashes
     from evolve.run.app import Run, RunRecorder, build_mutators
     from population.store import Store
@@ -87,7 +88,7 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
     executor = VirtualExecutor(p, cores=cores, cache=cache)
     store = Store.open(run.run_dir.store_path)
     try:
-        controller = Controller(cfg, store, executor, build_mutators(cfg, store),
+        controller = Controller(plan_run(cfg), store, executor, build_mutators(cfg, store),
                                 RunRecorder(run.run_dir, None), work_root=run.run_dir.work_dir,
                                 clock=executor.clock, tick_s=3600.0)
         controller.template_hash, controller.data_hash = reference_hashes(

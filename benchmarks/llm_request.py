@@ -133,8 +133,7 @@ def capture(config_path: Path) -> dict:
     op = next(o for o in config.mutation.operators if o.kind == "llm")
     client = anthropic.AsyncAnthropic(api_key="sk-capture", http_client=anthropic.
                                       DefaultAsyncHttpxClient(transport=httpx2.MockTransport(handler)))
-    mutator = LLMMutator(client=client, model=op.model, effort=op.effort,
-                         max_tokens=op.max_tokens, max_apply_retries=0)
+    mutator = LLMMutator(op.model_copy(update={"max_apply_retries": 0}), client=client)
     with tempfile.TemporaryDirectory() as tmp:
         fixture_store(Path(tmp) / "store.sqlite")
         with Store.open(Path(tmp) / "store.sqlite") as store:

@@ -1,7 +1,8 @@
 """The run's budgets: when each is reached, and how that is said. The scheduler core checks
 each at the moment it can change (time on every event, experiments when one finishes, the
 target on a new best, dollars when a proposal is paid for); `evolve resume` asks all of them
-of a stored run. Both call these functions, so the rules cannot drift apart."""
+of a stored run; the LLM mutators' spend ledger reserves calls by the dollar rules. All call
+these functions, so the rules cannot drift apart."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def target_reached(val_bpb: float | None, target_val_bpb: float | None) -> bool:
 def usd_reached(spent_usd: float, max_llm_usd: float | None) -> bool:
     """The LLM budget: no new proposals once it is spent (running experiments go on)."""
     return max_llm_usd is not None and spent_usd >= max_llm_usd
+
+
+def usd_fits(spent_usd: float, more_usd: float, max_llm_usd: float | None) -> bool:
+    """Whether `more_usd` (calls in flight at their worst case, and the next one) can be
+    spent without passing the LLM budget (`evolve.mutate.cost.SpendLedger` reserves by it)."""
+    return max_llm_usd is None or spent_usd + more_usd <= max_llm_usd
+
+
+def usd_left(spent_usd: float, max_llm_usd: float | None) -> float | None:
+    return None if max_llm_usd is None else max(0.0, max_llm_usd - spent_usd)
 
 
 # The core's stop reasons, as the run's log and `evolve status` show them.

@@ -54,6 +54,9 @@ class Candidate:
     created_at: float = 0.0
     finished_at: float | None = None
     donor_id: str | None = None  # a merge: the candidate whose winning edit was carried here
+    # Why a triggered proposal made it ("carry", "repair"...; None: drawn by weight). Its result
+    # stays out of the operator statistics, after a resume too.
+    triggered_by: str | None = None
     # Why its score was not sandboxed ("" = it was; None = never scored, or not known).
     sandbox_problem: str | None = None
     # The held-out test score of the run that scored it: never in `metrics`, so nothing that
@@ -75,7 +78,18 @@ class Candidate:
         return source_hash(self.files)
 
     def replace(self, **changes: Any) -> Candidate:
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` (as `dataclasses.replace`, which costs twice as much: the
+        simulator and the store make one per result). Candidate has no __post_init__."""
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"Candidate has no field(s) {', '.join(sorted(unknown))}")
+        copy = object.__new__(Candidate)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Candidate))
 
 
 _COMMENT = re.compile(r"#[^\n]*")

@@ -41,6 +41,13 @@ STEPS: tuple[Step, ...] = (
     Step(3, (
         Column("candidates", "donor_id", "TEXT"),  # NULL: no donor (not a merge)
     ), "a merge records its donor, the candidate whose winning edit it carries"),
+    Step(4, (
+        # NULL: drawn by weight. A repair is never drawn (its weight must be 0), so an older
+        # repair child is marked; an older merge may have been drawn or carried: left drawn.
+        Column("candidates", "triggered_by", "TEXT",
+               "CASE WHEN mutator = 'repair' THEN 'repair' END"),
+    ), "a triggered proposal's child says why it was made: it stays out of the operator "
+       "statistics after a resume"),
 )
 LATEST = max(step.version for step in STEPS)
 

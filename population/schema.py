@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     finished_at REAL,
     sandbox_problem TEXT,
     test_bpb REAL,
-    donor_id TEXT
+    donor_id TEXT,
+    triggered_by TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_rank
     ON candidates (island, status, val_bpb, finished_at, seq);
@@ -67,7 +68,8 @@ CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts (candidate_id, outcome
 COLUMNS = (
     "id, parent_id, island, generation, source_hash, files, diff, description, rationale, "
     "mutator, model, raw_answer, applied_edit, usage, cost_usd, status, metrics, val_bpb, "
-    "reason, log_tail, seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id"
+    "reason, log_tail, seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id, "
+    "triggered_by"
 )
 PLACEHOLDERS = ", ".join("?" * len(COLUMNS.split(",")))
 
@@ -76,7 +78,7 @@ def candidate_from_row(row: Any) -> Candidate:
     """A stored row (in COLUMNS order) back as a frozen Candidate."""
     (cid, parent_id, island, generation, _hash, files, diff, description, rationale, mutator,
      model, raw_answer, applied_edit, usage, cost_usd, status, metrics, _bpb, reason, log_tail,
-     seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id) = tuple(row)
+     seed, created_at, finished_at, sandbox_problem, test_bpb, donor_id, triggered_by) = tuple(row)
     return Candidate(
         id=cid, parent_id=parent_id, island=island, generation=generation,
         files=json.loads(files), description=description, rationale=rationale, mutator=mutator,
@@ -84,4 +86,4 @@ def candidate_from_row(row: Any) -> Candidate:
         usage=json.loads(usage), cost_usd=cost_usd, status=Status(status),
         metrics=json.loads(metrics), reason=reason, log_tail=log_tail, seed=seed,
         created_at=created_at, finished_at=finished_at, sandbox_problem=sandbox_problem,
-        test_bpb=test_bpb, donor_id=donor_id)
+        test_bpb=test_bpb, donor_id=donor_id, triggered_by=triggered_by)

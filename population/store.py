@@ -255,7 +255,8 @@ class Store:
                  json.dumps(dict(candidate.usage)), float(candidate.cost_usd),
                  Status(candidate.status).value, json.dumps(dict(candidate.metrics)), bpb,
                  candidate.reason, candidate.log_tail, int(candidate.seed), created,
-                 finished, candidate.sandbox_problem, candidate.test_bpb, candidate.donor_id))
+                 finished, candidate.sandbox_problem, candidate.test_bpb, candidate.donor_id,
+                 candidate.triggered_by))
         except sqlite3.IntegrityError:
             raise StoreError(f"candidate id {candidate.id!r} is already in the store") from None
 
@@ -398,7 +399,8 @@ class Store:
             parent_id=source_id, island=island, generation=source.generation + 1,
             description=description or f"copy of {source_id} from island {source.island}",
             rationale="", mutator=MIGRATION, model="", raw_answer="", applied_edit="", diff="",
-            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp, donor_id=None)
+            usage={}, cost_usd=0.0, created_at=stamp, finished_at=stamp, donor_id=None,
+            triggered_by=None)
         self._insert(copy, source.val_bpb, stamp, stamp)
         return self.get(copy.id)
 

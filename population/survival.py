@@ -51,11 +51,26 @@ def verdict(child: Candidate, survivors_before: Sequence[Candidate], size: int) 
     strictly. With size 1 that is: strictly better than the current champion."""
     if not is_ranked(child):
         return "crash"
-    ranked = [s for s in survivors_before if is_ranked(s) and s.id != child.id]
-    if len(ranked) < size:
+    # One pass, no list (every result is judged: the simulator's hot path): the worst
+    # survivor by rank_key is the one with the highest val_bpb. is_ranked, inlined.
+    child_id, done, finite = child.id, Status.DONE, math.isfinite
+    ranked, worst = 0, -math.inf
+    for s in survivors_before:
+        if s.status is not done or s.id == child_id:
+            continue
+        score = s.metrics.get("val_bpb")
+        if type(score) is not float:  # as Candidate.val_bpb reads it
+            if score is None:
+                continue
+            score = float(score)
+        if not finite(score):
+            continue
+        ranked += 1
+        if score > worst:
+            worst = score
+    if ranked < size:
         return "keep"
-    worst = max(ranked, key=rank_key)
-    return "keep" if child.val_bpb < worst.val_bpb else "discard"  # type: ignore[operator]
+    return "keep" if child.val_bpb < worst else "discard"  # type: ignore[operator]
 
 
 def lost_too_often(lost_count: int, max_lost: int) -> bool:

@@ -33,7 +33,7 @@ from evolve.controller.core import (
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.recovery import judge, recover
 from evolve.controller.shell import Controller
-from evolve.controller.wiring import operator_labels, settings_from_config
+from evolve.controller.wiring import operator_labels, plan_run, settings_from_config
 from evolve.inspect.status import operator_table
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.operators import OperatorStats, tally
@@ -337,7 +337,7 @@ def test_a_real_run_shifts_proposals_to_the_operator_that_improves(tmp_path):
         "mutation": {"operators": [{"kind": "heuristic"}, {"kind": "command", "argv": ["x"]}],
                      "lookahead": 0, "adaptive_weights": True, "exploration": 0.3}})
     store = Store.open(tmp_path / "store.db")
-    controller = Controller(config, store, LocalExecutor(1),
+    controller = Controller(plan_run(config), store, LocalExecutor(1),
                             {"heuristic": Further(), "command": Closer()}, Recorder(),
                             work_root=tmp_path / "work", tick_s=0.2)
     reason = asyncio.run(controller.run())

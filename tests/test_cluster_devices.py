@@ -26,6 +26,7 @@ from evolve.controller.core import (
 from evolve.controller.devices import DevicePolicy, device_type
 from evolve.controller.executor import Joined, LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.status import render_status
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.run.live import LiveDisplay
@@ -194,7 +195,7 @@ def _run(tmp_path, groups: bool, recorder=None):
     run_dir = RunDir.create(tmp_path / "results", "t")
     run_dir.config_path.write_text(config.to_yaml())
     store = Store.open(run_dir.store_path)
-    controller = Controller(config, store, TwoModels(4), {"heuristic": HeuristicMutator()},
+    controller = Controller(plan_run(config), store, TwoModels(4), {"heuristic": HeuristicMutator()},
                             recorder or Recorder(), work_root=tmp_path / "work", tick_s=0.1)
     reason = asyncio.run(controller.run())
     return store, reason, run_dir

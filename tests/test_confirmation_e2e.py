@@ -18,6 +18,7 @@ from evolve.config import config_from_dict
 from evolve.controller.evidence import NOISE_META, Evidence
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller, Progress
+from evolve.controller.wiring import plan_run
 from evolve.mutate.base import MutationContext, Proposal
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -111,7 +112,7 @@ def make_config(template: Path, **sections):
 
 def run(config, store, mutator, tmp_path) -> tuple[str, Recorder]:
     recorder = Recorder()
-    controller = Controller(config, store, LocalExecutor(2), {"heuristic": mutator}, recorder,
+    controller = Controller(plan_run(config), store, LocalExecutor(2), {"heuristic": mutator}, recorder,
                             work_root=tmp_path / "work", tick_s=0.2)
     return asyncio.run(controller.run()), recorder
 
@@ -214,7 +215,7 @@ def test_the_roots_noise_seeds_run_beside_it_and_its_children_wait_for_its_recor
     config = make_config(make_template(tmp_path), budget={"max_experiments": 4},
                          workers={"count": 4}, confirm={"seeds": 0})
     with Store.open(tmp_path / "store.sqlite") as store:
-        controller = Controller(config, store, LocalExecutor(4),
+        controller = Controller(plan_run(config), store, LocalExecutor(4),
                                 {"heuristic": SaltMutator(list(range(1, 9)), {})}, Recorder(),
                                 work_root=tmp_path / "work", tick_s=0.2)
         assert "max_experiments" in asyncio.run(controller.run())

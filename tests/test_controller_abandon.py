@@ -14,6 +14,7 @@ from test_worker_refusal import open_run, status_text  # noqa: E402
 
 from evolve.controller.executor import LocalExecutor  # noqa: E402
 from evolve.controller.shell import ABANDONED, Controller  # noqa: E402
+from evolve.controller.wiring import plan_run  # noqa: E402
 from evolve.mutate.heuristic import HeuristicMutator  # noqa: E402
 from population.candidate import Status  # noqa: E402
 from population.store import Store  # noqa: E402
@@ -36,7 +37,7 @@ def drive(path: Path, config, tmp_path: Path, abandon_when) -> str:
         stop, drop = asyncio.Event(), asyncio.Event()
         with Store.open(path) as store:
             recorder = Recorder()
-            controller = Controller(config, store, LocalExecutor(2),
+            controller = Controller(plan_run(config), store, LocalExecutor(2),
                                     {"heuristic": HeuristicMutator()}, recorder,
                                     work_root=tmp_path / "work", tick_s=0.1)
             task = asyncio.create_task(controller.run(stop, drop))

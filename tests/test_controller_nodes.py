@@ -28,6 +28,7 @@ from ray.cluster_utils import Cluster
 from test_controller_shell import FINISHED, Recorder, make_config, make_template
 from evolve.controller.executor import RayExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Status
 from population.store import Store
@@ -90,7 +91,7 @@ def child_running_on(node_id):
 
 
 async def main():
-    controller = Controller(config, store, executor, {{"heuristic": HeuristicMutator()}},
+    controller = Controller(plan_run(config), store, executor, {{"heuristic": HeuristicMutator()}},
                             Recorder(), work_root=tmp / "work", tick_s=0.2)
     task = asyncio.create_task(controller.run())
     while not task.done():

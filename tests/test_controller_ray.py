@@ -9,6 +9,7 @@ from test_controller_shell import FINISHED, Recorder, finished_once, make_config
 
 from evolve.controller.executor import RayExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Status
 from population.store import Store
@@ -22,7 +23,7 @@ def test_killed_worker_is_lost_requeued_and_finished_once(ray_session, tmp_path)
     killed: list[tuple[str, str]] = []
 
     async def main(store: Store) -> str:
-        controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()},
+        controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()},
                                 Recorder(), work_root=tmp_path / "work", tick_s=0.2)
         task = asyncio.create_task(controller.run())
         while not killed and not task.done():
@@ -79,7 +80,7 @@ def test_a_broken_seed_cancels_the_children_beside_it_and_stops_the_run(ray_sess
     config = make_config(template, budget={"max_experiments": 10}, workers={"count": 3})
     executor = RayExecutor(3, cpus_per_worker=1, poll_s=0.5)
     with Store.open(tmp_path / "store.sqlite") as store:
-        controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()},
+        controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()},
                                 Recorder(), work_root=tmp_path / "work", tick_s=0.2)
         started = time.monotonic()
         reason = asyncio.run(controller.run())

@@ -50,7 +50,8 @@ def test_recover_requeues_running_first_and_gives_up_on_the_lost_too_often(tmp_p
         assert history.proposals_made == 40 and history.elapsed_s == 123.5
 
         config = make_config(make_template(tmp_path, 0.1), population={"islands": 2})
-        core = Scheduler(settings_from_config(config), store_population(store, config), "root",
+        parents = store_population(store, config.selection, config.population)
+        core = Scheduler(settings_from_config(config), parents, "root",
                          history=history)
         out = core.handle(WorkerJoined(worker_id="w9", now=0.0))
         assert [d for d in out if isinstance(d, Run)] == [Run("was_running", "w9", 3)]
@@ -64,7 +65,7 @@ def test_store_parents_fall_back_to_the_best_for_an_empty_island(tmp_path):
         store.record_result("root", status=Status.DONE, metrics={"val_bpb": 1.5})
         store.add(child("a"))
         store.record_result("a", status=Status.DONE, metrics={"val_bpb": 1.2})
-        parents = store_population(store, config)
+        parents = store_population(store, config.selection, config.population)
         assert parents.choose_parent(1, random.Random(0)) == "a"
         assert parents.choose_parent(0, random.Random(0)) in ("a", "root")
 

@@ -16,7 +16,7 @@ import pytest
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller, Progress
-from evolve.controller.wiring import operator_names
+from evolve.controller.wiring import operator_names, plan_run
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Candidate, Status
@@ -64,7 +64,7 @@ class Recorder:
 
 def run(config, store, executor, recorder, tmp_path, mutators=None, stop=None, abandon=None):
     mutators = mutators or {"heuristic": HeuristicMutator()}
-    controller = Controller(config, store, executor, mutators, recorder,
+    controller = Controller(plan_run(config), store, executor, mutators, recorder,
                             work_root=tmp_path / "work", tick_s=0.2)
     return asyncio.run(controller.run(stop, abandon)) if stop is None else controller
 
@@ -212,11 +212,12 @@ from test_controller_shell import Recorder, make_config
 from pathlib import Path
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.heuristic import HeuristicMutator
 from population.store import Store
 config = make_config(Path({template!r}).parent, budget={{"max_experiments": 9}})
 store = Store.open({store!r})
-controller = Controller(config, store, LocalExecutor(2), {{"heuristic": HeuristicMutator()}},
+controller = Controller(plan_run(config), store, LocalExecutor(2), {{"heuristic": HeuristicMutator()}},
                         Recorder(), work_root={work!r}, tick_s=0.2)
 asyncio.run(controller.run())
 """

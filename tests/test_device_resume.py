@@ -28,6 +28,7 @@ from evolve.controller.devices import DevicePolicy, first_types
 from evolve.controller.executor import Joined, LocalExecutor
 from evolve.controller.recovery import recover
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -202,7 +203,7 @@ def _run_until(tmp_path: Path, config, executor, results: int | None) -> str:
         stop, drop = asyncio.Event(), asyncio.Event()
         recorder = Recorder()
         with Store.open(tmp_path / "store.sqlite") as store:
-            controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()},
+            controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()},
                                     recorder, work_root=tmp_path / "work", tick_s=0.1)
             task = asyncio.create_task(controller.run(stop, drop))
             while results is not None and not task.done():

@@ -11,6 +11,7 @@ from pathlib import Path
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.mutate.heuristic import HeuristicMutator
 from population.candidate import Status
 from population.fidelity import promote
@@ -42,7 +43,7 @@ def test_children_climb_stages_and_only_full_budget_results_compete(tmp_path):
         "budget": {"max_experiments": 12},
         "fidelity": {"stages": [{"budget_fraction": 0.25, "promote_top": 0.4}]}})
     with Store.open(tmp_path / "store.sqlite") as store:
-        controller = Controller(config, store, LocalExecutor(2), {"heuristic": HeuristicMutator()},
+        controller = Controller(plan_run(config), store, LocalExecutor(2), {"heuristic": HeuristicMutator()},
                                 Quiet(), work_root=tmp_path / "work", tick_s=0.2)
         reason = asyncio.run(controller.run())
         assert "max_experiments" in reason

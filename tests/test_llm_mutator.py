@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from messages_standin import Refusal, error_body, sse_body, sse_events, validate
 
 from evolve.mutate.base import MutationContext
-from evolve.mutate.cost import PriceTable, SpendLedger
+from evolve.mutate.cost import SpendLedger
 from evolve.mutate.crossover import CrossoverMutator
-from evolve.mutate.llm import LLMMutator
+from evolve.mutate.kinds import LLMOperator
+from evolve.mutate.llm import CallPolicy, LLMMutator
 from evolve.mutate.ratelimit import RateLimiter
+from evolve.mutate.registry import OperatorFacts
 from population.candidate import Candidate, Status
 
 SOURCE = """\
@@ -144,10 +146,21 @@ def context(notebook: str = "## Best results so far\n- val_bpb 1.2000 lower LR",
                            mutable_files=["train.py"], seed=seed)
 
 
+POLICY_KEYS = ("call_attempts", "backoff_s", "max_backoff_s")  # CallPolicy
+FACT_KEYS = ("proposal_timeout_s", "down_after_s", "max_in_flight", "seed")  # OperatorFacts
+SEAMS = ("ledger", "limiter", "clock", "limits")  # LLMMutator's keywords
+
+
 def mutator(api: FakeAPI, **options) -> LLMMutator:
+    """An LLM mutator on the fake API: `options` go to its config section (the llm operator's
+    keys), the run's facts, its call policy or its keywords, by name."""
     options.setdefault("backoff_s", 0.001)
     client = api.client(max_retries=options.pop("sdk_max_retries", 2))
-    return LLMMutator(client=client, model="claude-sonnet-5-5", **options)
+    policy = CallPolicy(**{k: options.pop(k) for k in POLICY_KEYS if k in options})
+    facts = OperatorFacts(**{k: options.pop(k) for k in FACT_KEYS if k in options})
+    seams = {k: options.pop(k) for k in SEAMS if k in options}
+    op = LLMOperator(kind="llm", **{"model": "claude-sonnet-5-5", **options})
+    return LLMMutator(op, facts, client=client, policy=policy, **seams)
 
 
 def run(coro):
@@ -257,8 +270,9 @@ def test_auth_and_permission_errors_stop_at_once(status, kind, words):
 def test_an_unknown_model_stops_at_once_with_its_name():
     api = FakeAPI(message(GOOD))
     client = api.client()
-    m = LLMMutator(client=client, model="claude-sonnet-5-7", backoff_s=0.001,
-                   prices=PriceTable.from_config({"claude-sonnet-5-7": {"input": 2, "output": 10}}))
+    m = LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-7", input_usd_per_mtok=2,
+                               output_usd_per_mtok=10),
+                   client=client, policy=CallPolicy(backoff_s=0.001))
     proposal = run(m.propose(context()))
     assert api.refused[0].status == 404 and len(api.requests) == 1
     assert "model claude-sonnet-5-7 was not found" in m.fatal_reason and m.is_down
@@ -414,15 +428,16 @@ def test_key_comes_from_the_environment_and_never_leaks(monkeypatch):
     monkeypatch.setenv("MY_KEY", secret)
     api = FakeAPI(httpx2.Response(400, json={"type": "error", "error": {
         "type": "invalid_request_error", "message": f"bad key {secret}"}}))
-    m = LLMMutator(api_key_env="MY_KEY", http_client=anthropic.DefaultAsyncHttpxClient(
-        transport=httpx2.MockTransport(api)), base_url="http://llm.invalid")
+    m = LLMMutator(LLMOperator(kind="llm", api_key_env="MY_KEY", base_url="http://llm.invalid"),
+                   http_client=anthropic.DefaultAsyncHttpxClient(
+                       transport=httpx2.MockTransport(api)))
     proposal = run(m.propose(context()))
     assert api.headers[0]["authorization"] == f"Bearer {secret}"
     assert secret not in proposal.error and "***" in proposal.error
     assert secret not in repr({k: v for k, v in vars(m).items() if k != "client"})
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ValueError, match="MY_KEY"):
-        LLMMutator(api_key_env="MY_KEY")
+        LLMMutator(LLMOperator(kind="llm", api_key_env="MY_KEY"))
 
 
 def test_crossover_shows_both_parents_and_applies_to_the_first():
@@ -471,8 +486,10 @@ def test_connection_refused_is_retried_then_reported():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    m = LLMMutator(base_url=f"http://127.0.0.1:{port}", api_key_env="NO_SUCH_KEY_VAR",
-                   sdk_max_retries=0, call_attempts=2, backoff_s=0.001, max_backoff_s=0.002)
+    m = LLMMutator(LLMOperator(kind="llm", base_url=f"http://127.0.0.1:{port}",
+                               api_key_env="NO_SUCH_KEY_VAR"),
+                   policy=CallPolicy(sdk_max_retries=0, call_attempts=2, backoff_s=0.001,
+                                     max_backoff_s=0.002))
     proposal = run(m.propose(context()))
     assert "failed 2 time(s): APIConnectionError" in proposal.error and proposal.infrastructure
     assert m.health.consecutive_failures == 2 and not m.is_down  # 15 minutes not yet up

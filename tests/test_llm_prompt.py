@@ -19,7 +19,8 @@ from evolve.controller.store_index import StoreIndex
 from evolve.controller.wiring import run_facts
 from evolve.mutate.base import INFRASTRUCTURE, BriefFacts, MutationContext, unified_diff
 from evolve.mutate.crossover import CrossoverMutator
-from evolve.mutate.llm import LLMMutator
+from evolve.mutate.kinds import LLMOperator
+from evolve.mutate.llm import CallPolicy, LLMMutator
 from evolve.mutate.prompt import PromptLimits, build_prompt, select_brief
 from population.candidate import Candidate, Status
 from population.store import Store
@@ -123,7 +124,8 @@ def _propose(store: Store, mutator, parent_id: str = "root", ticket: int = 50) -
 
 
 def _mutator(api: FakeAPI) -> LLMMutator:
-    return LLMMutator(client=api.client(), model="claude-sonnet-5-5", backoff_s=0.001)
+    return LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-5"), client=api.client(),
+                      policy=CallPolicy(backoff_s=0.001))
 
 
 def test_the_model_sees_results_in_flight_tried_outcomes_and_the_log_as_data(store):
@@ -246,7 +248,7 @@ def test_a_huge_parent_is_shown_with_its_middle_elided_and_edits_still_apply():
     text = ("DESCRIPTION: last\nRATIONALE: r\n\ntrain.py\n<<<<<<< SEARCH\nLAST = 1\n=======\n"
             "LAST = 2\n>>>>>>> REPLACE\n")
     api = FakeAPI(message_json("claude-sonnet-5-5", text, _usage()))
-    m = LLMMutator(client=api.client(), model="claude-sonnet-5-5",
+    m = LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-5"), client=api.client(),
                    limits=PromptLimits(source_chars=20_000))
     proposal = asyncio.run(m.propose(context))
     assert proposal.error == "" and proposal.files["train.py"].endswith("LAST = 2\n")

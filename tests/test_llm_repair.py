@@ -14,8 +14,10 @@ from test_llm_mutator import FakeAPI
 
 from evolve.config import load_config
 from evolve.controller.executor import LocalExecutor
+from evolve.controller.recovery import recover
 from evolve.inspect.status import operator_table
 from evolve.mutate.base import MutationContext
+from evolve.mutate.kinds import LLMOperator
 from evolve.mutate.llm import LLMMutator
 from evolve.mutate.repair import RepairMutator, has_traceback, wants_repair
 from evolve.run.app import Run
@@ -51,7 +53,8 @@ def test_a_crash_with_a_traceback_is_repaired_as_a_child_of_the_crashed_candidat
            "train.py\n<<<<<<< SEARCH\n    return make_modle(ctx)\n=======\n"
            "    return make_model(ctx)\n>>>>>>> REPLACE\n")
     api = FakeAPI(message_json("claude-sonnet-5-5", fix, USAGE, thinking="The name is wrong."))
-    repair = RepairMutator(LLMMutator(client=api.client(), model="claude-sonnet-5-5"))
+    repair = RepairMutator(LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-5"),
+                                      client=api.client()))
     root, crashed = _crashed()
     proposal = asyncio.run(repair.propose(_context(root, crashed)))
     assert proposal.error == "" and proposal.mutator == "repair"
@@ -66,7 +69,8 @@ def test_a_crash_with_a_traceback_is_repaired_as_a_child_of_the_crashed_candidat
 
 def test_no_traceback_means_nothing_to_repair_and_no_call():
     api = FakeAPI(message_json("claude-sonnet-5-5", "x", USAGE))
-    repair = RepairMutator(LLMMutator(client=api.client(), model="claude-sonnet-5-5"))
+    repair = RepairMutator(LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-5"),
+                                      client=api.client()))
     root, crashed = _crashed(log="killed by the time limit\n")
     proposal = asyncio.run(repair.propose(_context(root, crashed)))
     assert "nothing to repair" in proposal.error and api.requests == []
@@ -136,6 +140,13 @@ def test_a_run_repairs_a_crashed_child_and_status_counts_the_repair(tmp_path, mo
         assert fixed.parent_id == crashed.id and fixed.status is Status.DONE
         assert "steps += 1" in fixed.files["train.py"] and "SLEEP_S = 0.4" in fixed.files["train.py"]
         assert fixed.description.startswith("fix:")
+        assert fixed.triggered_by == "repair"  # stored: a resume keeps it out of the weights
+        assert all(c.triggered_by is None for c in finished if c is not fixed)
+        drawn = [c for c in finished if c.mutator == "llm" and c.status is not Status.REJECTED]
+    with Store.open(run.run_dir.store_path) as store:  # what `evolve resume` rebuilds
+        history = recover(store, "root", max_lost_attempts=3)
+    assert set(history.operator_stats) == {"llm:claude-sonnet-5-5"}  # no "repair" row
+    assert history.operator_stats["llm:claude-sonnet-5-5"].trials == len(drawn) >= 2
     repair_prompts = [r for r in api.requests if "# This child crashed" in json.dumps(r)]
     assert len(repair_prompts) == 1 and "NameError" in json.dumps(repair_prompts[0])
     table = operator_table(load_config(run.run_dir.config_path), finished)

@@ -203,13 +203,15 @@ def test_the_store_records_the_donor_and_finds_the_wins(tmp_path):
 
 
 def make_version_2_store(path: Path) -> None:
-    """A store as evolve wrote it before donors: schema version 2, no donor column."""
+    """A store as evolve wrote it before donors: schema version 2, no donor column (nor the
+    later triggered mark)."""
     root, deeper, *_ = lines()
     with Store.open(path) as store:
         add_done(store, root, 100.0)
         add_done(store, deeper, 110.0)
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE candidates DROP COLUMN donor_id")
+    conn.execute("ALTER TABLE candidates DROP COLUMN triggered_by")
     conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     conn.commit()
     conn.close()
@@ -222,7 +224,7 @@ def test_an_old_store_is_read_as_it_is_and_migrated_by_its_writer(tmp_path):
         assert old.get("c00004").donor_id is None and old.best().id == "c00004"
         assert old.get_meta("schema_version") == "2"
     with Store.open(path) as store:
-        assert store.get_meta("schema_version") == str(Store.SCHEMA_VERSION) == "3"
+        assert store.get_meta("schema_version") == str(Store.SCHEMA_VERSION) == "4"
         assert [w.donor.id for w in store.wins()] == ["c00004"]
         root, deeper, *_ = lines()
         add_done(store, cand("c00009", root, setc(SEED, "DEPTH", "5"), 3.65, donor="c00004"),

@@ -17,6 +17,8 @@ import pytest
 
 from evolve.mutate.base import MutationContext
 from evolve.mutate.command import CommandMutator, scrubbed_environment
+from evolve.mutate.kinds import CommandOperator
+from evolve.mutate.registry import OperatorFacts
 from population.candidate import Candidate, Status
 
 SOURCE = "import torch\n\nMATRIX_LR = 0.04\n\n\ndef train(ctx):\n    return None\n"
@@ -50,6 +52,16 @@ def script(tmp_path: Path, body: str) -> list[str]:
     return [sys.executable, str(path), "{prompt_file}"]
 
 
+def command(argv: list[str], template_dir: Path | None = None, *, kill_grace_s: float = 5.0,
+            readonly: list[Path | str] = (), **op) -> CommandMutator:
+    """A command mutator from its config section (the `command` operator's keys) and the
+    run's template folder."""
+    section = CommandOperator(kind="command", argv=list(argv),
+                              readonly=[str(path) for path in readonly], **op)
+    return CommandMutator(section, OperatorFacts(template_dir=template_dir),
+                          kill_grace_s=kill_grace_s)
+
+
 def run(mutator: CommandMutator):
     return asyncio.run(mutator.propose(context()))
 
@@ -69,8 +81,8 @@ def test_command_edit_becomes_the_child(tmp_path, template, monkeypatch):
             "DESCRIPTION: lower the matrix LR\\nRATIONALE: it diverged\\n")
         print("done editing")
     """)
-    proposal = run(CommandMutator(argv, template_dir=template, timeout_s=60,
-                                  readonly=[tmp_path / "bin"]))
+    proposal = run(command(argv, template_dir=template, timeout_s=60,
+                           readonly=[tmp_path / "bin"]))
     assert proposal.error == "", proposal.error
     assert proposal.files == {"train.py": SOURCE.replace("0.04", "0.03")}
     assert proposal.description == "lower the matrix LR" and proposal.rationale == "it diverged"
@@ -80,30 +92,30 @@ def test_command_edit_becomes_the_child(tmp_path, template, monkeypatch):
 
 def test_a_shell_command_works_and_description_falls_back(tmp_path, template):
     argv = ["/bin/sh", "-c", "sed -i 's/0.04/0.05/' train.py && echo 'DESCRIPTION: sed it'"]
-    proposal = run(CommandMutator(argv, template_dir=template))
+    proposal = run(command(argv, template_dir=template))
     assert proposal.files["train.py"] == SOURCE.replace("0.04", "0.05")
     assert proposal.description == "sed it"
 
 
 def test_touching_the_harness_no_change_and_failure_are_errors(tmp_path, template):
     harness = ["/bin/sh", "-c", "echo 'SEED = 1' >> prepare.py; echo x >> train.py"]
-    assert "changed prepare.py" in run(CommandMutator(harness, template_dir=template)).error
-    assert "no change" in run(CommandMutator(["true"], template_dir=template)).error
+    assert "changed prepare.py" in run(command(harness, template_dir=template)).error
+    assert "no change" in run(command(["true"], template_dir=template)).error
     failing = ["/bin/sh", "-c", "echo oops >&2; exit 3"]
-    proposal = run(CommandMutator(failing, template_dir=template))
+    proposal = run(command(failing, template_dir=template))
     assert "exited with code 3" in proposal.error and "oops" in proposal.error
-    assert "FileNotFoundError" in run(CommandMutator(["/no/such/agent"])).error
-    assert "FileNotFoundError" in run(CommandMutator(["no-such-agent-on-path"])).error
+    assert "FileNotFoundError" in run(command(["/no/such/agent"])).error
+    assert "FileNotFoundError" in run(command(["no-such-agent-on-path"])).error
 
 
 def test_a_program_from_the_template_runs_and_an_unrunnable_one_is_an_error(tmp_path, template):
     tool = template / "agent.sh"
     tool.write_text("#!/bin/sh\nsed -i 's/0.04/0.06/' \"$1\"\n")
     tool.chmod(0o755)
-    proposal = run(CommandMutator(["./agent.sh", "{dir}/train.py"], template_dir=template))
+    proposal = run(command(["./agent.sh", "{dir}/train.py"], template_dir=template))
     assert proposal.files == {"train.py": SOURCE.replace("0.04", "0.06")}, proposal.error
     tool.chmod(0o644)
-    unrunnable = run(CommandMutator(["./agent.sh", "train.py"], template_dir=template)).error
+    unrunnable = run(command(["./agent.sh", "train.py"], template_dir=template)).error
     assert "PermissionError" in unrunnable and "agent.sh" in unrunnable
 
 
@@ -188,8 +200,8 @@ def survivors(pids: list[int], within_s: float = 15.0) -> list[int]:
 
 def test_timeout_kills_the_command_and_everything_it_started(tmp_path, template):
     argv, marker = agent(tmp_path)
-    mutator = CommandMutator(argv, template_dir=template, timeout_s=8, kill_grace_s=2,
-                             readonly=[tmp_path / "bin"])
+    mutator = command(argv, template_dir=template, timeout_s=8, kill_grace_s=2,
+                      readonly=[tmp_path / "bin"])
 
     async def propose_and_watch():
         task = asyncio.ensure_future(mutator.propose(context()))
@@ -206,14 +218,15 @@ CONTROLLER = """
 import asyncio, sys
 from evolve.mutate.base import MutationContext
 from evolve.mutate.command import CommandMutator
+from evolve.mutate.kinds import CommandOperator
 from population.candidate import Candidate, Status
 
 parent = Candidate(id="c1", parent_id=None, island=0, generation=0,
                    files={"train.py": "X = 1\\n"}, status=Status.DONE, metrics={"val_bpb": 1.5})
 ctx = MutationContext(parent=parent, lineage=[parent], inspirations=[], tried_on_parent=[],
                       notebook="", program_md="# Goal", mutable_files=["train.py"], seed=0)
-print(asyncio.run(CommandMutator(sys.argv[2:], timeout_s=600,
-                                 readonly=[sys.argv[1]]).propose(ctx)))
+op = CommandOperator(kind="command", argv=sys.argv[2:], timeout_s=600, readonly=[sys.argv[1]])
+print(asyncio.run(CommandMutator(op).propose(ctx)))
 """
 
 
@@ -242,7 +255,7 @@ def test_secrets_are_scrubbed_unless_kept():
 def test_cancelled_proposal_kills_the_command(tmp_path, template):
     marker = f"300.{os.getpid()}7"
     argv = ["/bin/sh", "-c", f"sleep {marker} & wait"]
-    mutator = CommandMutator(argv, template_dir=template, timeout_s=600, kill_grace_s=2)
+    mutator = command(argv, template_dir=template, timeout_s=600, kill_grace_s=2)
 
     async def cancel_soon():
         task = asyncio.ensure_future(mutator.propose(context()))
@@ -293,8 +306,8 @@ def test_the_agent_sees_no_data_or_store_and_only_its_named_secret(tmp_path, tem
     monkeypatch.setenv("HF_TOKEN", "hf-not-named")
     argv = [*script(tmp_path, SNOOP), str(val), str(store)]
     try:
-        proposal = run(CommandMutator(argv, template_dir=template, secrets=["ANTHROPIC_API_KEY"],
-                                      readonly=[tmp_path / "bin"], sandbox="require"))
+        proposal = run(command(argv, template_dir=template, secrets=["ANTHROPIC_API_KEY"],
+                               readonly=[tmp_path / "bin"], sandbox="require"))
     finally:
         listener.close()
     out = proposal.raw_answer
@@ -310,7 +323,7 @@ def test_the_agent_sees_no_data_or_store_and_only_its_named_secret(tmp_path, tem
 def test_a_named_secret_that_is_not_set_is_a_config_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_AGENT_KEY", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_AGENT_KEY"):
-        CommandMutator(["true"], secrets=["NO_SUCH_AGENT_KEY"])
+        command(["true"], secrets=["NO_SUCH_AGENT_KEY"])
 
 
 REFUSING_CONTROLLER = CONTROLLER.replace("readonly=[sys.argv[1]]", 'sandbox="require"')

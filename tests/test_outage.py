@@ -16,7 +16,9 @@ from messages_standin import Refusal, StandinServer
 from evolve.controller.executor import LocalExecutor
 from evolve.mutate.base import MutationContext
 from evolve.mutate.heuristic import HeuristicMutator
-from evolve.mutate.llm import LLMMutator
+from evolve.mutate.kinds import LLMOperator
+from evolve.mutate.llm import CallPolicy, LLMMutator
+from evolve.mutate.registry import OperatorFacts
 from evolve.run.app import Run
 from evolve.run.outage import OfflineStandIn
 from population.candidate import Candidate, Status
@@ -54,8 +56,10 @@ def _context() -> MutationContext:
 def test_fallback_hands_proposals_to_the_heuristic_while_the_llm_is_down(overloaded_server,
                                                                           monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key")
-    llm = LLMMutator(model="claude-sonnet-5-5", base_url=overloaded_server.base_url,
-                     backoff_s=0.001, max_backoff_s=0.002, sdk_max_retries=0, down_after_s=0.2)
+    llm = LLMMutator(LLMOperator(kind="llm", model="claude-sonnet-5-5",
+                                 base_url=overloaded_server.base_url),
+                     OperatorFacts(down_after_s=0.2),
+                     policy=CallPolicy(backoff_s=0.001, max_backoff_s=0.002, sdk_max_retries=0))
     operator = OfflineStandIn(llm, HeuristicMutator(), probe_every=3)
 
     async def scenario():  # one event loop, as in a run: the client's connections live in it

@@ -19,7 +19,7 @@ from evolve.config import ConfigError, config_from_dict
 from evolve.config.section import OperatorSection
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.controller.wiring import operator_names, settings_from_config
+from evolve.controller.wiring import operator_names, plan_run, settings_from_config
 from evolve.mutate.base import MutationContext, Proposal
 from evolve.mutate.registry import (
     OperatorKind,
@@ -106,7 +106,7 @@ def test_a_registered_strategy_and_operator_run_a_controller(plugins, tmp_path):
     mutators = build_mutators(config.mutation.operators, operator_names(config))
     assert isinstance(mutators["toy"], ToyMutator)
     with Store.open(tmp_path / "store.sqlite") as store:
-        controller = Controller(config, store, LocalExecutor(2), mutators, Recorder(),
+        controller = Controller(plan_run(config), store, LocalExecutor(2), mutators, Recorder(),
                                 work_root=tmp_path / "work", tick_s=0.2)
         reason = asyncio.run(controller.run())
         assert reason == "max_experiments reached (6)"

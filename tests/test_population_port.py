@@ -155,6 +155,6 @@ def test_the_shell_builds_its_port_from_the_config(tmp_path: Path) -> None:
                          population={"size": 6, "islands": 3, "stagnation_reseed_after": 7},
                          selection={"strategy": "rank", "tournament_size": 2, "rank_power": 1.5})
     with Store.open(tmp_path / "s.sqlite") as store:
-        pop = store_population(store, config)
+        pop = store_population(store, config.selection, config.population)
         assert (pop.size, pop.islands, pop.patience, pop.root_id) == (6, 3, 7, "root")
         assert pop.selector.name == "rank" and pop.selector.power == 1.5

@@ -28,7 +28,7 @@ def test_random_search_always_picks_the_root_even_when_it_left_the_population(tm
         store.add(done("c1", "root", 1.5, 1))
         store.add(done("c2", "c1", 1.4, 2))
         assert "root" not in [c.id for c in store.survivors(0, 2)]
-        parents = store_population(store, config)
+        parents = store_population(store, config.selection, config.population)
         assert {parents.choose_parent(0, random.Random(i)) for i in range(20)} == {"root"}
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.export import RUN_NOTE, export_run
 from evolve.inspect.report import build_report
 from evolve.inspect.report_charts import lineage_chart
@@ -69,7 +70,7 @@ def run(tmp_path_factory) -> RunDir:
     run_dir = RunDir.create(base / "results", "clarity")
     run_dir.config_path.write_text(config.to_yaml())
     with Store.open(run_dir.store_path) as store:
-        controller = Controller(config, store, LocalExecutor(1), {"heuristic": LearningRates()},
+        controller = Controller(plan_run(config), store, LocalExecutor(1), {"heuristic": LearningRates()},
                                 RunRecorder(run_dir), work_root=run_dir.work_dir, tick_s=0.1)
         asyncio.run(controller.run(None, None))
         # the share status prints as a sentence (set here so the line is always there)

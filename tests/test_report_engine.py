@@ -11,6 +11,7 @@ from pathlib import Path
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.export import export_run
 from evolve.inspect.report import build_report
 from evolve.mutate.heuristic import HeuristicMutator
@@ -49,7 +50,7 @@ def test_export_and_report_on_an_engine_run(tmp_path):
     run_dir = RunDir.create(tmp_path / "results", "engine")
     run_dir.config_path.write_text(config.to_yaml())
     with Store.open(run_dir.store_path) as store:
-        controller = Controller(config, store, LocalExecutor(2),
+        controller = Controller(plan_run(config), store, LocalExecutor(2),
                                 {"heuristic": HeuristicMutator()}, RunRecorder(run_dir),
                                 work_root=run_dir.work_dir, tick_s=0.2)
         asyncio.run(controller.run(None, None))

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from evolve.controller.executor import LocalExecutor, RayExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.status import render_status
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.workers.jail_check import jail_problem
@@ -64,7 +65,7 @@ def test_on_ray_require_where_no_node_can_jail_stops_and_blames_no_candidate(tmp
     run_dir, store = open_run(tmp_path, config)
     executor = RayExecutor(2, cpus_per_worker=1, poll_s=0.3,
                            runtime_env={"env_vars": no_bubblewrap_env(tmp_path)})
-    controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()}, Watcher(),
+    controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()}, Watcher(),
                             work_root=tmp_path / "work", tick_s=0.1)
     try:
         reason = asyncio.run(controller.run())
@@ -91,7 +92,7 @@ def test_on_ray_warn_names_the_node_once_and_marks_every_score(tmp_path, ray_ses
     watcher = Watcher()
     executor = RayExecutor(2, cpus_per_worker=1, poll_s=0.3,
                            runtime_env={"env_vars": no_bubblewrap_env(tmp_path)})
-    controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()}, watcher,
+    controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()}, watcher,
                             work_root=tmp_path / "work", tick_s=0.1)
     try:
         assert asyncio.run(controller.run()) == "max_experiments reached (3)"
@@ -117,7 +118,7 @@ def test_require_where_the_jail_works_scores_sandboxed_and_warns_nothing(tmp_pat
     config = make_config(template, budget={"max_experiments": 2},
                          workers={"count": 1, "sandbox": "require"})
     run_dir, store = open_run(tmp_path, config)
-    controller = Controller(config, store, LocalExecutor(1), {"heuristic": HeuristicMutator()},
+    controller = Controller(plan_run(config), store, LocalExecutor(1), {"heuristic": HeuristicMutator()},
                             Watcher(), work_root=tmp_path / "work", tick_s=0.1)
     problem = jail_problem(template)
     try:

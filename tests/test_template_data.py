@@ -47,53 +47,58 @@ def test_a_corrupt_or_partial_cache_is_detected_and_rebuilt(tmp_path: Path) -> N
     assert (data / "test.starts.bin").exists()
 
 
-def run_main(capsys, tmp_path: Path, *args: str) -> tuple[int, str]:
+def run_main(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """`prepare.py run` in its own process, as the runner starts it: the referee makes its
+    process a subreaper and kills every descendant it has at the end, which in the test's
+    own process would be the session's Ray head."""
     result = tmp_path / "result.json"
-    code = prepare.main(["run", "--profile", "cpu-micro", "--cache-dir", str(tmp_path / "cache"),
-                         "--result", str(result), *args])
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err[-1] if err else ""
+    done = subprocess.run(
+        [sys.executable, str(TEMPLATE / "prepare.py"), "run", "--profile", "cpu-micro",
+         "--cache-dir", str(tmp_path / "cache"), "--result", str(result), *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    err = done.stderr.strip().splitlines()
+    return done.returncode, err[-1] if err else ""
 
 
-def test_unknown_profile_and_data_source_are_one_line_errors(capsys, tmp_path: Path) -> None:
-    code, line = run_main(capsys, tmp_path, "--data", "synthetic", "--profile", "cpu-huge")
+def test_unknown_profile_and_data_source_are_one_line_errors(tmp_path: Path) -> None:
+    code, line = run_main(tmp_path, "--data", "synthetic", "--profile", "cpu-huge")
     assert code == 2 and line.startswith("error: unknown profile 'cpu-huge'") and "cpu-micro" in line
-    code, line = run_main(capsys, tmp_path, "--data", "wikipedia")
+    code, line = run_main(tmp_path, "--data", "wikipedia")
     assert code == 2 and line == "error: unknown data source 'wikipedia' (known: synthetic, text:<path>, climbmix)"
-    code, line = run_main(capsys, tmp_path, "--data", "synthetic", "--budget-fraction", "-1")
+    code, line = run_main(tmp_path, "--data", "synthetic", "--budget-fraction", "-1")
     assert code == 2 and line.startswith("error: argument --budget-fraction")
     assert not (tmp_path / "result.json").exists()
 
 
-def test_missing_and_empty_text_paths_are_one_line_errors(capsys, tmp_path: Path) -> None:
-    code, line = run_main(capsys, tmp_path, "--data", f"text:{tmp_path / 'nope.txt'}")
+def test_missing_and_empty_text_paths_are_one_line_errors(tmp_path: Path) -> None:
+    code, line = run_main(tmp_path, "--data", f"text:{tmp_path / 'nope.txt'}")
     assert code == 2 and line.startswith("error: text path") and "does not exist" in line
     (tmp_path / "empty.txt").write_text("\n\n  \n")
-    code, line = run_main(capsys, tmp_path, "--data", f"text:{tmp_path / 'empty.txt'}")
+    code, line = run_main(tmp_path, "--data", f"text:{tmp_path / 'empty.txt'}")
     assert code == 2 and line.startswith("error: text path") and "holds no text" in line
     (tmp_path / "small.txt").write_text("one line\nanother line\n")
-    code, line = run_main(capsys, tmp_path, "--data", f"text:{tmp_path / 'small.txt'}")
+    code, line = run_main(tmp_path, "--data", f"text:{tmp_path / 'small.txt'}")
     assert code == 2 and "too small" in line
     assert not (tmp_path / "result.json").exists()
 
 
-def test_a_train_script_without_train_is_a_crash_with_a_clear_line(capsys, tmp_path: Path) -> None:
+def test_a_train_script_without_train_is_a_crash_with_a_clear_line(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text("def fit(ctx):\n    return None\n")
-    code, line = run_main(capsys, tmp_path, "--train", str(script))
+    code, line = run_main(tmp_path, "--train", str(script))
     assert code == 1 and line == "error: train.py defines no train(ctx) function"
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["status"] == "crash" and record["profile"] == "cpu-micro"
-    code, line = run_main(capsys, tmp_path, "--train", str(tmp_path / "missing.py"))
+    code, line = run_main(tmp_path, "--train", str(tmp_path / "missing.py"))
     assert code == 2 and line.startswith("error: train script") and "not found" in line
 
 
-def test_a_model_of_the_wrong_shape_is_invalid(capsys, tmp_path: Path) -> None:
+def test_a_model_of_the_wrong_shape_is_invalid(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text("import torch\n"
                       "def train(ctx):\n"
                       "    return torch.nn.Embedding(ctx.vocab_size, 7)\n")
-    code, line = run_main(capsys, tmp_path, "--train", str(script))
+    code, line = run_main(tmp_path, "--train", str(script))
     assert code == 1 and "error: model returned" in line and "expected logits" in line
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "invalid"
 

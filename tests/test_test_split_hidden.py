@@ -23,11 +23,11 @@ from rich.console import Console
 from evolve.config import config_from_dict
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
-from evolve.controller.wiring import operator_names
+from evolve.controller.wiring import operator_names, plan_run
 from evolve.inspect.export import export_run
 from evolve.inspect.status import render_status
 from evolve.mutate.notebook import build_notebook
-from evolve.mutate.registry import build_mutators
+from evolve.mutate.registry import OperatorFacts, build_mutators
 from evolve.run.live import LiveDisplay
 from evolve.run.rundir import RunDir
 from population.candidate import Status
@@ -100,10 +100,11 @@ def test_the_test_score_is_stored_but_reaches_no_prompt_notebook_or_live_view(
         run_dir = RunDir.create(tmp_path / "results", "hidden")
         run_dir.config_path.write_text(config.to_yaml())
         mutators = build_mutators(config.mutation.operators, operator_names(config),
-                                  template_dir=config.template_dir, seed=config.seed)
+                                  facts=OperatorFacts(template_dir=config.template_dir,
+                                                      seed=config.seed))
         display = Display()
         store = Store.open(run_dir.store_path)
-        controller = Controller(config, store, LocalExecutor(1), mutators, display,
+        controller = Controller(plan_run(config), store, LocalExecutor(1), mutators, display,
                                 work_root=run_dir.work_dir, tick_s=0.1)
         asyncio.run(controller.run(None, None))
     bodies = [json.dumps(body) for body in api.requests]

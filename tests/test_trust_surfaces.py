@@ -11,6 +11,7 @@ from test_confirmation_e2e import make_config, make_template
 
 from evolve.controller.executor import LocalExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.export import export_run
 from evolve.inspect.report import build_report
 from evolve.inspect.report_data import read_run
@@ -51,7 +52,7 @@ def test_status_report_and_export_show_noise_decisions_and_test(tmp_path):
     run_dir.config_path.write_text(config.to_yaml())
     recorder = RunRecorder(run_dir)
     with Store.open(run_dir.store_path) as store:
-        controller = Controller(config, store, LocalExecutor(1), {"heuristic": TowardsOptimum()},
+        controller = Controller(plan_run(config), store, LocalExecutor(1), {"heuristic": TowardsOptimum()},
                                 recorder, work_root=run_dir.work_dir, tick_s=0.2)
         asyncio.run(controller.run(None, None))
         best = store.best()

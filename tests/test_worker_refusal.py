@@ -31,6 +31,7 @@ from evolve.controller.core import (
 )
 from evolve.controller.executor import LocalExecutor, RayExecutor
 from evolve.controller.shell import Controller
+from evolve.controller.wiring import plan_run
 from evolve.inspect.status import render_status
 from evolve.mutate.heuristic import HeuristicMutator
 from evolve.run.live import LiveDisplay
@@ -127,8 +128,10 @@ def hold_cpus(ray, cpus: int):
 
 def test_on_ray_a_worker_with_another_harness_leaves_and_the_run_finishes_elsewhere(
         tmp_path, ray_session):
-    template = make_template(tmp_path, 0.05)
-    config = make_config(template, budget={"max_experiments": 6}, workers={"count": 3})
+    # Runs of a second each: the root's nine children keep the good worker busy long enough
+    # for the two others to start on a loaded machine and refuse.
+    template = make_template(tmp_path, 1.0)
+    config = make_config(template, budget={"max_experiments": 10}, workers={"count": 3})
     run_dir, store = open_run(tmp_path, config)
     first: list[str] = []
     # Room for one worker only: the other two wait to be placed, as workers on nodes that
@@ -147,16 +150,16 @@ def test_on_ray_a_worker_with_another_harness_leaves_and_the_run_finishes_elsewh
 
     watcher = Watcher(change_template)
     executor = RayExecutor(3, cpus_per_worker=1, poll_s=0.3)
-    controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()}, watcher,
+    controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()}, watcher,
                             work_root=tmp_path / "work", tick_s=0.1)
     controller.template_hash = template_hash(template)
     try:
         reason = asyncio.run(controller.run())
-        assert reason == "max_experiments reached (6)"
+        assert reason == "max_experiments reached (10)"
         assert store.count(Status.CRASHED, Status.TIMED_OUT) == 0
         (good,) = first
         finished = store.finished_in_order()
-        assert len(finished) == 6
+        assert len(finished) == 10
         assert {a.worker for c in finished for a in store.attempts(c.id) if a.outcome == "done"} \
             == {good}
         refused = [line for line in store.get_meta("refused_workers").splitlines() if line]
@@ -186,7 +189,7 @@ def test_locally_a_template_changed_under_the_controller_stops_the_run(tmp_path)
     config = make_config(template, budget={"max_experiments": 4}, workers={"count": 2})
     run_dir, store = open_run(tmp_path, config)
     watcher = Watcher()
-    controller = Controller(config, store, LocalExecutor(2), {"heuristic": HeuristicMutator()},
+    controller = Controller(plan_run(config), store, LocalExecutor(2), {"heuristic": HeuristicMutator()},
                             watcher, work_root=tmp_path / "work", tick_s=0.1)
     controller.template_hash = template_hash(template)
     prepare = template / "prepare.py"
@@ -233,7 +236,7 @@ def test_workers_on_a_node_without_isolation_are_named_once(tmp_path, ray_sessio
     watcher = Watcher()
     executor = RayExecutor(2, cpus_per_worker=1, poll_s=0.3,
                            runtime_env={"env_vars": {"PATH": _path_without_unshare(tmp_path)}})
-    controller = Controller(config, store, executor, {"heuristic": HeuristicMutator()}, watcher,
+    controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()}, watcher,
                             work_root=tmp_path / "work", tick_s=0.1)
     try:
         assert asyncio.run(controller.run()) == "max_experiments reached (2)"
@@ -258,7 +261,7 @@ def test_no_warning_where_isolation_works_or_is_not_asked_for(tmp_path):
         config = make_config(template, budget={"max_experiments": 1},
                              workers={"count": 1, "network": network})
         store = Store.open(tmp_path / f"{network}.sqlite")
-        controller = Controller(config, store, LocalExecutor(1), {"heuristic": HeuristicMutator()},
+        controller = Controller(plan_run(config), store, LocalExecutor(1), {"heuristic": HeuristicMutator()},
                                 Watcher(), work_root=tmp_path / f"work-{network}", tick_s=0.1)
         try:
             asyncio.run(controller.run())
@@ -275,7 +278,7 @@ def test_on_ray_a_run_no_worker_can_score_stops_and_blames_no_candidate(tmp_path
     template = make_template(tmp_path, 0.05)
     config = make_config(template, budget={"max_experiments": 4}, workers={"count": 2})
     run_dir, store = open_run(tmp_path, config)
-    controller = Controller(config, store, RayExecutor(2, cpus_per_worker=1, poll_s=0.3),
+    controller = Controller(plan_run(config), store, RayExecutor(2, cpus_per_worker=1, poll_s=0.3),
                             {"heuristic": HeuristicMutator()}, Watcher(),
                             work_root=tmp_path / "work", tick_s=0.1)
     controller.template_hash = "0" * 64  # no node has the controller's harness

@@ -43,8 +43,16 @@ def _prctl():
 _PRCTL = _prctl()
 
 
+# Processes below this one before it became the referee: not the experiment's, so sweep()
+# spares them. `prepare.py run` starts with none; a caller that runs the referee inside a
+# process of its own (a test's) may have some, such as a Ray head.
+_BEFORE: set[int] = set()
+
+
 def become_referee() -> None:
     """Non-dumpable (no /proc/<pid>/fd or mem for same-user processes) and a subreaper."""
+    _BEFORE.clear()
+    _BEFORE.update(descendants(os.getpid()))
     if _PRCTL is not None:
         _PRCTL(PR_SET_DUMPABLE, 0, 0, 0, 0)
         _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -181,7 +189,7 @@ def sweep(keep: Sequence[Role] = ()) -> None:
     Orphans of ended roles were reparented to the referee (a subreaper), so they are found
     here whatever they did to leave their parent; their zombies are reaped too.
     """
-    spared = [r.process.pid for r in keep if r.alive()]
+    spared = [r.process.pid for r in keep if r.alive()] + sorted(_BEFORE)
     deadline = time.monotonic() + SWEEP_DEADLINE_S
     while (found := descendants(os.getpid(), spared)) and time.monotonic() < deadline:
         for pid in found:

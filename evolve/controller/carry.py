@@ -8,11 +8,7 @@ its own (`evolve.controller.triggers`), not drawn by weight.
 
 from __future__ import annotations
 
-from typing import Any
-
 from evolve.controller.triggers import Trigger, TriggeredProposal
-from evolve.controller.wiring import operator_names
-from evolve.mutate.merge import MERGE
 from population.candidate import Candidate, Status
 from population.store import Store
 from population.wins import carry_after
@@ -21,14 +17,11 @@ from population.wins import carry_after
 class CarryTrigger:
     """Asked around each recorded result; says which merge it triggers, if any."""
 
-    def __init__(self, store: Store, config: Any) -> None:
+    def __init__(self, store: Store, operator: str | None) -> None:
         self.store = store
-        kinds = [op.kind for op in config.mutation.operators]
-        names = operator_names(config)
         # the first merge operator, whatever its weight (0: merges only when triggered);
-        # none configured: the trigger is off
-        self.operator = next((name for name, kind in zip(names, kinds, strict=True)
-                              if kind == MERGE), None)
+        # none configured (None): the trigger is off
+        self.operator = operator
 
     def before(self, candidate_id: str) -> Candidate | None:
         """The island's best just before this candidate's result is recorded."""

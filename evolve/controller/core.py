@@ -17,6 +17,7 @@ from typing import Protocol
 from evolve.controller.devices import DevicePolicy
 from evolve.controller.triggers import Trigger, TriggeredProposal, TriggerRule
 from evolve.mutate.operators import OperatorStats, mix_weights
+from evolve.mutate.ratelimit import TokenWindow
 from population import budget
 from population.extra_runs import job_candidate
 from population.islands import least_busy_island, migration_due
@@ -28,7 +29,6 @@ from population.survival import lost_reason, lost_too_often
 FINISHED_OUTCOMES = FINISHED
 LOST = Outcome.LOST
 DONE = Outcome.DONE
-TOKEN_WINDOW_S = 60.0
 
 
 # ----------------------------------------------------------------------------- events
@@ -256,6 +256,8 @@ class History:
     elapsed_s: float = 0.0
     operator_stats: Mapping[str, OperatorStats] = field(default_factory=dict)  # by label
     island_devices: Mapping[int, str] = field(default_factory=dict)  # island -> first attempt's type
+    # children of triggered proposals still to finish: kept out of the operator statistics
+    triggered_children: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,8 @@ class Scheduler:
         self._rules = tuple(triggers)
         self._triggered: deque[TriggeredProposal] = deque()  # requests waiting for room
         self._triggered_tickets: set[int] = set()
-        self._triggered_children: set[str] = set()  # kept out of the operator statistics
+        # kept out of the operator statistics (a resumed run's come from the store's mark)
+        self._triggered_children: set[str] = set(history.triggered_children)
         self.settings = settings
         self._parents = parents
         self._root_id = root_id
@@ -306,8 +309,9 @@ class Scheduler:
         self._llm_usd = history.llm_usd
         self._best = history.best_val_bpb
         self._operator_stats = dict(history.operator_stats)
-        self._tokens: deque[tuple[float, float]] = deque()  # (time, tokens) in the last minute
-        self._tokens_in_window = 0.0
+        # the token budget: one rule with the LLM calls' limiter (evolve/mutate/ratelimit.py)
+        tpm = settings.tokens_per_minute
+        self._tokens = TokenWindow(tpm) if tpm is not None else None
         self._charged: dict[int, float] = {}  # ticket -> tokens charged when it started
         self._tokens_seen = 0
         self._proposals_seen = 0
@@ -398,8 +402,8 @@ class Scheduler:
         times = []
         if self.settings.max_hours is not None and self._started_at is not None:
             times.append(self._started_at + self.settings.max_hours * 3600.0 - self._prior_elapsed)
-        if self._tokens:
-            times.append(self._tokens[0][0] + TOKEN_WINDOW_S)
+        if self._tokens is not None and (expiry := self._tokens.next_change()) is not None:
+            times.append(expiry)
         return min(times) if times else None
 
     def learn(self, label: str, improved: bool, candidate_id: str | None = None) -> None:
@@ -447,8 +451,6 @@ class Scheduler:
         hours = self.settings.max_hours
         if hours is not None and budget.hours_reached(self.elapsed(), hours):
             self._close(budget.hours_reason(hours))
-        while self._tokens and self._tokens[0][0] <= self._now - TOKEN_WINDOW_S:
-            self._tokens_in_window -= self._tokens.popleft()[1]
 
     def _worker_lost(self, event: WorkerLost | WorkerRefused, out: list[Decision]) -> None:
         if event.worker_id not in self._workers:
@@ -545,9 +547,8 @@ class Scheduler:
                 out.append(Migrate(self._finished))
 
     def _charge(self, now: float, tokens: float) -> None:
-        if tokens:
-            self._tokens.append((now, tokens))
-            self._tokens_in_window += tokens
+        if self._tokens is not None:
+            self._tokens.charge(tokens, now)
 
     def _proposal_done(self, ticket: int, cost: float, tokens: int, now: float) -> None:
         self._llm_usd += cost
@@ -662,10 +663,7 @@ class Scheduler:
 
     def _token_room(self) -> bool:
         """Room in the sliding minute for one more call (always, when the minute is empty)."""
-        tpm = self.settings.tokens_per_minute
-        if tpm is None or self._tokens_in_window <= 0:
-            return True
-        return self._tokens_in_window + self._tokens_per_proposal() <= tpm
+        return self._tokens is None or self._tokens.room(self._tokens_per_proposal(), self._now)
 
     def _start_proposals(self, out: list[Decision]) -> None:
         cap = self.settings.max_concurrent_proposals

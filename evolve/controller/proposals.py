@@ -44,6 +44,7 @@ class ProposalDone:
     seed: int
     proposal: Proposal
     rejection: str  # from the static pre-flight checks, "" if they passed
+    trigger: Trigger = Trigger.DRAWN  # why the proposal was made (stored on the child)
 
 
 _PARSE_LOCK = threading.Lock()  # see Proposals._static_checks
@@ -125,6 +126,7 @@ class Proposals:
             status=Status.REJECTED if reason else Status.PROPOSED, reason=reason,
             seed=self.facts.seed, created_at=now, finished_at=now if reason else None,
             donor_id=proposal.donor_id or None,
+            triggered_by=None if done.trigger is Trigger.DRAWN else Trigger(done.trigger).value,
         )
 
     def _merge_target(self, mutator: MergeMutator, island: int) -> Candidate | None:
@@ -165,7 +167,7 @@ class Proposals:
             except Exception as exc:  # never lose the proposal (the core would wait for it)
                 rejection = f"pre-flight failed: {type(exc).__name__}: {exc}"
         self.post(ProposalDone(decision.ticket, parent, decision.island, decision.seed,
-                               proposal, rejection))
+                               proposal, rejection, decision.trigger))
 
     def _static_checks(self, parent_files: Mapping[str, str], files: Mapping[str, str]) -> str:
         """`evolve.guard.preflight.check_child` less the duplicate check (the store answers

@@ -23,7 +23,8 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
     first — as do those a deliberate stop put back to proposed (attempts `abandoned`). A
     candidate lost too often is recorded crashed instead; only `lost` attempts count
     (`Store.lost_count`): a refused or abandoned one was not the candidate's doing. Each
-    island keeps the device type it was bound to (`island_devices`).
+    island keeps the device type it was bound to (`island_devices`). Children of triggered
+    proposals (`Candidate.triggered_by`) stay out of the operator statistics, finished or not.
     """
     now = time.time() if now is None else now
     running, proposed = [], []
@@ -59,7 +60,9 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         best_val_bpb=best.val_bpb if best is not None else None,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
-        operator_stats=tally(ran), island_devices=island_devices(store, [*ran, *unfinished]),
+        operator_stats=tally(ran, drawn_only=True),
+        island_devices=island_devices(store, [*ran, *unfinished]),
+        triggered_children=frozenset(c.id for c in unfinished if c.triggered_by),
     )
 
 

@@ -7,20 +7,9 @@ to the core as a `ProposalsTriggered` event (`Controller.trigger`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from evolve.controller.triggers import Trigger, TriggeredProposal
-from evolve.controller.wiring import operator_names
 from evolve.mutate.repair import wants_repair
 from population.candidate import Candidate
-
-
-def repair_operator(config: Any) -> str | None:
-    """The name of the configured `repair` operator (None: crashes are not repaired)."""
-    for name, op in zip(operator_names(config), config.mutation.operators, strict=True):
-        if op.kind == "repair":
-            return name
-    return None
 
 
 def repair_requests(candidate: Candidate, operator: str | None) -> tuple[TriggeredProposal, ...]:

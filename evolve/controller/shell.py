@@ -46,10 +46,10 @@ from evolve.controller.executor import Executor, Finished, Joined, Left, Refused
 from evolve.controller.extra import ExtraRuns
 from evolve.controller.proposals import ProposalDone, Proposals
 from evolve.controller.recovery import judge, recover
-from evolve.controller.repairs import repair_operator, repair_requests
+from evolve.controller.repairs import repair_requests
 from evolve.controller.store_index import StoreIndex
 from evolve.controller.triggers import TriggeredProposal, TriggerRule
-from evolve.controller.wiring import run_facts, settings_from_config, store_population
+from evolve.controller.wiring import RunPlan, store_population
 from evolve.mutate.base import Mutator
 from evolve.workers.runner import RunRequest, RunResult
 from population.candidate import Candidate, Status
@@ -127,15 +127,17 @@ def experiment_timeout_s(profile: str, grace_s: float) -> float:
 
 
 class Controller:
-    """One run: `await Controller(...).run(stop, abandon)` returns why it stopped."""
+    """One run: `await Controller(plan_run(config), ...).run(stop, abandon)` returns why it
+    stopped. It takes the plan (`wiring.RunPlan`: run-wide facts, the core's settings and the
+    sections its parts take), never the whole config."""
 
-    def __init__(self, config: Any, store: Store, executor: Executor,
+    def __init__(self, plan: RunPlan, store: Store, executor: Executor,
                  mutators: Mapping[str, Mutator], recorder: RunRecorder, *, work_root: str | Path,
                  cache_dir: str | None = None, tick_s: float = 1.0,
                  clock: Callable[[], float] = time.time,
                  triggers: Sequence[TriggerRule] = ()) -> None:
         self.triggers = tuple(triggers)  # rules for triggered proposals (controller/triggers.py)
-        self.config = config
+        self.plan = plan
         self.store = store
         self.executor = executor
         self.mutators = dict(mutators)
@@ -146,16 +148,16 @@ class Controller:
         self.template_hash = ""  # and its harness's; workers refuse to score with others
         self.tick_s = tick_s
         self.clock = clock
-        self.facts = run_facts(config, ROOT_ID)  # run-wide facts, built once
-        self.population = store_population(store, config, ROOT_ID)
-        self.carry = CarryTrigger(store, config)  # the asynchronous-greedy merge trigger
+        self.facts = plan.facts  # run-wide facts, built once
+        self.population = store_population(store, plan.selection, plan.population,
+                                           plan.facts.root_id)
+        self.carry = CarryTrigger(store, plan.merge_operator)  # the asynchronous-greedy trigger
         self.size = self.facts.size
-        self.timeout_s = experiment_timeout_s(config.profile, config.workers.timeout_grace_s)
-        self.extra = ExtraRuns(store, self.facts, noise=config.noise, confirm=config.confirm,
-                               fidelity=config.fidelity, record=self._record,
+        self.timeout_s = experiment_timeout_s(plan.facts.profile, plan.workers.timeout_grace_s)
+        self.extra = ExtraRuns(store, self.facts, noise=plan.noise, confirm=plan.confirm,
+                               fidelity=plan.fidelity, record=self._record,
                                peers=self._peers)
-        template = Path(config.template_dir)
-        self.template = template
+        self.template = plan.facts.template
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._workers: dict[str, Joined] = {}
         self._running: dict[str, _Running] = {}      # worker -> run in flight
@@ -163,9 +165,8 @@ class Controller:
         self._best: Candidate | None = None
         self.memory = StoreIndex(store)
         self.proposals = Proposals(store, self.facts, mutators, self.memory,
-                                   timeout_s=config.mutation.proposal_timeout_s,
+                                   timeout_s=plan.proposal_timeout_s,
                                    post=self._queue.put_nowait, clock=clock)
-        self._repair_operator = repair_operator(config)  # None: crashes are not repaired
         self._crashes = 0
         self._rejected = 0
         self._cancelled = False                # runs were cancelled: the executor must kill them
@@ -186,8 +187,8 @@ class Controller:
         setting `abandon` too stops them, their attempts `abandoned`, for resume to re-run)."""
         self._ensure_root()
         history = recover(self.store, ROOT_ID, now=self.clock(),
-                          max_lost_attempts=self.config.workers.max_lost_attempts)
-        settings = dataclasses.replace(settings_from_config(self.config),
+                          max_lost_attempts=self.plan.workers.max_lost_attempts)
+        settings = dataclasses.replace(self.plan.settings,
                                        device_type=self.store.get_meta("device_type"))
         self._best = self.store.best()
         self._crashes = self.store.count(Status.CRASHED, Status.TIMED_OUT)
@@ -324,7 +325,7 @@ class Controller:
 
     def _warn_isolation(self, joined: Joined) -> None:
         """Once per node: experiments there run with the network although isolation was asked."""
-        if (not joined.isolation_problem or self.config.workers.network != "isolate"
+        if (not joined.isolation_problem or self.plan.workers.network != "isolate"
                 or joined.node in self._unisolated):
             return
         self._unisolated.add(joined.node)
@@ -401,11 +402,11 @@ class Controller:
         if status is not Status.REJECTED:  # stopped at a short stage: not a results.tsv row
             self.recorder.on_result(candidate, kept)
         if status is Status.CRASHED:  # a traceback gets one fix (evolve/mutate/repair.py)
-            requests = repair_requests(candidate, self._repair_operator)
+            requests = repair_requests(candidate, self.plan.repair_operator)
             if requests:
                 self.trigger(*requests)
         if candidate.id == ROOT_ID and status is Status.DONE \
-                and not self.config.workers.device_groups:
+                and not self.plan.workers.device_groups:
             # each island of a device group starts from its first child instead, scored on
             # its own device type
             self._copies(self.population.seed(candidate, now))
@@ -484,7 +485,7 @@ class Controller:
     def _run(self, decision: Run) -> None:
         now = self.clock()
         slot = self._workers[decision.worker_id]
-        if not self.config.workers.device_groups and self.store.get_meta("device_type") is None:
+        if not self.plan.workers.device_groups and self.store.get_meta("device_type") is None:
             self.store.set_meta("device_type", device_type(slot.device))  # resume keeps to it
         extra = self.extra.start(decision.candidate_id, slot.worker_id, now)
         if extra is not None:
@@ -498,13 +499,13 @@ class Controller:
             attempt_id = self.store.start_attempt(candidate.id, worker=slot.worker_id,
                                                   node=slot.node, device=slot.device, now=now)
             self._running[decision.worker_id] = _Running(candidate.id, attempt_id, now)
-        cfg = self.config
+        workers = self.plan.workers
         request = RunRequest(
             candidate_id=candidate.id, files=dict(candidate.files), template_dir=str(self.template),
-            profile=cfg.profile, data=cfg.data, seed=candidate.seed, timeout_s=self.timeout_s,
-            work_root=self.work_root, cache_dir=self.cache_dir,
-            torch_threads=cfg.workers.torch_threads, attempt=decision.attempt,
-            network=cfg.workers.network, sandbox=cfg.workers.sandbox, data_hash=self.data_hash,
+            profile=self.facts.profile, data=self.plan.data, seed=candidate.seed,
+            timeout_s=self.timeout_s, work_root=self.work_root, cache_dir=self.cache_dir,
+            torch_threads=workers.torch_threads, attempt=decision.attempt,
+            network=workers.network, sandbox=workers.sandbox, data_hash=self.data_hash,
             template_hash=self.template_hash,
         )
         if extra is not None:  # a re-run or test run: its own job name, seed and splits
@@ -538,16 +539,16 @@ class Controller:
 
     def _peers(self, island: int) -> list[int] | None:
         """The islands scored on `island`'s device type (device groups), else None (all)."""
-        if not self.config.workers.device_groups:
+        if not self.plan.workers.device_groups:
             return None
-        groups = island_groups(self.config.population.islands, self._island_devices(), True)
+        groups = island_groups(self.facts.islands, self._island_devices(), True)
         return next((group for group in groups if island in group), [island])
 
     def _groups(self) -> list[list[int]]:
         """The islands whose scores compare (one device type each with device groups): copies
         move only inside a group."""
-        return island_groups(self.config.population.islands, self._island_devices(),
-                             self.config.workers.device_groups)
+        return island_groups(self.facts.islands, self._island_devices(),
+                             self.plan.workers.device_groups)
 
     def _copies(self, made: list[Candidate]) -> None:
         for copy in made:
@@ -565,14 +566,14 @@ class Controller:
         except KeyError:
             pass
         files = {}
-        for name in self.config.mutable_files:
-            source = self.template / (self.config.seed_script if name == "train.py" else name)
+        for name in self.facts.mutable_files:
+            source = self.template / (self.plan.seed_script if name == "train.py" else name)
             files[name] = source.read_text()
         root = Candidate(id=ROOT_ID, parent_id=None, island=0, generation=0, files=files,
                          description="baseline: the unmodified template", mutator="template",
-                         seed=self.config.seed, created_at=self.clock())
+                         seed=self.facts.seed, created_at=self.clock())
         self.store.add(root)
-        self.store.set_meta("seed", str(self.config.seed))
+        self.store.set_meta("seed", str(self.facts.seed))
         self.recorder.on_candidate(self.store.get(ROOT_ID))
 
     def _add_worker_seconds(self, seconds: float, *, wasted: bool) -> None:
@@ -611,7 +612,7 @@ class Controller:
         status = core.status()
         best = self._best
         self.recorder.on_progress(Progress(
-            finished=status.finished, budget=self.config.budget.max_experiments,
+            finished=status.finished, budget=self.plan.settings.max_experiments,
             running=status.running, ready=status.ready, proposing=status.proposing,
             workers=status.workers, best_id=best.id if best else None,
             best_val_bpb=best.val_bpb if best else None,

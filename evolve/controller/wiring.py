@@ -1,5 +1,6 @@
-"""Between the config/store and the core: the operators' names, the core's settings, and the
-population port over the store (`population.port.StorePopulation`), each built once."""
+"""Between the config/store and the controller: the operators' names, the core's settings,
+the run-wide facts, the population port over the store (`population.port.StorePopulation`)
+and the controller's whole plan (`RunPlan`), each built once from the config."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolve.config.schema import Config
+from evolve.config.schema import (
+    Config,
+    ConfirmConfig,
+    FidelityConfig,
+    NoiseConfig,
+    PopulationConfig,
+    WorkersConfig,
+)
 from evolve.controller.core import Settings
+from evolve.mutate.merge import MERGE
 from evolve.mutate.registry import token_rate
 from population.port import StorePopulation
 from population.store import Store
@@ -80,11 +89,50 @@ def run_facts(config: Config, root_id: str = "root") -> RunFacts:
                     mutable_files=tuple(config.mutable_files), profile=config.profile)
 
 
-def store_population(store: Store, config: Any, root_id: str = "root") -> StorePopulation:
-    """The run's population port over the store, built once from the config: the strategy's
-    selector on each island's survivors (bounded queries: only the top `size` rows)."""
-    population = config.population
-    return StorePopulation(store, config.selection.build(), size=population.size,
+def store_population(store: Store, selection: Any, population: PopulationConfig,
+                     root_id: str = "root") -> StorePopulation:
+    """The run's population port over the store, from the `selection` and `population`
+    sections: the strategy's selector on each island's survivors (bounded queries: only the
+    top `size` rows)."""
+    return StorePopulation(store, selection.build(), size=population.size,
                            islands=population.islands, root_id=root_id,
                            stagnation_reseed_after=population.stagnation_reseed_after,
                            broadcast=population.migration == "broadcast")
+
+
+def operator_of_kind(config: Any, kind: str) -> str | None:
+    """The name of the first configured operator of `kind` (None: the config has none)."""
+    return next((name for name, op in zip(operator_names(config), config.mutation.operators,
+                                          strict=True) if op.kind == kind), None)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a `Controller` is built from, derived once from the config (`plan_run`): the
+    run-wide facts, the core's settings and the config sections the shell's parts take. The
+    controller never holds the whole config."""
+
+    facts: RunFacts
+    settings: Settings
+    selection: Any                   # the `selection` section (its class is built at import)
+    population: PopulationConfig
+    workers: WorkersConfig
+    noise: NoiseConfig
+    confirm: ConfirmConfig
+    fidelity: FidelityConfig
+    proposal_timeout_s: float        # `mutation.proposal_timeout_s`: the shell's hard limit
+    data: str                        # the data set the workers score on
+    seed_script: str                 # the template file the root's train.py is read from
+    merge_operator: str | None = None   # the carry trigger's operator (None: off)
+    repair_operator: str | None = None  # crashes with a traceback are repaired by it
+
+
+def plan_run(config: Config, root_id: str = "root") -> RunPlan:
+    """The controller's plan, built once from a loaded config."""
+    return RunPlan(
+        facts=run_facts(config, root_id), settings=settings_from_config(config),
+        selection=config.selection, population=config.population, workers=config.workers,
+        noise=config.noise, confirm=config.confirm, fidelity=config.fidelity,
+        proposal_timeout_s=config.mutation.proposal_timeout_s, data=config.data,
+        seed_script=config.seed_script, merge_operator=operator_of_kind(config, MERGE),
+        repair_operator=operator_of_kind(config, "repair"))

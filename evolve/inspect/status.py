@@ -48,9 +48,10 @@ def operator_table(config: Config, finished: list[Candidate]) -> Table:
     names = operator_names(config)
     labels = operator_labels(config)
     weights = {name: op.weight for name, op in zip(names, mutation.operators, strict=True)}
-    stats = tally(finished)
-    now = mix_weights(weights, stats, labels=labels, adaptive=mutation.adaptive_weights,
-                      exploration=mutation.exploration)
+    stats = tally(finished)  # every child that ran, triggered ones (repairs, carries) too
+    # the weights learn from drawn children only, as the run's core does
+    now = mix_weights(weights, tally(finished, drawn_only=True), labels=labels,
+                      adaptive=mutation.adaptive_weights, exploration=mutation.exploration)
     total = sum(now.values()) or 1.0
     title = (f"operators: adaptive weights (UCB1, exploration {mutation.exploration:g})"
              if mutation.adaptive_weights else "operators: fixed weights")

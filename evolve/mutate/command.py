@@ -26,7 +26,9 @@ from typing import IO
 from evolve.mutate import command_jail
 from evolve.mutate.base import MutationContext, Proposal, unified_diff
 from evolve.mutate.edit_format import parse_answer
+from evolve.mutate.kinds import CommandOperator
 from evolve.mutate.prompt import PromptLimits, build_command_prompt
+from evolve.mutate.registry import OperatorFacts
 from evolve.workers.sandbox import kill_group, start_in_group, without_secrets
 
 PROMPT_FILE = "PROMPT.md"
@@ -50,23 +52,19 @@ class CommandMutator:
 
     name = "command"
 
-    def __init__(self, argv: Sequence[str], *, template_dir: str | Path | None = None,
-                 timeout_s: float = 600.0, keep_env: Sequence[str] = (),
-                 limits: PromptLimits | None = None, kill_grace_s: float = 5.0,
-                 secrets: Sequence[str] = (), readonly: Sequence[str | Path] = (),
-                 sandbox: str = "warn") -> None:
-        if not argv:
-            raise ValueError("the command operator needs a command (argv)")
-        if sandbox not in command_jail.SANDBOX_MODES:
-            raise ValueError(f"sandbox must be one of {', '.join(command_jail.SANDBOX_MODES)}, "
-                             f"not {sandbox!r}")
-        self.argv = list(argv)
+    def __init__(self, op: CommandOperator, facts: OperatorFacts | None = None, *,
+                 keep_env: Sequence[str] = (), limits: PromptLimits | None = None,
+                 kill_grace_s: float = 5.0) -> None:
+        """`op` is its config section (argv, timeout, secrets, read-only paths, sandbox mode),
+        `facts` the run's (the template folder); the keywords are seams for tests."""
+        facts = facts if facts is not None else OperatorFacts()
+        self.argv = list(op.argv)
         # Read now: the run takes every secret out of the environment once operators are built.
-        self.secrets = command_jail.secret_values(secrets, os.environ)
-        self.readonly = [Path(path).expanduser().absolute() for path in readonly]
-        self.sandbox = sandbox
-        self.template_dir = Path(template_dir) if template_dir else None
-        self.timeout_s = timeout_s
+        self.secrets = command_jail.secret_values(op.secrets, os.environ)
+        self.readonly = [Path(path).expanduser().absolute() for path in op.readonly]
+        self.sandbox = op.sandbox
+        self.template_dir = Path(facts.template_dir) if facts.template_dir else None
+        self.timeout_s = op.timeout_s
         self.keep_env = tuple(keep_env)
         self.limits = limits or PromptLimits()
         self.kill_grace_s = kill_grace_s

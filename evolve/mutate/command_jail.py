@@ -24,7 +24,6 @@ from pathlib import Path
 from types import ModuleType
 
 JAIL_PATH = Path(__file__).resolve().parents[2] / "train_template" / "jail.py"
-SANDBOX_MODES = ("require", "warn")
 # Read each secret file into the variable of its name, then become the agent.
 _EXPORT_SECRETS = ('for f in "$0"/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; '
                    'exec "$@"')

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from population import budget
+
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
               "cache_creation_input_tokens")
 
@@ -141,10 +143,8 @@ class SpendLedger:
     def affordable(self, worst_usd: float, *, counting_reserved: bool = True) -> bool:
         """Whether a call costing at most `worst_usd` fits under the cap (now, or once the
         calls in flight are settled when `counting_reserved` is False)."""
-        if self.max_usd is None:
-            return True
         held = self.reserved_usd if counting_reserved else 0.0
-        return self.spent_usd + held + worst_usd <= self.max_usd
+        return budget.usd_fits(self.spent_usd, held + worst_usd, self.max_usd)
 
     def reserve(self, worst_usd: float) -> bool:
         """Hold `worst_usd` for a call about to be sent; False if the cap does not allow it."""
@@ -165,11 +165,11 @@ class SpendLedger:
     @property
     def exhausted(self) -> bool:
         """True once the cap is reached: no new proposals (running experiments still finish)."""
-        return self.max_usd is not None and self.spent_usd >= self.max_usd
+        return budget.usd_reached(self.spent_usd, self.max_usd)
 
     @property
     def remaining_usd(self) -> float | None:
-        return None if self.max_usd is None else max(0.0, self.max_usd - self.spent_usd)
+        return budget.usd_left(self.spent_usd, self.max_usd)
 
     def summary(self) -> str:
         cap = "" if self.max_usd is None else f" of ${self.max_usd:.2f}"

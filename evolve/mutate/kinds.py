@@ -154,15 +154,8 @@ class CommandOperator(OperatorSection):
 
 def build_llm(op: LLMOperator, context: BuildContext) -> LLMMutator:
     from evolve.mutate.llm import LLMMutator
-    from evolve.mutate.ratelimit import RateLimiter
 
-    return LLMMutator(
-        model=op.model, base_url=op.base_url, api_key_env=op.api_key_env,
-        sampling=op.sampling(), effort=op.effort, max_tokens=op.max_tokens,
-        max_apply_retries=op.max_apply_retries, prices=op.price_table(), ledger=context.ledger,
-        limiter=RateLimiter(context.max_in_flight, op.tokens_per_minute),
-        proposal_timeout_s=context.proposal_timeout_s, down_after_s=context.down_after_s,
-        seed=context.seed)
+    return LLMMutator(op, context.facts, ledger=context.ledger)
 
 
 def build_heuristic(op: HeuristicOperator, context: BuildContext) -> Mutator:
@@ -174,8 +167,7 @@ def build_heuristic(op: HeuristicOperator, context: BuildContext) -> Mutator:
 def build_command(op: CommandOperator, context: BuildContext) -> Mutator:
     from evolve.mutate.command import CommandMutator
 
-    return CommandMutator(list(op.argv), template_dir=context.template_dir, timeout_s=op.timeout_s,
-                          secrets=op.secrets, readonly=op.readonly, sandbox=op.sandbox)
+    return CommandMutator(op, context.facts)
 
 
 def build_crossover(op: CrossoverOperator, context: BuildContext) -> Mutator:

@@ -18,12 +18,14 @@ from typing import Any
 import anthropic
 
 from evolve.mutate.base import INFRASTRUCTURE, MutationContext, Proposal
-from evolve.mutate.cost import PriceTable, SpendLedger, add_usage
+from evolve.mutate.cost import SpendLedger, add_usage
 from evolve.mutate.edit_format import apply_answer, describe_change, parse_answer, syntax_problems
-from evolve.mutate.health import DOWN_AFTER_S, Health
-from evolve.mutate.models import adaptive_thinking, request_problems
+from evolve.mutate.health import Health
+from evolve.mutate.kinds import LLMOperator
+from evolve.mutate.models import adaptive_thinking
 from evolve.mutate.prompt import Prompt, PromptLimits, build_prompt
 from evolve.mutate.ratelimit import RateLimiter
+from evolve.mutate.registry import OperatorFacts
 from evolve.mutate.streaming import StreamBroke, stream_message
 
 # Errors worth another try: rate limits, overload/5xx, timeouts, dropped connections, and a
@@ -34,7 +36,6 @@ _TRANSIENT = (anthropic.RateLimitError, anthropic.InternalServerError,
 # Errors that no retry will fix: a bad key, no access, no such model, no credit.
 _FATAL = (anthropic.AuthenticationError, anthropic.PermissionDeniedError,
           anthropic.NotFoundError, anthropic.PaymentRequiredError)
-DEFAULT_MAX_TOKENS = 16000  # an edit is ~1-3k tokens; the rest is room for adaptive thinking
 PROMPT_TOKENS_GUESS = 30000  # worst-case size of the first prompt, before one was measured
 
 
@@ -62,56 +63,64 @@ def answer_text(message: Any) -> str:
     return "\n".join(p for p in parts if p)
 
 
+@dataclass(frozen=True)
+class CallPolicy:
+    """How hard one call is tried: the SDK's own retries, our attempts around them, and the
+    backoff between failures (not config keys: tests and benchmarks shorten them)."""
+
+    sdk_max_retries: int = 2
+    call_attempts: int = 3
+    backoff_s: float = 2.0
+    max_backoff_s: float = 60.0
+
+
+def _client(op: LLMOperator, policy: CallPolicy, http_client: Any) -> anthropic.AsyncAnthropic:
+    """The Messages API client from the operator's endpoint and key variable."""
+    key = os.environ.get(op.api_key_env, "")
+    if not key and op.base_url is None:
+        raise ValueError(
+            f"the llm operator needs an API key in the environment variable "
+            f"{op.api_key_env} (or a base_url for a local server); set it, or use the "
+            "heuristic operator")
+    # No explicit timeout: responses are streamed, and the SDK's own defaults guard a stalled
+    # connection without cutting a long answer short.
+    return anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=op.base_url,
+                                    max_retries=policy.sdk_max_retries, http_client=http_client)
+
+
 class LLMMutator:
     """Mutations written by a model over the Anthropic Messages API (or a compatible server)."""
 
     name = "llm"
 
-    def __init__(self, *, model: str = "claude-sonnet-5-5",
-                 client: anthropic.AsyncAnthropic | None = None, base_url: str | None = None,
-                 api_key_env: str = "ANTHROPIC_API_KEY",
-                 sampling: Mapping[str, float | int | None] | None = None,
-                 effort: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 max_apply_retries: int = 2, sdk_max_retries: int = 2, call_attempts: int = 3,
-                 backoff_s: float = 2.0, max_backoff_s: float = 60.0,
-                 proposal_timeout_s: float | None = None, prices: PriceTable | None = None,
-                 ledger: SpendLedger | None = None, limiter: RateLimiter | None = None,
-                 down_after_s: float = DOWN_AFTER_S, limits: PromptLimits | None = None,
-                 http_client: Any = None, seed: int = 0,
+    def __init__(self, op: LLMOperator | None = None, facts: OperatorFacts | None = None, *,
+                 ledger: SpendLedger | None = None, client: anthropic.AsyncAnthropic | None = None,
+                 http_client: Any = None, limiter: RateLimiter | None = None,
+                 limits: PromptLimits | None = None, policy: CallPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.model = model
-        self.sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
-        self.effort = effort
-        problems = request_problems(model, dict(self.sampling), effort, max_tokens)
-        if problems:
-            raise ValueError("; ".join(problems))
-        self.prices = prices or PriceTable()
-        self.prices.lookup(model)  # an unknown price is an error now, not a guess later
-        self.max_tokens = max_tokens
-        self.max_apply_retries = max_apply_retries
-        self.call_attempts = max(1, call_attempts)
-        self.proposal_timeout_s = proposal_timeout_s
+        """`op` is its config section (checked against the API's rules when it was built),
+        `facts` the run's (deadline, calls in flight, outage window, seed); the keywords are
+        shared parts (the run's spend ledger) and seams for tests and benchmarks."""
+        op = op if op is not None else LLMOperator(kind="llm")
+        facts = facts if facts is not None else OperatorFacts()
+        policy = policy if policy is not None else CallPolicy()
+        self.model = op.model
+        self.sampling = {k: v for k, v in op.sampling().items() if v is not None}
+        self.effort = op.effort
+        self.prices = op.price_table()
+        self.max_tokens = op.max_tokens
+        self.max_apply_retries = op.max_apply_retries
+        self.call_attempts = max(1, policy.call_attempts)
+        self.proposal_timeout_s = facts.proposal_timeout_s
         self.ledger = ledger
-        self.limiter = limiter
+        self.limiter = limiter or RateLimiter(facts.max_in_flight, op.tokens_per_minute)
         self.limits = limits or PromptLimits()
-        self.health = Health(down_after_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                             clock=clock, seed=seed)
-        if client is None:
-            key = os.environ.get(api_key_env, "")
-            if not key and base_url is None:
-                raise ValueError(
-                    f"the llm operator needs an API key in the environment variable "
-                    f"{api_key_env} (or a base_url for a local server); set it, or use the "
-                    "heuristic operator")
-            # No explicit timeout: responses are streamed, and the SDK's own defaults guard
-            # a stalled connection without cutting a long answer short.
-            client = anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=base_url,
-                                              max_retries=sdk_max_retries,
-                                              http_client=http_client)
-        self.client = client
-        self.base_url = str(getattr(client, "base_url", base_url or ""))
+        self.health = Health(facts.down_after_s, backoff_s=policy.backoff_s,
+                             max_backoff_s=policy.max_backoff_s, clock=clock, seed=facts.seed)
+        self.client = client or _client(op, policy, http_client)
+        self.base_url = str(getattr(self.client, "base_url", op.base_url or ""))
         self.calls = 0
-        self._output_estimate = max_tokens / 4
+        self._output_estimate = self.max_tokens / 4
         self._prompt_tokens = PROMPT_TOKENS_GUESS
 
     # ------------------------------------------------------------------ health
@@ -291,8 +300,6 @@ class LLMMutator:
                                        self.max_tokens)
         await self._reserve(worst)
         try:
-            if self.limiter is None:
-                return await self._stream(params, conversation, None)
             estimate = int(chars / 4 + self._output_estimate)
             async with self.limiter.slot(estimate) as slot:
                 message = await self._stream(params, conversation, slot)
@@ -318,8 +325,7 @@ class LLMMutator:
         usage: dict[str, int] = {}
         try:
             message, usage, headers = await stream_message(self.client, params)
-            if self.limiter is not None:
-                self.limiter.observe(headers, self._output_estimate + self._prompt_tokens / 4)
+            self.limiter.observe(headers, self._output_estimate + self._prompt_tokens / 4)
             self._prompt_tokens = (usage["input_tokens"] + usage["cache_read_input_tokens"]
                                    + usage["cache_creation_input_tokens"])
             self._output_estimate = 0.8 * self._output_estimate + 0.2 * usage["output_tokens"]
@@ -330,9 +336,8 @@ class LLMMutator:
         finally:
             if usage:
                 self._charge(usage, conversation)
-                if slot is not None:
-                    slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                                   + usage["output_tokens"])
+                slot.actual = (usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                               + usage["output_tokens"])
 
     def _charge(self, usage: Mapping[str, int], conversation: _Conversation) -> None:
         cost = self.prices.cost(self.model, usage)
@@ -343,7 +348,7 @@ class LLMMutator:
 
     def _observe_error(self, error: BaseException) -> None:
         response = getattr(error, "response", None)
-        if self.limiter is not None and response is not None and response.status_code >= 400:
+        if response is not None and response.status_code >= 400:
             self.limiter.observe(response.headers, self._prompt_tokens)
 
     def _redact(self, text: str) -> str:

@@ -54,13 +54,16 @@ def credit(child: Candidate, parent_val_bpb: float | None) -> tuple[str, bool] |
     return label_of(child.mutator, child.model), improved
 
 
-def tally(candidates: Iterable[Candidate]) -> dict[str, OperatorStats]:
+def tally(candidates: Iterable[Candidate], *, drawn_only: bool = False) -> dict[str, OperatorStats]:
     """The statistics of every label from a run's finished candidates (migration copies
-    included: they are parents too) — what the live run learned, rebuilt from the store."""
+    included: they are parents too). `drawn_only`: what the live run's weights learned,
+    rebuilt from the store — children of triggered proposals are parents, never trials."""
     finished = list(candidates)
     scores = {c.id: c.val_bpb for c in finished if c.status is Status.DONE}
     stats: dict[str, OperatorStats] = {}
     for child in finished:
+        if drawn_only and child.triggered_by:
+            continue
         judged = credit(child, scores.get(child.parent_id or ""))
         if judged is not None:
             label, improved = judged

@@ -1,9 +1,9 @@
 """Keep a run inside the account's rate limits: a cap on calls in flight, a token budget, and
 the limits the API itself reports.
 
-`TokenBucket` and `pause_from_headers` are pure (the caller passes the time), so the
-discrete-event simulation drives the same arithmetic on its virtual clock; `RateLimiter` is
-their asyncio shell. The manual `tokens_per_minute` budget and the `anthropic-ratelimit-*`
+`TokenWindow` and `pause_from_headers` are pure (the caller passes the time): the scheduler
+core paces proposals by the same `TokenWindow` on its (virtual) clock; `RateLimiter` is their
+asyncio shell around each call. The manual `tokens_per_minute` budget and the `anthropic-ratelimit-*`
 response headers work side by side: the budget spreads calls out before the account is near
 its limit, the headers stop every call when the account says it is at it.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,6 +22,7 @@ from datetime import datetime
 RATE_LIMIT_HEADERS = ("anthropic-ratelimit-requests", "anthropic-ratelimit-tokens",
                       "anthropic-ratelimit-input-tokens", "anthropic-ratelimit-output-tokens")
 MAX_HEADER_PAUSE_S = 120.0  # a reset time further out than this is a skewed clock, not a limit
+TOKEN_WINDOW_S = 60.0  # the window a tokens-per-minute budget counts over
 
 
 def _reset_in(value: str | None, wall_now: float) -> float | None:
@@ -60,39 +62,44 @@ def pause_from_headers(headers: Mapping[str, str], wall_now: float,
     return min(pause, MAX_HEADER_PAUSE_S)
 
 
-class TokenBucket:
-    """Tokens-per-minute budget: refills continuously up to one minute's worth.
+class TokenWindow:
+    """The tokens-per-minute rule, stated once: the tokens charged in the last minute (a
+    call's estimate when it starts, corrected by its real usage when it ends) plus the next
+    call's estimate must fit the budget; an empty minute always takes one call, however big.
 
-    A call takes its estimate up front; `settle` corrects by the actual usage afterwards,
-    so the bucket may go into debt and later calls wait it off.
+    Pure (the caller passes the time): the scheduler core paces proposals by it on its
+    virtual clock, `RateLimiter` paces each LLM call by it on the wall clock.
     """
 
-    def __init__(self, tokens_per_minute: float, now: float = 0.0) -> None:
+    def __init__(self, tokens_per_minute: float) -> None:
         if tokens_per_minute <= 0:
             raise ValueError(f"tokens_per_minute must be > 0, got {tokens_per_minute}")
-        self.capacity = float(tokens_per_minute)
-        self.rate = self.capacity / 60.0
-        self.level = self.capacity
-        self.updated = now
+        self.tokens_per_minute = float(tokens_per_minute)
+        self._charges: deque[tuple[float, float]] = deque()  # (time, tokens), oldest first
+        self.in_window = 0.0
 
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-            self.updated = now
+    def _expire(self, now: float) -> None:
+        charges = self._charges
+        while charges and charges[0][0] <= now - TOKEN_WINDOW_S:
+            self.in_window -= charges.popleft()[1]
+        if not charges:
+            self.in_window = 0.0  # no rounding left over from the subtractions
 
-    def delay(self, tokens: float, now: float) -> float:
-        """Seconds to wait before `tokens` can be taken (0 when they can be taken now)."""
-        self._refill(now)
-        need = min(tokens, self.capacity)  # a call bigger than a minute's budget waits for a full one
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+    def charge(self, tokens: float, now: float) -> None:
+        """Count `tokens` at `now` (negative: a call used less than was charged for it)."""
+        self._expire(now)
+        if tokens:
+            self._charges.append((now, tokens))
+            self.in_window += tokens
 
-    def take(self, tokens: float, now: float) -> None:
-        self._refill(now)
-        self.level -= tokens
+    def room(self, tokens: float, now: float) -> bool:
+        """Whether a call estimated at `tokens` may start at `now`."""
+        self._expire(now)
+        return self.in_window <= 0 or self.in_window + tokens <= self.tokens_per_minute
 
-    def settle(self, estimated: float, actual: float, now: float) -> None:
-        self._refill(now)
-        self.level = min(self.capacity, self.level + estimated - actual)
+    def next_change(self) -> float | None:
+        """When the oldest charge leaves the minute (None: nothing charged)."""
+        return self._charges[0][0] + TOKEN_WINDOW_S if self._charges else None
 
 
 class RateLimiter:
@@ -107,9 +114,9 @@ class RateLimiter:
         self.max_in_flight = max_in_flight
         self._clock = clock
         self._sleep = sleep  # a virtual clock's sleep in simulations and tests
-        self._bucket = TokenBucket(tokens_per_minute, clock()) if tokens_per_minute else None
+        self._window = TokenWindow(tokens_per_minute) if tokens_per_minute else None
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._bucket_lock = asyncio.Lock()  # first come, first served on the token budget
+        self._window_lock = asyncio.Lock()  # first come, first served on the token budget
         self._wall = wall
         self.in_flight = 0
         self.waited_s = 0.0  # total time calls spent waiting on the token budget
@@ -130,21 +137,26 @@ class RateLimiter:
             while (held := self.paused_until - self._clock()) > 0:
                 self.waited_s += held
                 await self._sleep(held)
-            if self._bucket is not None:
-                async with self._bucket_lock:
-                    while (wait := self._bucket.delay(estimated_tokens, self._clock())) > 0:
-                        self.waited_s += wait
-                        await self._sleep(wait)
-                    self._bucket.take(estimated_tokens, self._clock())
+            if self._window is not None:
+                async with self._window_lock:
+                    await self._wait_for_room(self._window, estimated_tokens)
             slot = _Slot(estimated_tokens)
             self.in_flight += 1
             try:
                 yield slot
             finally:
                 self.in_flight -= 1
-                if self._bucket is not None:
+                if self._window is not None:
                     actual = slot.actual if slot.actual is not None else estimated_tokens
-                    self._bucket.settle(estimated_tokens, actual, self._clock())
+                    self._window.charge(actual - estimated_tokens, self._clock())
+
+    async def _wait_for_room(self, window: TokenWindow, tokens: int) -> None:
+        """Sleep until the minute has room for `tokens`, then charge them."""
+        while not window.room(tokens, now := self._clock()):
+            wait = (window.next_change() or now) - now
+            self.waited_s += wait
+            await self._sleep(wait)
+        window.charge(tokens, self._clock())
 
 
 class _Slot:

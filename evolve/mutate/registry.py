@@ -82,17 +82,26 @@ def token_rate(operators: Sequence[Any]) -> int | None:
 # ---------------------------------------------------------------- the registry
 
 
-@dataclass
-class BuildContext:
-    """What the builders share: the run's facts and the mutators built so far."""
+@dataclass(frozen=True)
+class OperatorFacts:
+    """The run-wide facts an operator may need beside its own config section, built once
+    (`evolve.run.app.build_mutators`)."""
 
-    operators: Sequence[Any]
     template_dir: str | Path | None = None
-    ledger: SpendLedger | None = None
-    max_in_flight: int = 8
+    max_in_flight: int = 8  # proposals in flight at once (`mutation.max_concurrent_proposals`)
     proposal_timeout_s: float | None = None  # the mutator's own deadline (`mutator_deadline`)
     down_after_s: float = 900.0  # an LLM is down after this long without a successful call
     seed: int = 0
+
+
+@dataclass
+class BuildContext:
+    """What the builders share: the run's facts, its spend ledger and the mutators built so
+    far."""
+
+    operators: Sequence[Any]
+    facts: OperatorFacts = OperatorFacts()
+    ledger: SpendLedger | None = None
     built: dict[int, Mutator] = field(default_factory=dict)  # operator index -> mutator
 
     def build(self, index: int) -> Mutator:
@@ -144,14 +153,11 @@ def on_register(listener: Callable[[], None]) -> None:
 
 
 def build_mutators(operators: Sequence[Any], names: Sequence[str], *,
-                   template_dir: str | Path | None = None, ledger: SpendLedger | None = None,
-                   max_in_flight: int = 8, proposal_timeout_s: float | None = None,
-                   down_after_s: float = 900.0, seed: int = 0) -> dict[str, Mutator]:
+                   facts: OperatorFacts = OperatorFacts(),
+                   ledger: SpendLedger | None = None) -> dict[str, Mutator]:
     """The mutators for `mutation.operators`, keyed by `names` (the controller's operator
-    names), each made by its kind's registry row."""
-    context = BuildContext(operators, template_dir=template_dir, ledger=ledger,
-                           max_in_flight=max_in_flight, proposal_timeout_s=proposal_timeout_s,
-                           down_after_s=down_after_s, seed=seed)
+    names), each made by its kind's registry row from its section and the run's facts."""
+    context = BuildContext(operators, facts=facts, ledger=ledger)
     for index, op in enumerate(operators):
         if op.kind not in OPERATORS:
             raise ValueError(f"unknown operator kind {op.kind!r}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from evolve.config import Config, load_config
 from evolve.controller.shell import Controller, Progress
-from evolve.controller.wiring import operator_names
+from evolve.controller.wiring import operator_names, plan_run
 from evolve.mutate.base import Mutator
 from evolve.run.live import LiveDisplay
 from evolve.run.outage import OFFLINE_KINDS, refusal, watch_llm, with_offline
@@ -90,14 +90,15 @@ def build_mutators(config: Config, store: Store) -> dict[str, Mutator]:
     spend ledger, resumed from what the store has already recorded."""
     from evolve.mutate.cost import SpendLedger
     from evolve.mutate.limits import mutator_deadline
+    from evolve.mutate.registry import OperatorFacts
     from evolve.mutate.registry import build_mutators as build
 
     ledger = SpendLedger.resume(_recorded_costs(store), config.budget.max_llm_usd)
-    return build(config.mutation.operators, operator_names(config),
-                 template_dir=config.template_dir, ledger=ledger,
-                 max_in_flight=config.mutation.max_concurrent_proposals,
-                 proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s),
-                 down_after_s=config.mutation.llm_down_after_s, seed=config.seed)
+    facts = OperatorFacts(template_dir=config.template_dir,
+                          max_in_flight=config.mutation.max_concurrent_proposals,
+                          proposal_timeout_s=mutator_deadline(config.mutation.proposal_timeout_s),
+                          down_after_s=config.mutation.llm_down_after_s, seed=config.seed)
+    return build(config.mutation.operators, operator_names(config), facts=facts, ledger=ledger)
 
 
 def has_offline_operator(config: Config) -> bool:
@@ -215,7 +216,7 @@ class Run:
                 when_down=self.config.mutation.on_llm_down == "fallback",
                 when_spent=has_offline_operator(self.config))
             recorder = RunRecorder(self.run_dir, display)
-            controller = Controller(self.config, store, executor, mutators, recorder,
+            controller = Controller(plan_run(self.config), store, executor, mutators, recorder,
                                     work_root=self.run_dir.work_dir)
             from evolve.guard.datahash import reference_hashes
 
