@@ -83,6 +83,29 @@ def test_honest_scores_equal_the_in_process_reference(cache_dir: Path, honest: d
     assert honest["sandboxed"] in (True, False) and honest["causality_seconds"] > 0
 
 
+_REFEREE_ALONE = """
+import json, sys
+sys.path.insert(0, ".")
+import prepare
+code = prepare.main(["run", "--profile", "cpu-micro", "--data", "synthetic", "--seed", "0",
+                     "--result", "result.json", "--cache-dir", sys.argv[1]])
+print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
+"""
+
+
+def test_the_referee_of_a_cpu_profile_never_imports_torch(tmp_path: Path, cache_dir: Path,
+                                                          honest: dict) -> None:
+    """Every run's trainer, scorer and prober import torch (~1.5 CPU-s each); the referee's
+    maths on a CPU profile is numpy, so a fourth import is not paid. Its score is the same."""
+    work = experiment(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _REFEREE_ALONE, str(cache_dir)], cwd=work,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said == {"code": 0, "torch": []}, proc.stderr[-2000:]
+    assert result(work)["val_bpb"] == honest["val_bpb"]
+
+
 def candidate(body: str) -> str:
     """A train.py: the seed's model (so it scores like the seed) with `body` as train()."""
     return SEED.replace("\ndef train(ctx):", "\ndef _seed_train(ctx):") + "\n" + body

@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROLES_DIR = "roles"
 ARTEFACT = "model.pt"
 _SKIP = {ROLES_DIR, "__pycache__", ".git", "result.json", "run.log"}
+_started = [time.time()]  # time.time() at the harness's start (run() sets it)
 
 
 @dataclass
@@ -72,16 +74,18 @@ def _python_paths() -> list[Path]:
     return sorted(p for p in found if p.exists())
 
 
-def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
-    """Lay out ./roles and start the trainer and both evaluators (these import torch while
-    the trainer trains, so scoring starts warm)."""
+def cast(args: argparse.Namespace, profile: Profile, vocab_size: int,
+         problem: str | None) -> Cast:
+    """Lay out ./roles and start the trainer and both evaluators, jailed unless `problem` says
+    why the jail does not work here. All three start at once: the evaluators' interpreters
+    load torch during the trainer's start-up, which is not clocked, rather than during its
+    clocked training, whose CPU they would take."""
     root = Path.cwd() / ROLES_DIR
     if root.exists():
         shutil.rmtree(root)
     train_dir = root / "trainer"
     train_dir.mkdir(parents=True)
     train = _candidate_copy(args.train, train_dir)
-    problem = jail.sandbox_problem()
     if problem:
         print(f"referee: NOT sandboxed ({problem}); the roles run as plain processes", flush=True)
     env = roles.role_env(os.environ, args.seed)
@@ -111,13 +115,16 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
 
 
 def referee_device(profile: Profile):
+    """Where the referee's maths runs: the GPU's torch device, or None for a CPU profile
+    (numpy on the host: the referee then never imports torch, which would cost every run a
+    CPU-second and a half beside the three imports its roles need)."""
+    if profile.device != "cuda":
+        return None
     import torch
 
-    if profile.device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def handed_back_model(cast_: Cast) -> Path:
@@ -130,11 +137,16 @@ def handed_back_model(cast_: Cast) -> Path:
 
 def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: float) -> dict:
     """Referee one experiment; the result dict. Raises UsageError/DataError/JudgedFailure."""
+    _started[0] = start
     profile = get_profile(args.profile)
-    corpus = load_corpus()
-    server = BatchServer(profile, corpus.load_split("train"), args.seed, args.budget_fraction,
-                         clock=time.monotonic)
-    cast_ = cast(args, profile, corpus.vocab_size)
+    with ThreadPoolExecutor(1) as pool:  # the jail's probe (a subprocess) while the data loads
+        probing = pool.submit(jail.sandbox_problem)
+        corpus = load_corpus()
+        server = BatchServer(profile, corpus.load_split("train"), args.seed, args.budget_fraction,
+                             clock=time.monotonic)
+        problem = probing.result()
+    cast_ = cast(args, profile, corpus.vocab_size, problem)
+    _note("roles started")
     try:
         result = _referee(args, profile, corpus, server, cast_)
     finally:
@@ -147,7 +159,7 @@ def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: floa
 
 
 def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_: Cast) -> dict:
-    from referee import Evaluator, serve_trainer  # torch loads here, while the roles start
+    from referee import Evaluator, serve_trainer
 
     device = referee_device(profile)
     handback = serve_trainer(cast_.trainer, server, profile.handback_s)
@@ -157,7 +169,7 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
     artefact = handed_back_model(cast_)
     allowance = allowance_after_handback(profile, server, handback, artefact)
     scorer = Evaluator(cast_.scorer, corpus.vocab_size, device, allowance)
-    ipc = device.type == "cuda"
+    ipc = device is not None  # CUDA
     info = scorer.load(str(artefact), str(cast_.train_dir / args.train.name), ipc)
     result: dict = {"status": "ok", "sandboxed": cast_.sandboxed}
     result.update(_score(args, profile, corpus, scorer, cast_, device, artefact, server.tokens))
@@ -216,7 +228,7 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
         roles.sweep(keep=[cast_.prober])
         t0 = time.monotonic()
         prober = Evaluator(cast_.prober, corpus.vocab_size, device, scorer.allowance)
-        prober.load(str(artefact), str(cast_.train_dir / args.train.name), device.type == "cuda")
+        prober.load(str(artefact), str(cast_.train_dir / args.train.name), device is not None)
         rows, first, val = scored["val"]
         problem, stats = check(prober.logits, val, rows, train_tokens,
                                profile.eval_batch_rows, profile.probe_rows, args.seed, device)
@@ -239,7 +251,9 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
 
 
 def _note(message: str) -> None:
-    print(f"referee: {message}", flush=True)
+    """A line of the run's log, with the seconds since the harness started: where a run's
+    time outside its budget goes (start-up, hand-back, each split, the causality pass)."""
+    print(f"referee: {message} (at {time.time() - _started[0]:.2f} s)", flush=True)
 
 
 def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
@@ -250,7 +264,7 @@ def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
 
 
 def _device_name(device) -> str:
-    if device.type == "cpu":
+    if device is None or device.type == "cpu":
         return "cpu"
     import torch
 

@@ -246,4 +246,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The result is written and every role is dead: skip the interpreter's teardown, which
+    # with torch loaded costs ~0.4 s of CPU on every run.
+    os._exit(code)

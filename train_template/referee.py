@@ -199,17 +199,17 @@ class Evaluator:
         return self.info
 
     def logits(self, x):
-        """float32 logits [B, T, V] on the referee's device for input rows x [B, T].
+        """float32 logits [B, T, V] on the referee's device (numpy where it is None) for input
+        rows x [B, T].
 
         On CUDA the logits stay on the device (a CUDA IPC handle); where the handle cannot be
         opened (another PID namespace, no shared /dev/shm) they come through host memory, once
         said in the log: correct, slower.
         """
-        import torch
-        from scoring import InvalidModel, shape_problem
+        from scoring import InvalidModel, host_array, shape_problem
 
         batch, seq = x.shape
-        host = np.ascontiguousarray(x.cpu().numpy(), dtype=np.int64)
+        host = np.ascontiguousarray(host_array(x), dtype=np.int64)
         want = [batch, seq, self.vocab_size]
         tokens = batch * seq  # counted once, though a failed CUDA handle asks again
         while True:
@@ -238,6 +238,10 @@ class Evaluator:
                 print(f"referee: {self.ipc_note}", flush=True)
         if payload is None or len(payload) != batch * seq * self.vocab_size * 4:
             raise JudgedFailure("invalid", "the evaluator's logits payload has the wrong size")
+        if self.device is None:  # the host's numpy maths (a CPU profile)
+            return np.frombuffer(payload, dtype=np.float32).reshape(want)
+        import torch
+
         return torch.frombuffer(payload, dtype=torch.float32).view(*want).to(self.device)
 
     def _from_ipc(self, header: dict, want: list[int]):
