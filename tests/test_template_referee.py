@@ -20,11 +20,13 @@ from test_template_harness import SEED, TEMPLATE, experiment, harness, result
 
 sys.path.insert(0, str(TEMPLATE))
 
+import allowance  # noqa: E402
+import harness as harness_module  # noqa: E402
 import roles  # noqa: E402
 from context import BatchServer, TrainContext  # noqa: E402
 from corpus import JudgedFailure, Split, eval_rows  # noqa: E402
 from profiles import get_profile  # noqa: E402
-from referee import serve_trainer  # noqa: E402
+from referee import Evaluator, serve_trainer  # noqa: E402
 from scoring import below_floor, evaluate_bpb  # noqa: E402
 from sources import load_synthetic  # noqa: E402
 
@@ -79,6 +81,29 @@ def test_honest_scores_equal_the_in_process_reference(cache_dir: Path, honest: d
     assert honest["causality_leaks"] == 0 and honest["causality_mean_nats"] == 0.0
     assert honest["causality_cuts"] >= 900 and honest["causality_replayed"] > 0
     assert honest["sandboxed"] in (True, False) and honest["causality_seconds"] > 0
+
+
+_REFEREE_ALONE = """
+import json, sys
+sys.path.insert(0, ".")
+import prepare
+code = prepare.main(["run", "--profile", "cpu-micro", "--data", "synthetic", "--seed", "0",
+                     "--result", "result.json", "--cache-dir", sys.argv[1]])
+print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
+"""
+
+
+def test_the_referee_of_a_cpu_profile_never_imports_torch(tmp_path: Path, cache_dir: Path,
+                                                          honest: dict) -> None:
+    """Every run's trainer, scorer and prober import torch (~1.5 CPU-s each); the referee's
+    maths on a CPU profile is numpy, so a fourth import is not paid. Its score is the same."""
+    work = experiment(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _REFEREE_ALONE, str(cache_dir)], cwd=work,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said == {"code": 0, "torch": []}, proc.stderr[-2000:]
+    assert result(work)["val_bpb"] == honest["val_bpb"]
 
 
 def candidate(body: str) -> str:
@@ -339,3 +364,158 @@ ch.send({"type": "done"})
     finally:
         roles.end(role)
     assert time.monotonic() - started < 0.5 + 0.3 + 0.5 + 5.0
+
+
+def serve_and_judge_handback(tmp_path: Path, body: str, **changes) -> Path:
+    """A fake trainer under a time budget, served, then judged as the harness does once it
+    has handed back; the artefact it wrote."""
+    tmp_path.mkdir(exist_ok=True)
+    server, profile = time_server(**changes)
+    work = tmp_path / "t"
+    script = fake_trainer(tmp_path, body)
+    role = roles.spawn("trainer", script, [], workdir=work, readonly=[], hidden=[],
+                       env=dict(os.environ), sandboxed=False)
+    try:
+        handback = serve_trainer(role, server, profile.handback_s)
+    finally:
+        roles.end(role)
+    artefact = work / "model.pt"
+    harness_module.allowance_after_handback(profile, server, handback, artefact)
+    return artefact
+
+
+KEEPS_TRAINING = '''
+while batch(4) == "batch":
+    time.sleep(0.01)
+time.sleep({extra})  # "a short cool-down" on batches it kept, well inside the hard deadline
+with open("model.pt", "wb") as out:
+    {write}
+ch.send({{"type": "done"}})
+'''
+
+
+def test_a_trainer_that_trains_during_the_hand_back_is_invalid(tmp_path: Path) -> None:
+    # a hard deadline of 10 s, but a 1 MB model needs 0.3 s + 1 MB at the assumed write rate
+    body = KEEPS_TRAINING.format(extra=1.5, write="out.write(b'w' * (1 << 20))")
+    with pytest.raises(JudgedFailure, match="training past the budget") as caught:
+        serve_and_judge_handback(tmp_path, body, budget=0.5, handback_s=10.0, handback_base_s=0.3)
+    assert caught.value.status == "invalid" and "1.0 MB model" in caught.value.reason
+
+
+def test_the_hand_back_allowance_grows_with_what_was_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(allowance, "HANDBACK_BYTES_PER_S", 10e6)  # a slow disk: 10 MB/s
+    # 16 MB: 1.6 s to save at that rate, so a hand-back 0.5 s after the budget is plain saving
+    written = KEEPS_TRAINING.format(extra=0.5, write="out.write(b'w' * (16 << 20))")
+    serve_and_judge_handback(tmp_path / "written", written, budget=0.5, handback_s=10.0,
+                             handback_base_s=0.3)
+    # ...but a 16 MB hole costs nothing to write and buys nothing
+    sparse = KEEPS_TRAINING.format(extra=0.5, write="out.truncate(16 << 20)")
+    with pytest.raises(JudgedFailure, match="0.0 MB model"):
+        serve_and_judge_handback(tmp_path / "sparse", sparse, budget=0.5, handback_s=10.0,
+                                 handback_base_s=0.3)
+
+
+FAKE_EVALUATOR = '''
+import sys, time
+import numpy as np
+sys.path.insert(0, {template!r})
+from channel import Channel
+ch = Channel.from_fd(int(sys.argv[sys.argv.index("--channel-fd") + 1]))
+ch.send({{"type": "hello"}})
+ch.receive(("load",))
+time.sleep({load_s})
+ch.send({{"type": "ready", "info": {{}}}})
+served = 0
+while True:
+    header, payload = ch.receive(("rows", "bye"), max_payload=1 << 24)
+    if header["type"] == "bye":
+        break
+    b, t = header["shape"]
+    time.sleep({first_s} if served == 0 else {each_s})  # "training" on batches it kept
+    served += 1
+    ch.send({{"type": "logits", "shape": [b, t, 16]}}, np.zeros((b, t, 16), np.float32).tobytes())
+'''
+
+
+def run_evaluator(tmp_path: Path, batches: int = 10, load_s: float = 0.0, first_s: float = 0.0,
+                  each_s: float = 0.0) -> Evaluator:
+    """A fake evaluator with 1 s + 100 us per token (each batch: 4 x 64 tokens, 25.6 ms)."""
+    script = tmp_path / "fake_evaluator.py"
+    script.write_text(FAKE_EVALUATOR.format(template=str(TEMPLATE), load_s=load_s,
+                                            first_s=first_s, each_s=each_s))
+    role = roles.spawn("evaluator", script, [], workdir=tmp_path / "e", readonly=[], hidden=[],
+                       env=dict(os.environ), sandboxed=False)
+    evaluator = Evaluator(role, 16, torch.device("cpu"),
+                          allowance.EvalAllowance(floor_s=1.0, seconds_per_token=1e-4))
+    try:
+        evaluator.load("model.pt", "train.py", False)
+        for _ in range(batches):
+            assert evaluator.logits(torch.zeros(4, 64, dtype=torch.long)).shape == (4, 64, 16)
+        evaluator.bye()
+    finally:
+        roles.end(role)
+    return evaluator
+
+
+def test_an_honest_evaluator_stays_inside_its_allowance(tmp_path: Path) -> None:
+    evaluator = run_evaluator(tmp_path, batches=10)
+    assert evaluator.tokens == 10 * 256 and 0 < evaluator.most_used < 1
+
+
+@pytest.mark.parametrize("where", ["load_s", "first_s"])
+def test_an_evaluator_that_trains_before_scoring_is_stopped_at_its_allowance(
+        tmp_path: Path, where: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(JudgedFailure, match="training past the budget") as caught:
+        run_evaluator(tmp_path, **{where: 30.0})
+    assert caught.value.status == "invalid" and "needed more than its 1.0 s" in caught.value.reason
+    assert time.monotonic() - started < 1.1 + 5.0  # stopped at the deadline, not after 30 s
+
+
+def test_an_evaluator_that_trains_a_little_in_every_forward_is_caught(tmp_path: Path) -> None:
+    # 0.3 s a batch against 1 s + 25.6 ms a batch: over by the fourth, long before the tenth
+    with pytest.raises(JudgedFailure, match="training past the budget") as caught:
+        run_evaluator(tmp_path, batches=10, each_s=0.3, first_s=0.3)
+    assert "score 1,024 tokens" in caught.value.reason or "score 768 tokens" in caught.value.reason
+
+
+SLOW_FIRST_FORWARD = '''
+_first = [True]
+
+
+class Lazy(GPT):
+    """The seed's model, which "finishes its warmdown" in its first forward pass in eval mode."""
+
+    def forward(self, idx):
+        if not self.training and _first[0]:
+            _first[0] = False
+            import time
+            time.sleep(60)
+        return super().forward(idx)
+
+
+def train(ctx):
+    model = _seed_train(ctx)
+    model.__class__ = Lazy
+    return model
+'''
+
+
+TIME_PROFILE = '''
+import dataclasses as _dataclasses  # noqa: E402
+
+PROFILES["cpu-micro-time"] = _dataclasses.replace(PROFILES["cpu-micro"], name="cpu-micro-time",
+                                                  budget_kind="time", budget=2.0)
+'''
+
+
+def test_the_harness_bounds_what_an_evaluator_computes(tmp_path: Path, cache_dir: Path) -> None:
+    work = experiment(tmp_path, candidate(SLOW_FIRST_FORWARD))
+    (work / "profiles.py").write_text((work / "profiles.py").read_text() + TIME_PROFILE)
+    started = time.monotonic()
+    proc = harness(work, cache_dir, "--profile", "cpu-micro-time")
+    assert proc.returncode == 1, proc.stderr
+    got = result(work)
+    assert got["status"] == "invalid" and "training past the budget" in got["reason"]
+    assert "the evaluator needed more than" in got["reason"]
+    assert time.monotonic() - started < 60  # judged at its allowance, not after the sleep

@@ -176,3 +176,68 @@ def test_the_causality_check_accepts_a_causal_model() -> None:
     rows = np.random.default_rng(0).integers(0, 16, size=(4, 33))
     _, problem = check_model(Causal(16), rows, np.zeros(4, dtype=np.int64), np.ones(16), CPU)
     assert problem is None
+
+
+def _on_the_host(model: torch.nn.Module, vocab: int):
+    """The model as the referee sees it on a CPU profile: numpy rows in, numpy logits out."""
+    from scoring import model_logits
+
+    fn = model_logits(model, vocab)
+    return lambda x: fn(torch.from_numpy(np.asarray(x))).numpy()
+
+
+def test_the_host_maths_scores_as_torch_does() -> None:
+    """The referee on a CPU profile computes the loss with numpy (it never imports torch):
+    the same bpb as torch's float32 cross-entropy to 1e-7 (its rounding), and the same
+    per-position losses."""
+    from scoring import score_rows
+
+    torch.manual_seed(0)
+    model = Causal(64)
+    with torch.no_grad():
+        model.embed.weight.mul_(3.0)  # peaked distributions, as a trained model's
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 64, size=(50, 17))
+    first = rng.integers(0, 8, size=50)
+    token_bytes = rng.integers(0, 4, size=64)  # some tokens worth 0 bytes: not scored
+    on_device = score_rows(model_logits_of(model, 64), rows, first, token_bytes, CPU, 16)
+    on_host = score_rows(_on_the_host(model, 64), rows, first, token_bytes, None, 16)
+    assert isinstance(on_host.nll, np.ndarray)
+    assert on_host.bpb == pytest.approx(on_device.bpb, rel=1e-7)
+    assert np.allclose(on_host.nll, on_device.nll.numpy(), atol=1e-5)
+    assert np.array_equal(on_host.weights, on_device.weights.numpy())
+
+
+def model_logits_of(model: torch.nn.Module, vocab: int):
+    from scoring import model_logits
+
+    return model_logits(model, vocab)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_logit_is_invalid_on_the_host(bad: float) -> None:
+    from scoring import score_rows
+
+    rows = np.array([[0, 1, 2, 1, 0]])
+
+    def logits(x):
+        out = np.zeros((*x.shape, 3), dtype=np.float32)
+        out[0, 2, 1] = bad
+        return out
+
+    with pytest.raises(InvalidModel, match="non-finite"):
+        score_rows(logits, rows, np.array([0]), np.ones(3), None)
+
+
+@pytest.mark.parametrize("model,leaks", [(Rowmix, True), (NextToken, True), (Causal, False)])
+def test_the_host_causality_check_judges_as_on_a_device(model, leaks: bool) -> None:
+    from causality import check
+    from scoring import score_rows
+
+    torch.manual_seed(0)
+    rows = np.random.default_rng(0).integers(0, 16, size=(8, 33))
+    fn = _on_the_host(model(16), 16)
+    scored = score_rows(fn, rows, np.zeros(8, dtype=np.int64), np.ones(16), None, 4)
+    problem, stats = check(fn, scored, rows, rows[::-1].ravel(), 4, 32, 0, None)
+    assert (problem is not None) == leaks, problem
+    assert stats["causality_cuts"] > 0

@@ -29,11 +29,10 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scoring import LogitsFn, Scored, model_logits, score_rows
+from scoring import LogitsFn, Scored, as_rows, cross_entropy, host_array, model_logits, score_rows
 
 K_SE = 4.0
 # per device type: (MEAN_TOL nats, LEAK_TOL nats, LEAK_COUNT). CPU forward passes of the same
@@ -65,7 +64,7 @@ def plan(scored: Scored, inputs: np.ndarray, filler: np.ndarray, batch_rows: int
     """Draw the cuts and build the probe rows (inputs: the scored rows' inputs, [N, T];
     filler: 1-D tokens of other text for the tails)."""
     rng = np.random.default_rng([seed, 0x5EED])
-    mask = (scored.weights > 0).cpu().numpy()
+    mask = host_array(scored.weights) > 0
     n_rows, seq = inputs.shape
     per_row = max(1, math.ceil(probe_rows / n_rows))
     cuts = []
@@ -125,34 +124,35 @@ def _spliced(inputs: np.ndarray, filler: np.ndarray, source: np.ndarray, cut: np
 
 
 def probe_nll(logits_fn: LogitsFn, probe: Probe, rows: np.ndarray,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: Any) -> tuple[np.ndarray, np.ndarray]:
     """(the replayed rows' cross-entropies [R, T], the true next token's at each cut [P]),
-    with scoring's maths. rows: the scored rows [N, T+1]."""
-    replay = torch.as_tensor(rows[probe.replay], dtype=torch.long, device=device)
-    logits = logits_fn(replay[:, :-1])
-    vocab_size = logits.shape[-1]
-    replay_nll = F.cross_entropy(logits.reshape(-1, vocab_size), replay[:, 1:].reshape(-1),
-                                 reduction="none").view(replay.shape[0], -1)
+    with scoring's maths (device: as score_rows's). rows: the scored rows [N, T+1]."""
+    replay = as_rows(rows[probe.replay], device)
+    replay_nll = cross_entropy(logits_fn(replay[:, :-1]), replay[:, 1:], device)
     targets = rows[probe.source, np.maximum(probe.cut, 0) + 1]
     out = []
     for part in probe.batches:
-        x = torch.as_tensor(probe.rows[part], dtype=torch.long, device=device)
-        logits = logits_fn(x)
-        cut = torch.as_tensor(np.maximum(probe.cut[part], 0), device=device)
-        picked = logits[torch.arange(len(cut), device=device), cut]
-        target = torch.as_tensor(targets[part], dtype=torch.long, device=device)
-        out.append(F.cross_entropy(picked, target, reduction="none"))
-    return replay_nll, torch.cat(out)
+        logits = logits_fn(as_rows(probe.rows[part], device))
+        cut = np.maximum(probe.cut[part], 0)
+        if device is None:
+            picked = logits[np.arange(len(cut)), cut]
+        else:
+            import torch
+
+            cut = torch.as_tensor(cut, device=device)
+            picked = logits[torch.arange(len(cut), device=device), cut]
+        out.append(host_array(cross_entropy(picked, as_rows(targets[part], device), device)))
+    return host_array(replay_nll), np.concatenate(out)
 
 
-def verdict(scored: Scored, probe: Probe, replay_nll: torch.Tensor, cut_nll: torch.Tensor,
+def verdict(scored: Scored, probe: Probe, replay_nll: np.ndarray, cut_nll: np.ndarray,
             device_type: str) -> tuple[str | None, dict]:
     """(why the run is invalid or None, the statistics for the record)."""
-    nll = scored.nll.double().cpu().numpy()
+    nll = host_array(scored.nll).astype(np.float64)
     real = probe.cut >= 0
-    d_cut = cut_nll.double().cpu().numpy()[real] - nll[probe.source[real], probe.cut[real]]
-    mask = (scored.weights[probe.replay] > 0).cpu().numpy()
-    d_replay = (replay_nll.double().cpu().numpy() - nll[probe.replay])[mask]
+    d_cut = cut_nll.astype(np.float64)[real] - nll[probe.source[real], probe.cut[real]]
+    mask = host_array(scored.weights)[probe.replay] > 0
+    d_replay = (replay_nll.astype(np.float64) - nll[probe.replay])[mask]
     d = np.concatenate([d_cut, d_replay])  # scored log-prob minus the probe's
     mean_tol, leak_tol, leak_count = TOLERANCES.get(device_type, TOLERANCES["cuda"])
     n = len(d)
@@ -178,15 +178,16 @@ def verdict(scored: Scored, probe: Probe, replay_nll: torch.Tensor, cut_nll: tor
 
 def check(probe_fn: LogitsFn, scored: Scored, rows: np.ndarray, filler: np.ndarray,
           batch_rows: int, probe_rows: int, seed: int,
-          device: torch.device) -> tuple[str | None, dict]:
-    """Run the probe (probe_fn: a fresh evaluator's logits) against a scored split."""
+          device: Any) -> tuple[str | None, dict]:
+    """Run the probe (probe_fn: a fresh evaluator's logits) against a scored split (device:
+    as score_rows's; None is the host, whose forward passes were on the CPU)."""
     probe = plan(scored, rows[:, :-1], filler, batch_rows, probe_rows, seed)
     replay_nll, cut_nll = probe_nll(probe_fn, probe, rows, device)
-    return verdict(scored, probe, replay_nll, cut_nll, device.type)
+    return verdict(scored, probe, replay_nll, cut_nll, "cpu" if device is None else device.type)
 
 
-def check_model(model: torch.nn.Module, rows: np.ndarray, score_from: np.ndarray,
-                token_bytes: np.ndarray, device: torch.device, *, filler: np.ndarray | None = None,
+def check_model(model, rows: np.ndarray, score_from: np.ndarray,
+                token_bytes: np.ndarray, device, *, filler: np.ndarray | None = None,
                 batch_rows: int = 64,
                 probe_rows: int = 256, seed: int = 0,
                 autocast: Callable[[], AbstractContextManager] = nullcontext

@@ -2,7 +2,7 @@
 into logits. The model's forward() is candidate code, so it runs here, never in the referee;
 the referee computes the loss from the logits this returns and trusts nothing else.
 
-Protocol (channel.py), the referee asking:
+Protocol (channel.py), the referee asking (the evaluator says hello first, once started):
     load {artefact, train}  -> ready {info} | crash/invalid {reason}
     rows [B, T] int64       -> logits [B, T, V] float32 (host bytes, or a CUDA IPC handle)
                                | badoutput {shape} | crash {reason}
@@ -70,6 +70,9 @@ def ipc_header(out: torch.Tensor) -> dict:
 
 def serve(channel: Channel, profile: Profile, vocab_size: int) -> None:
     device = pick_device(profile)
+    if device.type == "cuda":  # the CUDA context too, while the trainer trains: not load time
+        torch.zeros(1, device=device)
+    channel.send({"type": "hello"})  # started: the referee's allowance clock may begin
     header, _ = channel.receive(("load", "bye"))
     if header["type"] == "bye":
         return

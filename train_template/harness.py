@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROLES_DIR = "roles"
 ARTEFACT = "model.pt"
 _SKIP = {ROLES_DIR, "__pycache__", ".git", "result.json", "run.log"}
+_started = [time.time()]  # time.time() at the harness's start (run() sets it)
 
 
 @dataclass
@@ -72,16 +74,18 @@ def _python_paths() -> list[Path]:
     return sorted(p for p in found if p.exists())
 
 
-def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
-    """Lay out ./roles and start the trainer and both evaluators (these import torch while
-    the trainer trains, so scoring starts warm)."""
+def cast(args: argparse.Namespace, profile: Profile, vocab_size: int,
+         problem: str | None) -> Cast:
+    """Lay out ./roles and start the trainer and both evaluators, jailed unless `problem` says
+    why the jail does not work here. All three start at once: the evaluators' interpreters
+    load torch during the trainer's start-up, which is not clocked, rather than during its
+    clocked training, whose CPU they would take."""
     root = Path.cwd() / ROLES_DIR
     if root.exists():
         shutil.rmtree(root)
     train_dir = root / "trainer"
     train_dir.mkdir(parents=True)
     train = _candidate_copy(args.train, train_dir)
-    problem = jail.sandbox_problem()
     if problem:
         print(f"referee: NOT sandboxed ({problem}); the roles run as plain processes", flush=True)
     env = roles.role_env(os.environ, args.seed)
@@ -111,13 +115,16 @@ def cast(args: argparse.Namespace, profile: Profile, vocab_size: int) -> Cast:
 
 
 def referee_device(profile: Profile):
+    """Where the referee's maths runs: the GPU's torch device, or None for a CPU profile
+    (numpy on the host: the referee then never imports torch, which would cost every run a
+    CPU-second and a half beside the three imports its roles need)."""
+    if profile.device != "cuda":
+        return None
     import torch
 
-    if profile.device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"profile {profile.name} needs a CUDA GPU and none is visible")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def handed_back_model(cast_: Cast) -> Path:
@@ -130,11 +137,16 @@ def handed_back_model(cast_: Cast) -> Path:
 
 def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: float) -> dict:
     """Referee one experiment; the result dict. Raises UsageError/DataError/JudgedFailure."""
+    _started[0] = start
     profile = get_profile(args.profile)
-    corpus = load_corpus()
-    server = BatchServer(profile, corpus.load_split("train"), args.seed, args.budget_fraction,
-                         clock=time.monotonic)
-    cast_ = cast(args, profile, corpus.vocab_size)
+    with ThreadPoolExecutor(1) as pool:  # the jail's probe (a subprocess) while the data loads
+        probing = pool.submit(jail.sandbox_problem)
+        corpus = load_corpus()
+        server = BatchServer(profile, corpus.load_split("train"), args.seed, args.budget_fraction,
+                             clock=time.monotonic)
+        problem = probing.result()
+    cast_ = cast(args, profile, corpus.vocab_size, problem)
+    _note("roles started")
     try:
         result = _referee(args, profile, corpus, server, cast_)
     finally:
@@ -147,7 +159,7 @@ def run(args: argparse.Namespace, load_corpus: Callable[[], Corpus], start: floa
 
 
 def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_: Cast) -> dict:
-    from referee import Evaluator, serve_trainer  # torch loads here, while the roles start
+    from referee import Evaluator, serve_trainer
 
     device = referee_device(profile)
     handback = serve_trainer(cast_.trainer, server, profile.handback_s)
@@ -155,11 +167,13 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
     roles.end(cast_.trainer)
     roles.sweep(keep=[cast_.scorer, cast_.prober])  # what the trainer left running dies here
     artefact = handed_back_model(cast_)
-    scorer = Evaluator(cast_.scorer, corpus.vocab_size, device)
-    ipc = device.type == "cuda"
+    allowance = allowance_after_handback(profile, server, handback, artefact)
+    scorer = Evaluator(cast_.scorer, corpus.vocab_size, device, allowance)
+    ipc = device is not None  # CUDA
     info = scorer.load(str(artefact), str(cast_.train_dir / args.train.name), ipc)
     result: dict = {"status": "ok", "sandboxed": cast_.sandboxed}
     result.update(_score(args, profile, corpus, scorer, cast_, device, artefact, server.tokens))
+    result.update(eval_seconds=scorer.busy_s, eval_allowance_used=scorer.most_used)
     seconds = server.training_seconds()
     tokens = server.tokens_served
     result.update({
@@ -176,6 +190,21 @@ def _referee(args, profile: Profile, corpus: Corpus, server: BatchServer, cast_:
         "logits_via": "cuda_ipc" if scorer.ipc else "host",
     })
     return result
+
+
+def allowance_after_handback(profile: Profile, server: BatchServer, handback, artefact: Path):
+    """The hand-back judged against what saving the model needs (time budgets), and the
+    evaluators' allowance from the trainer's measured seconds per token (allowance.py)."""
+    from allowance import EvalAllowance, handback_problem, written_bytes
+
+    if profile.budget_kind == "time":
+        problem = handback_problem(handback.waited_s, written_bytes(artefact),
+                                   profile.handback_base_s)
+        if problem:
+            raise JudgedFailure("invalid", problem)
+    first = 3 * profile.eval_batch_rows * profile.seq_len  # the first forward's set-up
+    return EvalAllowance.measured(profile.eval_floor_s, first, handback.trainer_seconds,
+                                  server.tokens_served, enforced=profile.budget_kind == "time")
 
 
 def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, artefact: Path,
@@ -198,13 +227,14 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
         roles.end(cast_.scorer)
         roles.sweep(keep=[cast_.prober])
         t0 = time.monotonic()
-        prober = Evaluator(cast_.prober, corpus.vocab_size, device)
-        prober.load(str(artefact), str(cast_.train_dir / args.train.name), device.type == "cuda")
+        prober = Evaluator(cast_.prober, corpus.vocab_size, device, scorer.allowance)
+        prober.load(str(artefact), str(cast_.train_dir / args.train.name), device is not None)
         rows, first, val = scored["val"]
         problem, stats = check(prober.logits, val, rows, train_tokens,
                                profile.eval_batch_rows, profile.probe_rows, args.seed, device)
         prober.bye()
-        out.update(stats, causality_seconds=time.monotonic() - t0)
+        out.update(stats, causality_seconds=time.monotonic() - t0,
+                   probe_eval_seconds=prober.busy_s, probe_allowance_used=prober.most_used)
         _note(f"causality checked ({stats['causality_cuts']} cuts)")
         if problem:
             raise JudgedFailure("invalid", problem)
@@ -221,7 +251,9 @@ def _score(args, profile: Profile, corpus: Corpus, scorer, cast_: Cast, device, 
 
 
 def _note(message: str) -> None:
-    print(f"referee: {message}", flush=True)
+    """A line of the run's log, with the seconds since the harness started: where a run's
+    time outside its budget goes (start-up, hand-back, each split, the causality pass)."""
+    print(f"referee: {message} (at {time.time() - _started[0]:.2f} s)", flush=True)
 
 
 def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
@@ -232,7 +264,7 @@ def _mfu(info: dict, tokens: int, seconds: float, device) -> float:
 
 
 def _device_name(device) -> str:
-    if device.type == "cpu":
+    if device is None or device.type == "cpu":
         return "cpu"
     import torch
 

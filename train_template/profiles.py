@@ -26,6 +26,8 @@ class Profile:
     warmup_max_s: float     # time budgets: the unclocked warm-up ends after this many seconds
     max_batch_rows: int     # the most rows one ctx.batches() batch may have
     handback_s: float       # after the budget is spent: seconds to return the model, then killed
+    handback_base_s: float  # time budgets: a hand-back slower than this + size/rate is invalid
+    eval_floor_s: float     # an evaluator's seconds to load the model, before per-token time
     probe_rows: int         # causality check: rows recomputed with their tail replaced
     description: str
 
@@ -38,7 +40,7 @@ PROFILES: dict[str, Profile] = {
             budget=8_192, seq_len=64, val_tokens=8_192, default_data="synthetic",
             synthetic_train_tokens=200_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=256,
-            handback_s=15.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="a few seconds on one core; for tests",
         ),
         Profile(
@@ -46,7 +48,7 @@ PROFILES: dict[str, Profile] = {
             budget=24_576, seq_len=64, val_tokens=8_192, default_data="synthetic",
             synthetic_train_tokens=400_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=256,
-            handback_s=15.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="strategy benchmarks: ~8 s on one core, room for hundreds of runs",
         ),
         Profile(
@@ -54,7 +56,7 @@ PROFILES: dict[str, Profile] = {
             budget=262_144, seq_len=128, val_tokens=65_536, default_data="synthetic",
             synthetic_train_tokens=4_000_000, eval_batch_rows=64, autocast_bf16=False,
             compile=False, clock_skip_steps=0, warmup_max_s=0.0, max_batch_rows=512,
-            handback_s=15.0, probe_rows=1024,
+            handback_s=15.0, handback_base_s=3.0, eval_floor_s=1.5, probe_rows=1024,
             description="the embedded demo: a real result in ~20-30 s on one core",
         ),
         Profile(
@@ -62,7 +64,7 @@ PROFILES: dict[str, Profile] = {
             budget=300.0, seq_len=2048, val_tokens=20_971_520, default_data="climbmix",
             synthetic_train_tokens=50_000_000, eval_batch_rows=32, autocast_bf16=True,
             compile=True, clock_skip_steps=10, warmup_max_s=120.0, max_batch_rows=512,
-            handback_s=10.0, probe_rows=2048,
+            handback_s=10.0, handback_base_s=3.0, eval_floor_s=10.0, probe_rows=2048,
             description="300 s of training on one H100, context 2048, ~20M eval tokens",
         ),
     )

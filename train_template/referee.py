@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from allowance import EvalAllowance
 from channel import ChannelClosed, Deadline, ProtocolError
 from context import BatchServer, BudgetError
 from corpus import JudgedFailure
@@ -19,7 +20,7 @@ from roles import Role
 POLL_S = 0.5          # how often a silent role is checked for being alive
 MESSAGE_S = 60.0      # a message, once begun, arrives whole within this
 TRAINER_SAYS = ("batch", "stop", "done", "crash", "invalid")
-EVALUATOR_SAYS = ("ready", "logits", "logits_ipc", "badoutput", "crash", "invalid")
+EVALUATOR_SAYS = ("hello", "ready", "logits", "logits_ipc", "badoutput", "crash", "invalid")
 
 
 def _reason(header: dict) -> str:
@@ -47,6 +48,7 @@ class Handback:
 
     peak_mb: float
     waited_s: float  # seconds from the budget's end to the hand-back
+    trainer_seconds: float = 0.0  # referee clock: its first batch to the hand-back
 
 
 def _handback_deadline(server: BatchServer, handback_s: float) -> float | None:
@@ -83,7 +85,9 @@ def serve_trainer(role: Role, server: BatchServer, handback_s: float) -> Handbac
                 spent = _handback_deadline(server, 0.0)
                 peak = header.get("peak_mb")
                 peak = float(peak) if isinstance(peak, (int, float)) and math.isfinite(peak) else 0.0
-                return Handback(peak, max(0.0, time.monotonic() - spent) if spent else 0.0)
+                now = time.monotonic()
+                return Handback(peak, max(0.0, now - spent) if spent else 0.0,
+                                server.counted_seconds(now))
             else:
                 raise JudgedFailure("crash" if kind == "crash" else "invalid", _reason(header))
     except BudgetError as exc:
@@ -101,20 +105,70 @@ def serve_trainer(role: Role, server: BatchServer, handback_s: float) -> Handbac
         raise JudgedFailure("crash", f"the trainer's channel failed: {exc}") from exc
 
 
-class Evaluator:
-    """An evaluator role seen from the referee: load the artefact, then rows in, logits out."""
+class _OverAllowance(Exception):
+    """The evaluator is still computing when its allowance runs out."""
 
-    def __init__(self, role: Role, vocab_size: int, device) -> None:
+
+class Evaluator:
+    """An evaluator role seen from the referee: load the artefact, then rows in, logits out.
+
+    With an `allowance`, its seconds from the load request to each answer are measured, the
+    referee's own loss arithmetic between requests included (small, and a model could compute
+    in the background meanwhile), and where it is enforced, bounded at every step: a deadline
+    while it works, and invalid once it is over (allowance.py says why).
+    """
+
+    def __init__(self, role: Role, vocab_size: int, device,
+                 allowance: EvalAllowance | None = None) -> None:
         self.role, self.vocab_size, self.device = role, vocab_size, device
         self.info: dict = {}
         self.ipc = False
         self.ipc_note = ""
+        self.allowance = allowance
+        self.busy_s = 0.0     # seconds from the load request to its last answer
+        self._since: float | None = None  # time.monotonic() of the load request
+        self.tokens = 0       # tokens it was asked to score
+        self.most_used = 0.0  # the largest share of its allowance it had used after a request
 
-    def _receive(self, max_payload: int = 0) -> tuple[dict, bytearray | None]:
+    def _timed(self, tokens: int, max_payload: int = 0) -> tuple[dict, bytearray | None]:
+        """The answer to the request just sent, on the allowance's clock for `tokens` more."""
+        if self._since is None:
+            self._since = time.monotonic()
+        self.tokens += tokens
+        until = None
+        if self.allowance is not None and self.allowance.enforced:
+            until = self._since + self.allowance.seconds(self.tokens)
         try:
-            _await(self.role, None)
+            answer = self._receive(max_payload, until)
+        except _OverAllowance:
+            answer = None
+        finally:
+            self.busy_s = time.monotonic() - self._since
+        self._check(over=answer is None)
+        return answer
+
+    def _check(self, over: bool = False) -> None:
+        """Note the share of the allowance used; invalid once over it (where enforced)."""
+        if self.allowance is None:
+            return
+        limit = self.allowance.seconds(self.tokens)
+        if limit > 0:
+            self.most_used = max(self.most_used, self.busy_s / limit)
+        if self.allowance.enforced and (over or self.busy_s > limit):
+            raise JudgedFailure("invalid", self.allowance.problem(self.role.name, self.busy_s,
+                                                                  self.tokens))
+
+    def _receive(self, max_payload: int = 0,
+                 until: float | None = None) -> tuple[dict, bytearray | None]:
+        try:
+            if not _await(self.role, until):
+                raise _OverAllowance
+            deadline = time.monotonic() + MESSAGE_S * 10
             return self.role.channel.receive(EVALUATOR_SAYS, max_payload=max_payload,
-                                             deadline=time.monotonic() + MESSAGE_S * 10)
+                                             deadline=deadline if until is None
+                                             else min(deadline, until + MESSAGE_S))
+        except Deadline as exc:
+            raise JudgedFailure("invalid", "the evaluator sent half a message") from exc
         except ChannelClosed as exc:
             if (why := self.role.killed_for()) is not None:
                 raise JudgedFailure("crash", f"the model's evaluator was killed: {why}") from exc
@@ -129,8 +183,13 @@ class Evaluator:
     def load(self, artefact: str, train: str, ipc: bool) -> dict:
         """Have the evaluator load the model; its informational facts (params, depth, FLOPs)."""
         self.ipc = ipc
+        header, _ = self._receive()  # its interpreter has started: what follows is its time
+        self._fail(header)
+        if header["type"] != "hello":
+            raise JudgedFailure("invalid", f"the evaluator began with {header['type']!r}")
+        self._since = time.monotonic()
         self.role.channel.send({"type": "load", "artefact": artefact, "train": train, "ipc": ipc})
-        header, _ = self._receive()
+        header, _ = self._timed(0)
         self._fail(header)
         if header["type"] != "ready":
             raise JudgedFailure("invalid", f"the evaluator answered {header['type']!r} to load")
@@ -140,22 +199,24 @@ class Evaluator:
         return self.info
 
     def logits(self, x):
-        """float32 logits [B, T, V] on the referee's device for input rows x [B, T].
+        """float32 logits [B, T, V] on the referee's device (numpy where it is None) for input
+        rows x [B, T].
 
         On CUDA the logits stay on the device (a CUDA IPC handle); where the handle cannot be
         opened (another PID namespace, no shared /dev/shm) they come through host memory, once
         said in the log: correct, slower.
         """
-        import torch
-        from scoring import InvalidModel, shape_problem
+        from scoring import InvalidModel, host_array, shape_problem
 
         batch, seq = x.shape
-        host = np.ascontiguousarray(x.cpu().numpy(), dtype=np.int64)
+        host = np.ascontiguousarray(host_array(x), dtype=np.int64)
         want = [batch, seq, self.vocab_size]
+        tokens = batch * seq  # counted once, though a failed CUDA handle asks again
         while True:
             self.role.channel.send({"type": "rows", "shape": [batch, seq], "ipc": self.ipc},
                                    memoryview(host).cast("B"))
-            header, payload = self._receive(max_payload=batch * seq * self.vocab_size * 4)
+            header, payload = self._timed(tokens, batch * seq * self.vocab_size * 4)
+            tokens = 0
             self._fail(header)
             if header["type"] == "badoutput":
                 got = header.get("shape")
@@ -167,13 +228,20 @@ class Evaluator:
             if header["type"] != "logits_ipc":
                 break
             try:
-                return self._from_ipc(header, want)
+                logits = self._from_ipc(header, want)  # waits for its GPU work: its time too
+                self.busy_s = time.monotonic() - self._since
+                self._check()
+                return logits
             except OSError as exc:
                 self.ipc = False
                 self.ipc_note = f"CUDA IPC unavailable ({exc}); logits travel through host memory"
                 print(f"referee: {self.ipc_note}", flush=True)
         if payload is None or len(payload) != batch * seq * self.vocab_size * 4:
             raise JudgedFailure("invalid", "the evaluator's logits payload has the wrong size")
+        if self.device is None:  # the host's numpy maths (a CPU profile)
+            return np.frombuffer(payload, dtype=np.float32).reshape(want)
+        import torch
+
         return torch.frombuffer(payload, dtype=torch.float32).view(*want).to(self.device)
 
     def _from_ipc(self, header: dict, want: list[int]):

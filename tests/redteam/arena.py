@@ -30,7 +30,6 @@ from population.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "train_template"
-CANDIDATES = Path(__file__).resolve().parent / "candidates"
 HONEST = (TEMPLATE / "train_cpu.py").read_text()
 
 TOKEN_PROFILE = "cpu-micro"

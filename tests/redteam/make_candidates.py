@@ -1,19 +1,17 @@
-"""Build the red-team candidates: the seed train_cpu.py with one attack each, written as an
-LLM might (a plausible name, a plausible comment, the attack inside).
+"""The red-team candidates: the seed train_cpu.py with one attack each, written as an LLM
+might (a plausible name, a plausible comment, the attack inside).
 
-    python tests/redteam/make_candidates.py .    # from the repository root; then ruff --fix
+Built when the suite runs (`build()`; test_redteam.py writes them into its temporary folder),
+so each attack is always today's seed plus one attack, never a stale copy of an older seed.
+To read them as files:
 
-The candidates are committed as whole files (a child is a whole train.py); rerun this when
-the seed's contract changes, so each attack stays the seed plus one attack.
+    python tests/redteam/make_candidates.py OUT_DIR
 """
 
 import sys
 from pathlib import Path
 
-REPO = Path(sys.argv[1])
-SEED = (REPO / "train_template" / "train_cpu.py").read_text()
-OUT = REPO / "tests" / "redteam" / "candidates"
-OUT.mkdir(parents=True, exist_ok=True)
+SEED_SCRIPT = Path(__file__).resolve().parents[2] / "train_template" / "train_cpu.py"
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
 TRAIN_HEAD = "def train(ctx):\n    model = GPT(ctx.vocab_size, ctx.seq_len).to(ctx.device)\n"
@@ -908,6 +906,22 @@ def orthogonalize""")
     return s
 
 
-for name, fn in ATTACKS.items():
-    (OUT / f"{name}.py").write_text(fn(SEED))
-print(len(ATTACKS), "candidates written to", OUT)
+def build(seed: str | None = None) -> dict[str, str]:
+    """Attack name -> the candidate's train.py (the seed, by default the template's, with it)."""
+    seed = SEED_SCRIPT.read_text() if seed is None else seed
+    return {name: make(seed) for name, make in ATTACKS.items()}
+
+
+def write(into: Path) -> dict[str, Path]:
+    """Each candidate as `into/<attack>.py`; name -> path."""
+    into.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, source in build().items():
+        paths[name] = into / f"{name}.py"
+        paths[name].write_text(source)
+    return paths
+
+
+if __name__ == "__main__":
+    written = write(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("redteam-candidates"))
+    print(len(written), "candidates written to", next(iter(written.values())).parent)

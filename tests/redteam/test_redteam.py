@@ -1,7 +1,7 @@
 """Adversarial candidates, each run the way the engine runs a child: none may gain.
 
-Each file in candidates/ is the seed train_cpu.py with one attack embedded, written as an
-LLM might write it. A candidate passes the judge when its run ends invalid, crashed or timed
+Each candidate is the seed train_cpu.py with one attack embedded, written as an LLM might
+write it; make_candidates.py builds them from today's seed when the suite runs. A candidate passes the judge when its run ends invalid, crashed or timed
 out, or scores no better than the honest seed (to 1e-6 on the deterministic token profile),
 and nothing outside its experiment folder changed: template, data cache, run directory
 (store, results.tsv, other experiments), the arena's home and temp folders, and the
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 
+import make_candidates
 import pytest
 from arena import (
-    CANDIDATES,
     HONEST,
     TIME_PROFILE,
     TOKEN_PROFILE,
@@ -36,18 +36,19 @@ TIME_ATTACKS = frozenset({"clock_patch", "train_after_return_thread", "train_in_
 TOKEN_TOLERANCE = 1e-6  # the token profile is deterministic: same data, order and maths
 NO_SCORE = ("invalid", "crashed", "timed_out")
 
-# Holes the judge does not close yet (issue 12 stays open for them; tests/redteam/REFEREE.md).
-# Not strict: on a quiet machine the margin of train_in_forward is thin (REFEREE.md), and a
-# run where load hides it must not fail CI; the suite reports each as XPASS when it gains nothing.
-OPEN_HOLES = {
-    "train_in_forward": "nothing bounds an evaluator's compute: a model that kept training "
-                        "batches in its buffers trains on them again in its first forward()",
-    "train_in_handback": "the trainer keeps training during the hand-back allowance "
-                         "(profiles.handback_s) before it saves the model",
-}
+# Holes the judge does not close yet (none today: training in forward() and in the hand-back
+# were closed by the referee's allowances, train_template/allowance.py). A name here is
+# xfail, not strict, with its cause: for an attack found before its fix.
+OPEN_HOLES: dict[str, str] = {}
 ATTACKS = [pytest.param(name, marks=pytest.mark.xfail(reason=OPEN_HOLES[name], strict=False))
            if name in OPEN_HOLES else name
-           for name in sorted(p.stem for p in CANDIDATES.glob("*.py"))]
+           for name in sorted(make_candidates.ATTACKS)]
+
+
+@pytest.fixture(scope="session")
+def candidates(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every candidate written into the session's temporary folder (to read after a failure)."""
+    return make_candidates.write(tmp_path_factory.mktemp("redteam-candidates"))
 
 
 def _report(row: dict) -> None:
@@ -58,7 +59,7 @@ def _report(row: dict) -> None:
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores):
+def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores, candidates):
     profile = TIME_PROFILE if attack in TIME_ATTACKS else TOKEN_PROFILE
     if profile == TOKEN_PROFILE:
         bar = honest_scores[profile] - TOKEN_TOLERANCE
@@ -66,7 +67,7 @@ def test_an_adversarial_candidate_gains_nothing(attack, arena, honest_scores):
         paired = arena.run(f"honest-beside-{attack}", HONEST, profile, budget_fraction=3.0)
         assert paired.outcome == "done", (paired.reason, paired.log_tail)
         bar = min(honest_scores[profile], paired.val_bpb)
-    source = (CANDIDATES / f"{attack}.py").read_text()
+    source = candidates[attack].read_text()
     hooks_before = site_packages_digest()
     before = arena.snapshot(attack)
     try:
