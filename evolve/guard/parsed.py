@@ -22,6 +22,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from population.candidate import shared_line_ends
+
 OUTLINES_KEPT = 512        # sources whose outline is kept (parents of the next children)
 PARSED_KEPT = 16           # children whose parse is kept (the mutator's check, then pre-flight)
 STATEMENTS_KEPT = 100_000  # statement verdicts kept by a StatementMemo
@@ -149,7 +151,7 @@ def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
         return None
     n_old = parent.count("\n")
     shift = source.count("\n") - n_old
-    head, tail = _same_lines(parent, source)
+    head, tail = shared_line_ends(parent, source)
     # parent statements wholly inside the unchanged head / tail lines stay; the rest is middle
     n_head = bisect.bisect_right([last for _, last in base.spans], head)
     n_tail = len(base.spans) - bisect.bisect_right([first for first, _ in base.spans],
@@ -180,37 +182,6 @@ def _parse_changed(source: str, parent: str, base: Outline) -> Parsed | None:
                       base.keys[:n_head] + inner.keys + base.keys[len(base.keys) - n_tail:])
     nodes = (None,) * n_head + tuple(tree.body) + (None,) * n_tail
     return Parsed(outline, nodes, full=False)
-
-
-def _same_lines(old: str, new: str) -> tuple[int, int]:
-    """Whole lines the two sources share at the start and at the end (not overlapping),
-    found by comparing text, not line by line in Python."""
-    shortest = min(len(old), len(new))
-    lo, hi = 0, shortest  # the longest common prefix, by bisection (C-speed comparisons)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if old.startswith(new[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    prefix = lo
-    lo, hi = 0, shortest - prefix
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if old.endswith(new[len(new) - mid:]):
-            lo = mid
-        else:
-            hi = mid - 1
-    suffix = lo
-    head = old.count("\n", 0, prefix)
-    tail = old.count("\n", len(old) - suffix) if suffix else 0
-    if suffix and not (_line_start(old, len(old) - suffix) and _line_start(new, len(new) - suffix)):
-        tail -= 1  # the suffix begins inside a line: that line differs
-    return head, max(tail, 0)
-
-
-def _line_start(text: str, at: int) -> bool:
-    return at == 0 or text[at - 1] == "\n"
 
 
 @functools.lru_cache(maxsize=OUTLINES_KEPT)
