@@ -172,6 +172,7 @@ class Controller:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._workers: dict[str, Joined] = {}
         self._running: dict[str, _Running] = {}      # worker -> run in flight
+        self._released: list[str] = []                # extra runs released, for the core next
         self._core: Scheduler | None = None
         self._best: Candidate | None = None
         self.memory = StoreIndex(store)
@@ -247,7 +248,7 @@ class Controller:
             item = await self._queue.get()
             if item is Signal.ABANDON:
                 return f"{ABANDONED_STOP}: experiments still running were left for resume"
-            for event in self._translate(item):
+            for event in self._released_first(self._translate(item)):
                 for decision in core.handle(event):
                     if isinstance(decision, Stop):
                         return decision.reason
@@ -301,6 +302,16 @@ class Controller:
         else:
             raise TypeError(f"unexpected message {item!r}")
         return [] if event is None else [event]
+
+    def _released_first(self, events: list[Event]) -> list[Event]:
+        """Confirmation runs that recording the root released go to the core ahead of the
+        event that released them (`_record`)."""
+        if not self._released:
+            return events
+        jobs, self._released = self._released, []
+        now = self.clock()
+        return [ExtraRunsQueued(job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now),
+                *events]
 
     def _close_run(self, worker_id: str, reason: str, now: float, *,
                    outcome: Outcome = Outcome.LOST) -> None:
@@ -432,10 +443,9 @@ class Controller:
         if candidate.id == ROOT_ID and status is Status.DONE:
             # its children's results that waited for it are decided now; their
             # confirmation runs, if any, go to the queue like any extra runs
-            jobs = self.extra.release(now)
-            if jobs:
-                self._queue.put_nowait(ExtraRunsQueued(
-                    job_ids=tuple(jobs), islands=self._islands_of(jobs), now=now))
+            # Handed to the core with the event that recorded the root, ahead of it: a
+            # message behind it on the queue would come too late if that event ends the run.
+            self._released.extend(self.extra.release(now))
 
     def _extra_finished(self, worker_id: str, run: _Running, result: RunResult,
                         now: float) -> ResultArrived:
