@@ -7,13 +7,13 @@ probe's answer is cached per PATH and switch, so each test sees its own node.
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 from pathlib import Path
 
 import pytest
 from sleep_requests import REPO, SEED, TEMPLATE, request
+from test_worker_refusal import path_without
 
 from evolve.config import ConfigError, config_from_dict
 from evolve.workers.jail_check import NO_JAIL, NOT_REPORTED, jail_problem
@@ -39,14 +39,7 @@ def jailed_template(tmp_path: Path, sandboxed: object = None) -> Path:
 
 def no_bubblewrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """This process becomes a node without bubblewrap (every other program still found)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        if os.path.isdir(directory):
-            for name in os.listdir(directory):
-                if name != "bwrap" and not (bin_dir / name).exists():
-                    (bin_dir / name).symlink_to(Path(directory) / name)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PATH", path_without(tmp_path, "bwrap"))
     monkeypatch.setenv("EVOLVE_BWRAP_WHEEL", "0")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -29,19 +28,12 @@ from population.candidate import Status
 sys.path.insert(0, str(Path(__file__).parent))
 from test_controller_shell import make_config  # noqa: E402
 from test_sandbox_require import jailed_template  # noqa: E402
-from test_worker_refusal import Watcher, open_run  # noqa: E402
+from test_worker_refusal import Watcher, open_run, path_without  # noqa: E402
 
 
 def no_bubblewrap_env(tmp_path: Path) -> dict[str, str]:
     """Worker environment of a node where the jail finds no bubblewrap."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        if os.path.isdir(directory):
-            for name in os.listdir(directory):
-                if name != "bwrap" and not (bin_dir / name).exists():
-                    (bin_dir / name).symlink_to(Path(directory) / name)
-    return {"PATH": str(bin_dir), "EVOLVE_BWRAP_WHEEL": "0"}
+    return {"PATH": path_without(tmp_path, "bwrap"), "EVOLVE_BWRAP_WHEEL": "0"}
 
 
 def sleepy(tmp_path: Path, sandboxed: object) -> Path:

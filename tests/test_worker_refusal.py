@@ -215,8 +215,8 @@ def test_locally_a_template_changed_under_the_controller_stops_the_run(tmp_path)
     assert f"refused workers ({len(refused)}):" in status_text(run_dir)
 
 
-def _path_without_unshare(tmp_path: Path) -> str:
-    """A PATH that has every program of ours but `unshare`: a node without util-linux's."""
+def path_without(tmp_path: Path, program: str) -> str:
+    """A PATH that has every program of ours but `program`: a node that lacks it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for directory in os.environ.get("PATH", "").split(os.pathsep):
@@ -224,7 +224,7 @@ def _path_without_unshare(tmp_path: Path) -> str:
             continue
         for name in os.listdir(directory):
             target = bin_dir / name
-            if name != "unshare" and not target.exists():
+            if name != program and not target.exists():
                 target.symlink_to(Path(directory) / name)
     return str(bin_dir)
 
@@ -235,7 +235,7 @@ def test_workers_on_a_node_without_isolation_are_named_once(tmp_path, ray_sessio
     run_dir, store = open_run(tmp_path, config)
     watcher = Watcher()
     executor = RayExecutor(2, cpus_per_worker=1, poll_s=0.3,
-                           runtime_env={"env_vars": {"PATH": _path_without_unshare(tmp_path)}})
+                           runtime_env={"env_vars": {"PATH": path_without(tmp_path, "unshare")}})
     controller = Controller(plan_run(config), store, executor, {"heuristic": HeuristicMutator()}, watcher,
                             work_root=tmp_path / "work", tick_s=0.1)
     try:
