@@ -622,9 +622,12 @@ class Store:
             params.append(MIGRATION)
         return int(self._conn.execute(sql, params).fetchone()[0])
 
-    def finished_in_order(self, *, include_rejected: bool = False,
-                          include_copies: bool = False) -> list[Candidate]:
-        """Experiments that ran to a final status, by finish time (results.tsv, reports)."""
+    def finished_in_order(self, *, include_rejected: bool = False, include_copies: bool = False,
+                          sources: bool = True) -> list[Candidate]:
+        """Experiments that ran to a final status, by finish time (results.tsv, reports).
+        `sources=False`: without their files and long texts (see `_load_light`) — what a
+        resume's statistics need from 10,000 candidates is their ids, scores and operators,
+        not 250 MB of decoded source."""
         statuses = [s.value for s in (*RAN, *((Status.REJECTED,) if include_rejected else ()))]
         sql = (f"SELECT seq FROM candidates WHERE status IN ({', '.join('?' * len(statuses))})")
         params: list[Any] = list(statuses)
@@ -632,7 +635,15 @@ class Store:
             sql += " AND mutator != ?"
             params.append(MIGRATION)
         seqs = [row[0] for row in self._conn.execute(sql + " ORDER BY finished_at, seq", params)]
-        return self._load(seqs)
+        return self._load(seqs) if sources else self._load_light(seqs)
+
+    def attempt_islands(self) -> list[tuple[int, int, str]]:
+        """(attempt id, island, device) of every attempt at an experiment (migration copies
+        never run), in one query: a resume binds each island to its first attempt's device."""
+        rows = self._conn.execute(
+            "SELECT a.id, c.island, a.device FROM attempts a JOIN candidates c "
+            "ON c.id = a.candidate_id WHERE c.mutator != ? ORDER BY a.id", (MIGRATION,))
+        return [(int(i), int(island), device) for i, island, device in rows]
 
     def finished_since_best(self, island: int) -> int:
         """Experiments that ran on the island since its best arrived (stagnation measure)."""
@@ -663,6 +674,32 @@ class Store:
             by_seq.update((row[0], self._candidate(row, copy=False)) for row in rows)
         return [_fresh(by_seq[seq]) for seq in seqs]
 
+    def _load_light(self, seqs: list[int]) -> list[Candidate]:
+        """Candidates whose files, diff, raw answer, applied edit and log tail are left empty
+        (for statistics and counts; never a parent): SQLite does not read those columns'
+        overflow pages, and nothing is decoded or kept."""
+        if not seqs:
+            return []
+        with self._files_lock:
+            known = {seq: self._final[seq] for seq in seqs if seq in self._final}
+        missing = [seq for seq in seqs if seq not in known]
+        found = {seq: _light(c) for seq, c in known.items()}
+        for start in range(0, len(missing), 900):  # SQLite's bound-parameter limit
+            part = missing[start:start + 900]
+            rows = self._conn.execute(
+                f"SELECT seq, {self._light_columns()} FROM candidates "
+                f"WHERE seq IN ({', '.join('?' * len(part))})", part).fetchall()
+            found.update((row[0], candidate_from_row(tuple(row)[1:], files={})) for row in rows)
+        return [found[seq] for seq in seqs]
+
+    def _light_columns(self) -> str:
+        """This store's column list with the long columns read as empty constants."""
+        picked = []
+        for item in self._columns.split(", "):
+            name = item.rsplit(" ", 1)[-1]
+            picked.append(f"{LIGHT_EMPTY[name]} AS {name}" if name in LIGHT_EMPTY else item)
+        return ", ".join(picked)
+
     def _candidate(self, row: Any, *, copy: bool = True) -> Candidate:
         """A (seq, COLUMNS...) row as a Candidate. Its sources are decoded once per
         FILES_KEPT (they never change once stored), and a final candidate is kept whole:
@@ -686,6 +723,17 @@ class Store:
                     gone = self._final.pop(next(iter(self._final)))
                     self._final_ids.pop(gone.id, None)
         return _fresh(candidate) if copy else candidate
+
+
+# The long columns a light candidate leaves empty, and the SQL constant each is read as.
+LIGHT_EMPTY = {"files": "'{}'", "diff": "''", "raw_answer": "''", "applied_edit": "''",
+               "log_tail": "''"}
+
+
+def _light(candidate: Candidate) -> Candidate:
+    return dataclasses.replace(candidate, files={}, diff="", raw_answer="", applied_edit="",
+                               log_tail="", metrics=dict(candidate.metrics),
+                               usage=dict(candidate.usage))
 
 
 def _fresh(candidate: Candidate) -> Candidate:

@@ -9,7 +9,7 @@ from evolve.controller.devices import first_types
 from evolve.mutate.operators import credit, tally
 from population.candidate import Candidate, Status
 from population.outcomes import Outcome
-from population.store import MIGRATION, Store
+from population.store import Store
 from population.survival import lost_reason, lost_too_often
 
 RESUME_LOST = "the controller stopped while this attempt ran; it runs again on resume"
@@ -47,7 +47,7 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         started = candidate.status is Status.RUNNING or history
         target = running if started else proposed
         target.append((candidate.id, candidate.island))
-    ran = store.finished_in_order(include_copies=True)
+    ran = store.finished_in_order(include_copies=True, sources=False)
     best = store.best()
     try:
         root_done = store.get(root_id).status.is_final
@@ -61,17 +61,15 @@ def recover(store: Store, root_id: str, *, max_lost_attempts: int,
         root_done=root_done, queued=running + proposed, lost_counts=lost_counts,
         attempts=attempts, elapsed_s=float(store.get_meta("elapsed_s", "0") or 0),
         operator_stats=tally(ran, drawn_only=True),
-        island_devices=island_devices(store, [*ran, *unfinished]),
+        island_devices=island_devices(store),
         triggered_children=frozenset(c.id for c in unfinished if c.triggered_by),
     )
 
 
-def island_devices(store: Store, candidates: list[Candidate]) -> dict[int, str]:
+def island_devices(store: Store) -> dict[int, str]:
     """Island -> the device type its first attempt ran on: with `workers.device_groups` the
     island stays bound to it after a restart, so its scores keep comparing like with like."""
-    return first_types((attempt.id, candidate.island, attempt.device)
-                       for candidate in candidates if candidate.mutator != MIGRATION
-                       for attempt in store.attempts(candidate.id))
+    return first_types(store.attempt_islands())
 
 
 def judge(store: Store, candidate: Candidate) -> tuple[str, bool] | None:

@@ -47,7 +47,7 @@ class Stages:
         self.seen: list[list[float]] = [[] for _ in self.ladder]
         self._climbs: dict[int, _Climb] = {}  # extra run id -> the child it promotes
         if self.enabled:
-            for c in store.finished_in_order(include_rejected=True):
+            for c in store.finished_in_order(include_rejected=True, sources=False):
                 for step in c.metrics.get("stages", []):
                     if step.get("val_bpb") is not None and step["stage"] < len(self.seen):
                         self.seen[step["stage"]].append(float(step["val_bpb"]))

@@ -113,7 +113,7 @@ def render_status(run_dir: RunDir, console: Console, islands: int, population_si
             console.print(f"run {state}" + (f": {reason}" if reason and state != "running" else ""))
         for line in worker_notices(store):
             console.print(line, highlight=False)
-        finished_all = store.finished_in_order(include_copies=True)  # loaded once: big runs
+        finished_all = store.finished_in_order(include_copies=True, sources=False)  # big runs
         trust = read_trust(store, [c for c in finished_all if not is_copy(c)])
         for line in trust.lines() + sandbox_summary(finished_all):
             console.print(escape(line), highlight=False)

@@ -108,7 +108,8 @@ def has_offline_operator(config: Config) -> bool:
 
 
 def _recorded_costs(store: Store) -> list[float]:
-    return [c.cost_usd for c in store.finished_in_order(include_rejected=True) if c.cost_usd]
+    return [c.cost_usd for c in store.finished_in_order(include_rejected=True, sources=False)
+            if c.cost_usd]
 
 
 def connect_ray(config: Config, address: str | None) -> Any:
@@ -266,7 +267,7 @@ class Run:
 
     def _rebuild_tsv(self, store: Store) -> None:
         """results.tsv from the store: after a kill it may lack (or repeat) the last rows."""
-        rows = [(c, bool(c.metrics.get("kept", False))) for c in store.finished_in_order()
+        rows = [(c, bool(c.metrics.get("kept", False))) for c in store.finished_in_order(sources=False)
                 if c.status in (Status.DONE, Status.CRASHED, Status.TIMED_OUT)]
         self.run_dir.rewrite_tsv(rows)
 
