@@ -12,6 +12,14 @@ search val_bpb so far) over fresh training seeds never used in the search.
 
 Writes OUT/<strategy>-p<P>-s<seed>.json per run, a shared result cache in OUT/cache, and
 prints markdown tables for benchmarks/RESULTS.md.
+
+`--runner trusted` (the default) trains in a pool of persistent in-process workers
+(benchmarks/trusted_runner.py): the same val_bpb, test_bpb, steps and tokens as the refereed
+harness (tests/test_bench_trusted_runner.py), several times more trainings per minute, which
+the full table's ~3,000 trainings need. It has no jail and no causality pass, so it is
+refused unless every operator of every strategy run is our own offline `heuristic` or
+`merge`. `--runner harness` runs every training through the real refereed harness
+(`run_candidate`). The cache keeps the two runners' entries apart.
 """
 
 from __future__ import annotations
@@ -32,7 +40,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from virtual_executor import ResultCache, VirtualExecutor, run_deterministic  # noqa: E402
+from trusted_runner import TrustedRunner, check_template  # noqa: E402
+from virtual_executor import (  # noqa: E402
+    HarnessRunner,
+    ResultCache,
+    Runner,
+    VirtualExecutor,
+    run_deterministic,
+)
 
 PROFILE = "cpu-bench"
 FRESH_SEEDS = (1001, 1002, 1003)  # never a run seed: quality is judged on these only
@@ -45,6 +60,31 @@ WITH_MERGE = ("mutation.operators=[{kind: heuristic, weight: 1.0}, "
               f"{{kind: merge, weight: {MERGE_WEIGHT}}}]")
 POPULATION = ["population.size=4", "population.islands=2", "population.migration_interval=6",
               "selection.strategy=tournament", "selection.tournament_size=2"]
+
+
+TRUSTED_OPERATORS = ("heuristic", "merge")  # our own offline code: the trusted runner's only
+
+
+def make_runner(name: str, cores: int) -> Runner:
+    """The named runner; close() it when done (the trusted one holds `cores` processes)."""
+    if name == "harness":
+        return HarnessRunner()
+    if name == "trusted":
+        return TrustedRunner(cores)
+    raise ValueError(f"unknown runner {name!r} (known: trusted, harness)")
+
+
+def check_runner(runner: str, config: Any) -> None:
+    """Refuse the trusted runner for anything but our own operators' candidates."""
+    if runner != "trusted":
+        return
+    others = sorted({op.kind for op in config.mutation.operators} - set(TRUSTED_OPERATORS))
+    if others:
+        raise ValueError(
+            f"--runner trusted runs candidates without a jail or a causality check, so only "
+            f"for the offline operators {', '.join(TRUSTED_OPERATORS)}; run {config.name!r} has "
+            f"operator(s) {', '.join(others)}: use --runner harness")
+    check_template(config.template_dir)
 
 
 def greedy(islands: int, migration: str = "ring") -> list[str]:
@@ -68,24 +108,36 @@ def strategies(p: int) -> dict[str, tuple[str, list[str]]]:
 # ------------------------------------------------------------------ one run
 
 
+def run_config(strategy: str, p: int, seed: int, experiments: int, out: Path,
+               profile: str = PROFILE, template: str | None = None) -> tuple[Path, list[str]]:
+    """The config file and overrides of one run."""
+    config, extra = strategies(p)[strategy]
+    return REPO / config, [
+        f"profile={profile}", f"seed={seed}", f"budget.max_experiments={experiments}",
+        f"workers.count={p}", f"name={strategy.replace('+', '_')}-p{p}-s{seed}",
+        f"output.results_dir={out}/runs", *COMMON, *extra,
+        *([f"template={template}"] if template else [])]
+
+
 def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores: int,
-           cache: ResultCache | None, profile: str = PROFILE, template: str | None = None) -> Path:
+           cache: ResultCache | None, profile: str = PROFILE, template: str | None = None,
+           runner: Runner | None = None) -> Path:
     """Drive the real controller over P virtual workers; returns the run directory.
-    `template`: another template than the shipped one (the smoke test's stand-in)."""
+    `template`: another template than the shipped one (the smoke test's stand-in);
+    `runner`: what trains each candidate (default: the refereed harness)."""
+    from evolve.config import load_config
     from evolve.controller.shell import Controller
     from evolve.controller.wiring import plan_run
     from evolve.guard.datahash import reference_hashes
     from evolve.run.app import Run, RunRecorder, build_mutators
     from population.store import Store
 
-    config, extra = strategies(p)[strategy]
-    overrides = [f"profile={profile}", f"seed={seed}", f"budget.max_experiments={experiments}",
-                 f"workers.count={p}", f"name={strategy.replace('+', '_')}-p{p}-s{seed}",
-                 f"output.results_dir={out}/runs", *COMMON, *extra,
-                 *([f"template={template}"] if template else [])]
-    run = Run.create(REPO / config, overrides)
+    runner = runner or HarnessRunner()
+    config, overrides = run_config(strategy, p, seed, experiments, out, profile, template)
+    check_runner(runner.name, load_config(config, overrides))
+    run = Run.create(config, overrides)
     cfg = run.config
-    executor = VirtualExecutor(p, cores=cores, cache=cache)
+    executor = VirtualExecutor(p, cores=cores, cache=cache, runner=runner)
     store = Store.open(run.run_dir.store_path)
     try:
         controller = Controller(plan_run(cfg), store, executor, build_mutators(cfg, store),
@@ -101,7 +153,8 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
 
 
 def fresh_quality(files: dict[str, str], template: str, profile: str, data: str,
-                  hashes: tuple[str, str], cache: ResultCache, work: Path) -> dict[str, float]:
+                  hashes: tuple[str, str], cache: ResultCache, work: Path,
+                  runner: Runner | None = None) -> dict[str, float]:
     """Mean test_bpb (and val_bpb) of one candidate's code over FRESH_SEEDS (cached runs)."""
     from evolve.workers.runner import RunRequest
     from population.candidate import source_hash
@@ -112,7 +165,7 @@ def fresh_quality(files: dict[str, str], template: str, profile: str, data: str,
                              profile=profile, data=data, seed=seed, timeout_s=900.0,
                              work_root=str(work), splits=("val", "test"),
                              template_hash=hashes[0], data_hash=hashes[1], network="allow")
-        entry = run_deterministic(request, cache)
+        entry = run_deterministic(request, cache, runner)
         if entry["outcome"] != "done":
             return {"test": float("inf"), "val": float("inf")}
         tests.append(float(entry["metrics"]["test_bpb"]))
@@ -120,7 +173,8 @@ def fresh_quality(files: dict[str, str], template: str, profile: str, data: str,
     return {"test": statistics.fmean(tests), "val": statistics.fmean(vals)}
 
 
-def analyse(run_path: Path, cache: ResultCache, cores: int) -> dict[str, Any]:
+def analyse(run_path: Path, cache: ResultCache, cores: int,
+            runner: Runner | None = None) -> dict[str, Any]:
     """Rounds, picks and their fresh-seed quality, share of children from the best, merges."""
     from evolve.config import load_config
     from population.candidate import Status
@@ -148,7 +202,7 @@ def analyse(run_path: Path, cache: ResultCache, cores: int) -> dict[str, Any]:
     with ThreadPoolExecutor(cores) as pool:
         quality = dict(zip(picks, pool.map(
             lambda c: fresh_quality(dict(c.files), cfg.template_dir, cfg.profile, cfg.data,
-                                    hashes, cache, work), picks.values()), strict=True))
+                                    hashes, cache, work, runner), picks.values()), strict=True))
     return {
         "rounds": rounds, "experiments": len(finished), "curve": curve,
         "quality": {cid: q["test"] for cid, q in quality.items()},
@@ -187,15 +241,18 @@ def merge_counts(ran: list, by_id: dict) -> dict[str, int]:
 
 def run_one(strategy: str, p: int, seed: int, out: Path, cores: int,
             experiments: int | None = None, profile: str = PROFILE,
-            template: str | None = None) -> dict[str, Any]:
-    """Search, then judge the picks on fresh seeds; the row is also saved as JSON in `out`."""
-    cache = ResultCache(out / "cache")
+            template: str | None = None, runner: Runner | None = None) -> dict[str, Any]:
+    """Search, then judge the picks on fresh seeds; the row is also saved as JSON in `out`.
+    `runner`: the one both the search and the judging use (default: the refereed harness)."""
+    runner = runner or HarnessRunner()
+    cache = ResultCache(out / "cache", runner.name)
     started = time.time()
     path = search(strategy, p, seed, experiments or EXPERIMENTS.get(p, 48), out, cores, cache,
-                  profile, template)
+                  profile, template, runner)
     searched = (cache.hits, cache.misses)
     row = {"strategy": strategy, "workers": p, "seed": seed, "run_dir": str(path),
-           **analyse(path, cache, cores), "search_cache": {"hits": searched[0],
+           "runner": runner.name,
+           **analyse(path, cache, cores, runner), "search_cache": {"hits": searched[0],
                                                            "misses": searched[1]},
            "cache": {"hits": cache.hits, "misses": cache.misses}, "wall_s": time.time() - started}
     (out / f"{strategy}-p{p}-s{seed}.json").write_text(json.dumps(row, indent=1))
@@ -251,8 +308,23 @@ def summarise(out: Path) -> str:
     misses = sum(r["cache"]["misses"] for r in rows)
     lines += ["", f"Cost: {misses} trainings run, {hits} cache hits "
                   f"(hit rate {hits / max(1, hits + misses):.0%}), "
-                  f"{sum(r['wall_s'] for r in rows) / 3600:.2f} h of wall time over {len(rows)} runs."]
+                  f"{sum(r['wall_s'] for r in rows) / 3600:.2f} h of wall time over {len(rows)} runs "
+                  f"(runner: {', '.join(sorted({r.get('runner', 'harness') for r in rows}))})."]
     return "\n".join(lines)
+
+
+def p8_strategies(out: Path) -> list[str]:
+    """The P = 8 arm as pre-registered when the budget does not allow all: the three
+    strategies with the best median P = 4 quality at 48 experiments, plus `population` (the
+    shipped default) if not among them; then the others, for as long as the budget lasts."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*-p4-s*.json"))]
+    median: dict[str, float] = {}
+    for name in {r["strategy"] for r in rows}:
+        mine = [r["quality"][r["at_equal"]] for r in rows if r["strategy"] == name]
+        median[name] = statistics.median(mine)
+    ranked = sorted(median, key=lambda name: (median[name], name))
+    first = ranked[:3] + ([] if "population" in ranked[:3] else ["population"])
+    return first + [name for name in ranked if name not in first]
 
 
 def main() -> None:
@@ -268,22 +340,39 @@ def main() -> None:
                         help="real trainings at once (results do not depend on it)")
     parser.add_argument("--profile", default=PROFILE)
     parser.add_argument("--template", default=None, help="another template (smoke tests)")
+    parser.add_argument("--runner", choices=("trusted", "harness"), default="trusted",
+                        help="trusted: in-process workers, the harness's numbers, heuristic/"
+                             "merge only (default); harness: the refereed harness per run")
     parser.add_argument("--out", default="/tmp/evolve-bench-parallel")
     parser.add_argument("--summarise", metavar="OUT")
+    parser.add_argument("--p8-order", metavar="OUT",
+                        help="print the P = 8 arm's strategies in their pre-registered order")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.summarise:
         print(summarise(Path(args.summarise)))
         return
+    if args.p8_order:
+        print(" ".join(p8_strategies(Path(args.p8_order))))
+        return
     out = Path(args.out)
+    from evolve.config import load_config
+
+    for strategy in args.strategies:  # refused before anything runs, not half-way through
+        check_runner(args.runner, load_config(*run_config(
+            strategy, args.workers, 0, 1, out, args.profile, args.template)))
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        for strategy in args.strategies:
-            row = run_one(strategy, args.workers, seed, out, args.cores, args.experiments,
-                          args.profile, args.template)
-            print(f"{strategy} P={args.workers} seed {seed}: end quality "
-                  f"{quality_at(row, len(row['curve'])):.4f} in {row['rounds']} rounds, "
-                  f"{row['wall_s']:.0f} s", flush=True)
+    runner = make_runner(args.runner, args.cores)
+    try:
+        for seed in args.seeds:
+            for strategy in args.strategies:
+                row = run_one(strategy, args.workers, seed, out, args.cores, args.experiments,
+                              args.profile, args.template, runner)
+                print(f"{strategy} P={args.workers} seed {seed}: end quality "
+                      f"{quality_at(row, len(row['curve'])):.4f} in {row['rounds']} rounds, "
+                      f"{row['wall_s']:.0f} s ({args.runner} runner)", flush=True)
+    finally:
+        runner.close()
     print(summarise(out))
 
 

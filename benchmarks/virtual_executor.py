@@ -9,7 +9,9 @@ seed and independent of the machine. Wall-clock fields of a result (timings, MFU
 summary block) are replaced by virtual ones, since they would differ from machine to machine.
 
 `ResultCache` (benchmarks only) keeps finished results keyed by what decides them on CPU under
-a token budget: normalised source, seed, profile, data, harness, torch version, splits.
+a token budget: normalised source, seed, profile, data, harness, torch version, splits, and
+which runner produced them (the refereed harness, `HarnessRunner`, or the benchmark's trusted
+in-process one, trusted_runner.py): entries of the two never mix.
 """
 
 from __future__ import annotations
@@ -23,23 +25,46 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from evolve.controller.executor import Emit, Finished, Joined, failed_result
 from evolve.workers.runner import RunRequest, RunResult, run_candidate
 from population.candidate import source_hash
 
 # Metrics that measure the machine (its clock, its memory), not the candidate: left out, as
-# is every "*_seconds" key (training_seconds comes back as the virtual round).
-MACHINE_METRICS = ("mfu_percent", "peak_vram_mb", "tokens_per_second", "sandboxed")
+# is every "*_seconds" key (training_seconds comes back as the virtual round). The evaluators'
+# allowance shares are seconds over an allowance: the machine's load too.
+MACHINE_METRICS = ("mfu_percent", "peak_vram_mb", "tokens_per_second", "sandboxed",
+                   "eval_allowance_used", "probe_allowance_used")
 CACHED_OUTCOMES = ("done", "crashed", "invalid")  # not timed_out: that may be the machine's load
+
+
+class Runner(Protocol):
+    """Runs one request to its result; `name` keys the cache."""
+
+    name: str
+
+    def __call__(self, request: RunRequest) -> RunResult: ...
+
+
+class HarnessRunner:
+    """The real refereed harness (`run_candidate`): a subprocess per run, jailed roles."""
+
+    name = "harness"
+
+    def __call__(self, request: RunRequest) -> RunResult:
+        return run_candidate(request)
+
+    def close(self) -> None:
+        pass
 
 
 class ResultCache:
     """Finished results on disk, one JSON file per key; counts its hits and misses."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, runner: str = "harness") -> None:
         self.root = Path(root)
+        self.runner = runner
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
@@ -50,7 +75,7 @@ class ResultCache:
     def key(self, request: RunRequest) -> str:
         parts = [source_hash(request.files), request.seed, request.profile, request.data,
                  request.data_hash, request.template_hash, self.torch, list(request.splits),
-                 request.budget_fraction]
+                 request.budget_fraction, self.runner]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def get(self, request: RunRequest) -> dict[str, Any] | None:
@@ -75,14 +100,19 @@ class ResultCache:
         return self.hits / total if total else 0.0
 
 
-def run_deterministic(request: RunRequest, cache: ResultCache | None) -> dict[str, Any]:
-    """The machine-independent part of running `request`: outcome, metrics without wall-clock
-    values, reason, log tail (only for failures: a finished run's log prints its timings)."""
+def run_deterministic(request: RunRequest, cache: ResultCache | None,
+                      runner: Runner | None = None) -> dict[str, Any]:
+    """The machine-independent part of running `request` (with `runner`, default the harness):
+    outcome, metrics without wall-clock values, reason, log tail (only for failures: a
+    finished run's log prints its timings)."""
+    runner = runner or HarnessRunner()
+    if cache is not None and cache.runner != runner.name:
+        raise ValueError(f"a cache of {cache.runner!r} results cannot take {runner.name!r} runs")
     cached = cache.get(request) if cache is not None else None
     if cached is not None:
         return cached
     try:
-        result = run_candidate(request)
+        result = runner(request)
     except Exception as exc:  # the runner itself broke: a crash, said why (not cached)
         result = failed_result(request, f"the runner failed: {type(exc).__name__}: {exc}", 0.0)
         cache = None
@@ -108,14 +138,17 @@ class _InFlight:
 
 class VirtualExecutor:
     """`workers` virtual workers, each run `round_s` long in virtual time, computed on `cores`
-    threads. Give the controller `clock` as its clock and `bind` it before `run()`."""
+    threads (each run by `runner`, default the harness). Give the controller `clock` as its clock
+    and `bind` it before `run()`."""
 
     def __init__(self, workers: int, *, cores: int, cache: ResultCache | None = None,
-                 round_s: float = 1.0, prefix: str = "v", start: float = 1.0) -> None:
+                 runner: Runner | None = None, round_s: float = 1.0, prefix: str = "v",
+                 start: float = 1.0) -> None:
         if workers < 1 or cores < 1:
             raise ValueError(f"need at least one worker and one core, not {workers} / {cores}")
         self.workers = workers
         self.cache = cache
+        self.runner = runner or HarnessRunner()
         self.round_s = round_s
         self.prefix = prefix
         self.now = start  # not 0: the store reads a time of 0 as "not given" and stamps its own
@@ -145,7 +178,8 @@ class VirtualExecutor:
 
     def submit(self, worker_id: str, request: RunRequest) -> None:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, run_deterministic, request, self.cache)
+        future = loop.run_in_executor(self._pool, run_deterministic, request, self.cache,
+                                      self.runner)
         self._seq += 1
         self.runs += 1
         self._flight.append(_InFlight(worker_id, request, self.now, self.now + self.round_s,

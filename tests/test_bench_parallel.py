@@ -67,6 +67,26 @@ def test_the_same_seed_gives_the_same_store_on_one_and_two_cores(tmp_path, uneve
     assert {row[2] for row in one["attempts"]} >= {"v0", "v1", "v2", "v3"}  # four workers
 
 
+def test_the_trusted_runner_gives_the_same_store_on_one_and_two_cores(tmp_path):
+    """The real template through the benchmark's trusted runner (real trainings, whose times
+    differ with each child's model): still one store for the seed, whatever the cores."""
+    from trusted_runner import TrustedRunner
+
+    stores = []
+    for cores in (1, 2):
+        with TrustedRunner(cores) as runner:
+            cache = ResultCache(tmp_path / f"cache{cores}", runner.name)
+            run = bench.search("parallel-greedy+merge", 3, 4, 12, tmp_path / f"t{cores}", cores,
+                               cache, profile="cpu-micro", runner=runner)
+        assert cache.misses >= 12 and cache.hits == 0
+        stores.append(dump(run))
+    one, two = stores
+    for table in one:
+        assert one[table] == two[table], f"table {table} differs between 1 and 2 cores"
+    finished = [row for row in one["attempts"] if row[2] in ("v0", "v1", "v2")]
+    assert len(finished) >= 12
+
+
 def test_a_repeat_is_served_by_the_cache_and_stores_the_same(tmp_path):
     cache = ResultCache(tmp_path / "cache")
     first = bench.search("parallel-greedy", 2, 1, 6, tmp_path / "a", 2, cache,
