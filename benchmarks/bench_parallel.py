@@ -125,6 +125,17 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
     """Drive the real controller over P virtual workers; returns the run directory.
     `template`: another template than the shipped one (the smoke test's stand-in);
     `runner`: what trains each candidate (default: the refereed harness)."""
+    config, overrides = run_config(strategy, p, seed, experiments, out, profile, template)
+    return drive(config, overrides, p, cores, cache, runner)
+
+
+def drive(config: Path, overrides: list[str], p: int, cores: int, cache: ResultCache | None,
+          runner: Runner | None = None) -> Path:
+    """Run `config` with `overrides` through the real controller over P virtual workers (one
+    round of virtual time a run, `cores` real trainings at once); returns the run directory.
+    Deterministic under the run's seed when the overrides hold COMMON (proposals then take no
+    virtual time). `runner` (default: the refereed harness) is refused where it cannot be
+    trusted with the run's operators."""
     from evolve.config import load_config
     from evolve.controller.shell import Controller
     from evolve.controller.wiring import plan_run
@@ -133,7 +144,6 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
     from population.store import Store
 
     runner = runner or HarnessRunner()
-    config, overrides = run_config(strategy, p, seed, experiments, out, profile, template)
     check_runner(runner.name, load_config(config, overrides))
     run = Run.create(config, overrides)
     cfg = run.config
@@ -154,22 +164,27 @@ def search(strategy: str, p: int, seed: int, experiments: int, out: Path, cores:
 
 def fresh_quality(files: dict[str, str], template: str, profile: str, data: str,
                   hashes: tuple[str, str], cache: ResultCache, work: Path,
-                  runner: Runner | None = None) -> dict[str, float]:
-    """Mean test_bpb (and val_bpb) of one candidate's code over FRESH_SEEDS (cached runs)."""
+                  runner: Runner | None = None, cores: int = 1) -> dict[str, float]:
+    """Mean test_bpb (and val_bpb) of one candidate's code over FRESH_SEEDS (cached runs).
+    `cores` > 1 trains the seeds at once (the same numbers: each seed's run is its own)."""
     from evolve.workers.runner import RunRequest
     from population.candidate import source_hash
 
-    tests, vals = [], []
-    for seed in FRESH_SEEDS:
+    def one(seed: int) -> dict[str, Any]:
         request = RunRequest(candidate_id=f"fresh-{source_hash(files)[:12]}-s{seed}", files=files, template_dir=template,
                              profile=profile, data=data, seed=seed, timeout_s=900.0,
                              work_root=str(work), splits=("val", "test"),
                              template_hash=hashes[0], data_hash=hashes[1], network="allow")
-        entry = run_deterministic(request, cache, runner)
-        if entry["outcome"] != "done":
-            return {"test": float("inf"), "val": float("inf")}
-        tests.append(float(entry["metrics"]["test_bpb"]))
-        vals.append(float(entry["metrics"]["val_bpb"]))
+        return run_deterministic(request, cache, runner)
+
+    tests, vals = [], []
+    with ThreadPoolExecutor(cores) as pool:
+        # one core: lazily, so that the seeds after a failed one are not run
+        for entry in (pool.map if cores > 1 else map)(one, FRESH_SEEDS):
+            if entry["outcome"] != "done":
+                return {"test": float("inf"), "val": float("inf")}
+            tests.append(float(entry["metrics"]["test_bpb"]))
+            vals.append(float(entry["metrics"]["val_bpb"]))
     return {"test": statistics.fmean(tests), "val": statistics.fmean(vals)}
 
 
@@ -192,11 +207,11 @@ def analyse(run_path: Path, cache: ResultCache, cores: int,
     picks, curve = {}, []
     for r in range(1, rounds + 1):
         seen = [c for c in done if c.finished_at - origin <= r + 1e-9]
-        pick = min(seen, key=lambda c: (c.val_bpb, c.finished_at))
+        pick = pick_of(seen)
         picks[pick.id] = pick
         curve.append(pick.id)
     by_exps = [c for c in done if finished.index(c) < EQUAL_EXPERIMENTS]
-    at_equal = min(by_exps, key=lambda c: (c.val_bpb, c.finished_at)).id
+    at_equal = pick_of(by_exps).id
     picks[at_equal] = by_id[at_equal]
     work = run_path / "fresh"
     with ThreadPoolExecutor(cores) as pool:
@@ -212,6 +227,11 @@ def analyse(run_path: Path, cache: ResultCache, cores: int,
         "merges": merge_counts(ran, by_id),
         "descriptions": {cid: picks[cid].description for cid in picks},
     }
+
+
+def pick_of(done: list) -> Any:
+    """The user's pick among finished candidates: the lowest search val_bpb (ties: earliest)."""
+    return min(done, key=lambda c: (c.val_bpb, c.finished_at))
 
 
 def from_best_share(finished: list, done: list, by_id: dict) -> float:
