@@ -77,7 +77,7 @@ def parse_variant(text: str) -> tuple[str, tuple[Path, list[str]]]:
     base = TODAY
     if items and "=" not in items[0] and items[0].endswith((".yaml", ".yml")):
         base = Path(items.pop(0))
-        base = base if base.is_absolute() or base.exists() else REPO / base
+        base = (base if base.is_absolute() or base.exists() else REPO / base).resolve()
         if not base.is_file():
             raise ValueError(f"--variant {name}: config file {base} not found")
     bad = [item for item in items if "=" not in item]
