@@ -216,25 +216,24 @@ _OUTCOME = {"crash": "crashed", "invalid": "invalid"}
 
 
 def _logits_fn(model, vocab_size: int, scoring):
-    """What evaluator_role.serve sends for input rows: float32 logits, shape-checked."""
+    """What evaluator_role.serve sends for input rows: float32 logits, shape-checked by the
+    harness's own in-process LogitsFn (scoring.model_logits), on the host's numpy rows."""
     import numpy as np
     import torch
 
+    forward = scoring.model_logits(model, vocab_size)
+
     def logits(x):
-        batch, seq = x.shape
         rows = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
         try:
-            with torch.no_grad():
-                out = model(rows)
+            out = forward(rows)
+        except scoring.InvalidModel:
+            raise  # a wrong shape: invalid, as the referee judges a `badoutput`
         except Exception as exc:
             traceback.print_exc()
             raise _Judged("crashed", f"the model failed during evaluation: "
                           f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[2] < vocab_size \
-                or tuple(out.shape[:2]) != (batch, seq):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise scoring.InvalidModel(scoring.shape_problem(got, batch, seq, vocab_size))
-        return out[..., :vocab_size].float().contiguous().cpu().numpy()
+        return out.contiguous().cpu().numpy()
     return logits
 
 

@@ -48,6 +48,21 @@ CHILDREN = {
 RAISES = edit(SEED, "        loss.backward()\n",
               "        loss.backward()\n        if step == 2:\n"
               "            raise RuntimeError('boom at step 2')\n")
+# a model that trains like the seed's but fails when scored (eval mode only): wrong logits'
+# shape, or an exception in forward()
+MISSHAPEN = SEED + """
+_train_forward = GPT.forward
+GPT.forward = lambda self, idx: _train_forward(self, idx) if self.training else \\
+    _train_forward(self, idx)[:, :-1]
+"""
+EVAL_RAISES = SEED + """
+_train_forward = GPT.forward
+def _forward(self, idx):
+    if not self.training:
+        raise ValueError("no scoring today")
+    return _train_forward(self, idx)
+GPT.forward = _forward
+"""
 SLEEPS = edit(SEED, "def train(ctx):\n", "def train(ctx):\n    import time\n    time.sleep(120)\n")
 
 
@@ -74,7 +89,8 @@ def request(work: Path, cache_dir: Path, name: str, source: str, seed: int,
 def both(tmp_path_factory, cache_dir, runner) -> dict[str, tuple]:
     """name -> (harness result, trusted result), for the children and the one that raises."""
     work = tmp_path_factory.mktemp("work")
-    cases = {**CHILDREN, "raises": (RAISES, 0)}
+    cases = {**CHILDREN, "raises": (RAISES, 0), "misshapen": (MISSHAPEN, 0),
+             "eval-raises": (EVAL_RAISES, 0)}
     requests = {name: request(work, cache_dir, name, src, seed)
                 for name, (src, seed) in cases.items()}
     run_candidate(requests["seed"])  # the data cache built once, before two runs race for it
@@ -110,6 +126,16 @@ def test_a_child_that_raises_crashes_in_both_alike(both):
     assert trusted.reason == harness.reason == "train.py crashed: RuntimeError: boom at step 2"
     assert "Traceback" in trusted.log_tail and "boom at step 2" in trusted.log_tail
     assert trusted.metrics == {}
+
+
+def test_a_model_that_fails_when_scored_is_judged_alike(both):
+    harness, trusted = both["misshapen"]
+    assert harness.outcome == trusted.outcome == "invalid", (harness.reason, trusted.reason)
+    assert "expected logits of shape" in trusted.reason
+    harness, trusted = both["eval-raises"]
+    assert harness.outcome == trusted.outcome == "crashed", (harness.reason, trusted.reason)
+    assert trusted.reason == "the model failed during evaluation: ValueError: no scoring today"
+    assert harness.reason == trusted.reason
 
 
 def test_a_run_over_its_timeout_kills_and_replaces_its_worker(tmp_path, cache_dir, runner,
