@@ -684,10 +684,11 @@ class Store:
             known = {seq: self._final[seq] for seq in seqs if seq in self._final}
         missing = [seq for seq in seqs if seq not in known]
         found = {seq: _light(c) for seq, c in known.items()}
+        columns = self._light_columns()
         for start in range(0, len(missing), 900):  # SQLite's bound-parameter limit
             part = missing[start:start + 900]
             rows = self._conn.execute(
-                f"SELECT seq, {self._light_columns()} FROM candidates "
+                f"SELECT seq, {columns} FROM candidates "
                 f"WHERE seq IN ({', '.join('?' * len(part))})", part).fetchall()
             found.update((row[0], candidate_from_row(tuple(row)[1:], files={})) for row in rows)
         return [found[seq] for seq in seqs]
@@ -731,8 +732,9 @@ LIGHT_EMPTY = {"files": "'{}'", "diff": "''", "raw_answer": "''", "applied_edit"
 
 
 def _light(candidate: Candidate) -> Candidate:
-    return dataclasses.replace(candidate, files={}, diff="", raw_answer="", applied_edit="",
-                               log_tail="", metrics=dict(candidate.metrics),
+    """A kept candidate as `_load_light` reads it: the LIGHT_EMPTY columns empty."""
+    empty = {name: {} if name == "files" else "" for name in LIGHT_EMPTY}
+    return dataclasses.replace(candidate, **empty, metrics=dict(candidate.metrics),
                                usage=dict(candidate.usage))
 
 
