@@ -102,6 +102,10 @@ def strategies(p: int) -> dict[str, tuple[str, list[str]]]:
         "population": ("configs/default.yaml", [*POPULATION, HEURISTIC]),
         "parallel-greedy+merge": ("configs/default.yaml", [*greedy(1), WITH_MERGE]),
         "population+merge": ("configs/default.yaml", [*POPULATION, WITH_MERGE]),
+        # added in session 6 (STRATEGIES_PREREGISTERED.md, last addendum): a proposal only
+        # when a worker is free, from the champion of that moment
+        "parallel-greedy-la0": ("configs/default.yaml",
+                                [*greedy(1), HEURISTIC, "mutation.lookahead=0"]),
     }
 
 
