@@ -58,6 +58,7 @@ def test_shipped_configs_say_what_the_issue_asks() -> None:
     )
     assert [op.kind for op in demo.mutation.operators] == ["heuristic"]
     assert (demo.population.size, demo.population.islands, demo.workers.count) == (1, 1, 2)
+    assert demo.mutation.lookahead == 0  # children of the champion of the moment (RESULTS.md)
     assert demo.workers.gpus_per_worker == 0 and demo.budget.max_experiments == 20
 
     one = load_config(REPO / "configs/one-agent.yaml")
