@@ -69,9 +69,8 @@ VARIANTS: dict[str, tuple[Path, list[str]]] = {
     "parallel-greedy+merge": (TODAY, [*bench.greedy(1), bench.WITH_MERGE]),
     # session 6's pre-registered addendum: a proposal only when a worker is free, from the
     # champion of that moment (benchmarks/STRATEGIES_PREREGISTERED.md)
-    "parallel-greedy-la0": (TODAY, [*bench.greedy(1), "mutation.lookahead=0"]),
-    "parallel-greedy-la0+merge": (TODAY, [*bench.greedy(1), bench.WITH_MERGE,
-                                          "mutation.lookahead=0"]),
+    "parallel-greedy-la0": (TODAY, [*bench.greedy(1), bench.SEQUENTIAL]),
+    "parallel-greedy-la0+merge": (TODAY, [*bench.greedy(1), bench.WITH_MERGE, bench.SEQUENTIAL]),
 }
 DEFAULT_VARIANTS = ["today", "parallel-greedy", "parallel-greedy+merge"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

@@ -58,6 +58,8 @@ COMMON = ["test.final=false", "mutation.max_concurrent_proposals=1", "budget.max
 HEURISTIC = "mutation.operators=[{kind: heuristic, weight: 1.0}]"
 WITH_MERGE = ("mutation.operators=[{kind: heuristic, weight: 1.0}, "
               f"{{kind: merge, weight: {MERGE_WEIGHT}}}]")
+# a proposal only when a worker is free, from the champion of that moment (session 6's addendum)
+SEQUENTIAL = "mutation.lookahead=0"
 POPULATION = ["population.size=4", "population.islands=2", "population.migration_interval=6",
               "selection.strategy=tournament", "selection.tournament_size=2"]
 
@@ -105,7 +107,7 @@ def strategies(p: int) -> dict[str, tuple[str, list[str]]]:
         # added in session 6 (STRATEGIES_PREREGISTERED.md, last addendum): a proposal only
         # when a worker is free, from the champion of that moment
         "parallel-greedy-la0": ("configs/default.yaml",
-                                [*greedy(1), HEURISTIC, "mutation.lookahead=0"]),
+                                [*greedy(1), HEURISTIC, SEQUENTIAL]),
     }
 
 
